@@ -1,0 +1,98 @@
+"""Efficient additive attention modules (SwiftFormer E2A), drop-in compatible with timm's."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops import e2a
+from ..ops._checks import BACKENDS
+from ..ops.naive import TOKEN_NORMS
+
+
+def _rename_official_proj(state_dict, prefix):
+    """The official SwiftFormer checkpoints name the projection ``Proj``; timm and we use ``proj``."""
+    for suffix in ("weight", "bias"):
+        old = f"{prefix}Proj.{suffix}"
+        if old in state_dict and f"{prefix}proj.{suffix}" not in state_dict:
+            state_dict[f"{prefix}proj.{suffix}"] = state_dict.pop(old)
+
+
+class EfficientAdditiveAttention(nn.Module):
+    """E2A on tokens ``(B, N, in_dims)`` → ``(B, N, token_dim)`` (the SwiftFormer / CroCNet form).
+
+    ``out = final(proj(G ⊙ k̂) + q̂)`` with ``q = to_query(x)``, ``k = to_key(x)`` and the global query
+    ``G = Σ_n â_n q̂_n`` (see :func:`crocnet.ops.e2a`). Parameters ``to_query, to_key, w_g, proj, final``
+    match timm's ``EfficientAdditiveAttention`` so its state dicts load unchanged; the official
+    SwiftFormer key ``Proj`` is accepted too.
+
+    Args:
+        in_dims: input channels C.
+        token_dim: width of the output; the attention width is ``D = token_dim * num_heads``.
+        num_heads: multiplies the attention width (as in timm; there is no per-head split).
+        token_norm: ``"l2"`` (SwiftFormer), ``"softmax"`` (Fastformer) or ``"none"`` (the original release).
+        backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"triton"`` or ``"torch"``.
+    """
+
+    def __init__(
+        self,
+        in_dims: int = 512,
+        token_dim: int = 256,
+        num_heads: int = 1,
+        token_norm: str = "l2",
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if token_norm not in TOKEN_NORMS:
+            raise ValueError(f"token_norm must be one of {TOKEN_NORMS}, got {token_norm!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        dd = {"device": device, "dtype": dtype}
+        dim = token_dim * num_heads
+        self.in_dims, self.token_dim, self.num_heads = in_dims, token_dim, num_heads
+        self.token_norm, self.backend = token_norm, backend
+        self.scale_factor = token_dim**-0.5
+        self.to_query = nn.Linear(in_dims, dim, **dd)
+        self.to_key = nn.Linear(in_dims, dim, **dd)
+        self.w_g = nn.Parameter(torch.randn(dim, 1, **dd))
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.final = nn.Linear(dim, token_dim, **dd)
+        self._register_load_state_dict_pre_hook(self._load_hook)
+
+    @staticmethod
+    def _load_hook(state_dict, prefix, *args, **kwargs):
+        _rename_official_proj(state_dict, prefix)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_dims={self.in_dims}, token_dim={self.token_dim}, num_heads={self.num_heads}, "
+            f"token_norm={self.token_norm!r}, backend={self.backend!r}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.in_dims:
+            raise ValueError(f"expected tokens of shape (B, N, {self.in_dims}), got {tuple(x.shape)}")
+        y = e2a(
+            self.to_query(x),
+            self.to_key(x),
+            self.w_g,
+            self.proj.weight,
+            self.proj.bias,
+            scale=self.scale_factor,
+            token_norm=self.token_norm,
+            backend=self.backend,
+        )
+        return self.final(y)
+
+
+class EfficientAdditiveAttention2d(EfficientAdditiveAttention):
+    """E2A on feature maps ``(B, in_dims, H, W)`` → ``(B, token_dim, H, W)``: timm's form, same parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_dims:
+            raise ValueError(f"expected a feature map of shape (B, {self.in_dims}, H, W), got {tuple(x.shape)}")
+        B, _, H, W = x.shape
+        out = super().forward(x.flatten(2).transpose(1, 2))
+        return out.transpose(1, 2).reshape(B, -1, H, W)

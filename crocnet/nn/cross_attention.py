@@ -1,0 +1,115 @@
+"""Cross efficient additive attention: CroCNet's coupling of S specialist streams (LV, MYO, RV)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops import cross_e2a
+from ..ops._checks import BACKENDS
+from ..ops.naive import TOKEN_NORMS
+
+#: Stream names of the authors' ``X_EfficientAdditiveAttnetion``, in their order.
+CROCNET_STREAMS = ("lv", "myo", "rv")
+
+
+class CrossEfficientAdditiveAttention(nn.Module):
+    """Cross-E2A over S token streams, each ``(B, N, in_dims)``; returns S tensors ``(B, N, token_dim)``.
+
+    ``out_s = final_s(Σ_t proj[s][t](G_s ⊙ k̂_t) + q̂_s)``: stream s pools its own global query ``G_s`` and
+    reads the keys of every stream through its own projection per pair (DESIGN.md §1).
+
+    Parameters per stream: ``to_query[s]``, ``to_key[s]``, ``w_g[s]``, ``final[s]``; per pair ``proj[s][t]``.
+    The authors' code applies ``final_myo`` to the RV stream (``final_rv`` is unused); ``authors_final_bug=True``
+    reproduces that (S = 3 only) so their checkpoints give their outputs.
+    """
+
+    def __init__(
+        self,
+        in_dims: int,
+        token_dim: int,
+        streams: int = 3,
+        num_heads: int = 1,
+        token_norm: str = "l2",
+        backend: str = "auto",
+        authors_final_bug: bool = False,
+    ):
+        super().__init__()
+        if streams < 1:
+            raise ValueError(f"streams must be >= 1, got {streams}")
+        if token_norm not in TOKEN_NORMS:
+            raise ValueError(f"token_norm must be one of {TOKEN_NORMS}, got {token_norm!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if authors_final_bug and streams != 3:
+            raise ValueError(f"authors_final_bug reproduces the 3-stream (lv, myo, rv) code; got streams={streams}")
+        dim = token_dim * num_heads
+        self.in_dims, self.token_dim, self.num_heads, self.streams = in_dims, token_dim, num_heads, streams
+        self.token_norm, self.backend, self.authors_final_bug = token_norm, backend, authors_final_bug
+        self.scale_factor = token_dim**-0.5
+        self.to_query = nn.ModuleList(nn.Linear(in_dims, dim) for _ in range(streams))
+        self.to_key = nn.ModuleList(nn.Linear(in_dims, dim) for _ in range(streams))
+        self.w_g = nn.ParameterList(nn.Parameter(torch.randn(dim, 1)) for _ in range(streams))
+        self.proj = nn.ModuleList(nn.ModuleList(nn.Linear(dim, dim) for _ in range(streams)) for _ in range(streams))
+        self.final = nn.ModuleList(nn.Linear(dim, token_dim) for _ in range(streams))
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_dims={self.in_dims}, token_dim={self.token_dim}, streams={self.streams}, "
+            f"token_norm={self.token_norm!r}, backend={self.backend!r}, authors_final_bug={self.authors_final_bug}"
+        )
+
+    def final_for(self, s: int) -> nn.Linear:
+        if self.authors_final_bug and s == 2:
+            return self.final[1]
+        return self.final[s]
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if len(xs) != self.streams:
+            raise ValueError(f"expected {self.streams} streams, got {len(xs)}")
+        shape = xs[0].shape
+        if len(shape) != 3 or shape[-1] != self.in_dims:
+            raise ValueError(f"expected streams of shape (B, N, {self.in_dims}), got {tuple(shape)} for stream 0")
+        for s, x in enumerate(xs[1:], start=1):
+            if x.shape != shape:
+                raise ValueError(f"every stream must have the shape of stream 0 {tuple(shape)}, got {tuple(x.shape)} for stream {s}")
+        q = torch.stack([lin(x) for lin, x in zip(self.to_query, xs)])
+        k = torch.stack([lin(x) for lin, x in zip(self.to_key, xs)])
+        w_g = torch.stack([w.reshape(-1) for w in self.w_g])
+        weight = torch.stack([torch.stack([p.weight for p in row]) for row in self.proj])
+        bias = torch.stack([torch.stack([p.bias for p in row]) for row in self.proj])
+        y = cross_e2a(q, k, w_g, weight, bias, scale=self.scale_factor, token_norm=self.token_norm, backend=self.backend)
+        return tuple(self.final_for(s)(y[s]) for s in range(self.streams))
+
+    def load_crocnet_state_dict(self, state_dict: dict, strict: bool = True):
+        """Load the authors' ``X_EfficientAdditiveAttnetion`` weights (keys ``to_query_lv``, ``Proj_lv1``, ...).
+
+        Stream order is (lv, myo, rv); ``Proj_{s}1/2/3`` act on the keys of lv/myo/rv. Returns the
+        ``load_state_dict`` result of the converted dict.
+        """
+        if self.streams != 3:
+            raise ValueError(f"the authors' cross attention has 3 streams (lv, myo, rv); this module has {self.streams}")
+        return self.load_state_dict(convert_crocnet_cross_attention(state_dict), strict=strict)
+
+
+def convert_crocnet_cross_attention(state_dict: dict, prefix: str = "") -> dict:
+    """Map the authors' cross-attention keys onto ours (``to_query_myo.weight`` → ``to_query.1.weight``, ...)."""
+    out = {}
+    for s, name in enumerate(CROCNET_STREAMS):
+        for ours, theirs in (("to_query", "to_query"), ("to_key", "to_key"), ("final", "final")):
+            for p in ("weight", "bias"):
+                key = f"{prefix}{theirs}_{name}.{p}"
+                if key not in state_dict:
+                    raise KeyError(f"missing authors' key {key!r} in the cross-attention state dict")
+                out[f"{ours}.{s}.{p}"] = state_dict[key]
+        key = f"{prefix}w_g_{name}"
+        if key not in state_dict:
+            raise KeyError(f"missing authors' key {key!r} in the cross-attention state dict")
+        out[f"w_g.{s}"] = state_dict[key]
+        for t in range(3):
+            for p in ("weight", "bias"):
+                key = f"{prefix}Proj_{name}{t + 1}.{p}"
+                if key not in state_dict:
+                    raise KeyError(f"missing authors' key {key!r} in the cross-attention state dict")
+                out[f"proj.{s}.{t}.{p}"] = state_dict[key]
+    return out

@@ -1,0 +1,101 @@
+"""Input validation shared by the ops: every message says what was expected and what was got."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .naive import TOKEN_NORMS
+
+BACKENDS = ("auto", "triton", "torch")
+#: Widest token dimension D the Triton kernels accept (rows are held whole in registers).
+MAX_TRITON_DIM = 1024
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def check_float(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {t.dtype}")
+
+
+def check_options(token_norm: str, backend: str, eps: float) -> None:
+    if token_norm not in TOKEN_NORMS:
+        raise ValueError(f"token_norm must be one of {TOKEN_NORMS}, got {token_norm!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps!r}")
+
+
+def check_streams(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    w_g: torch.Tensor,
+    proj_weight: torch.Tensor,
+    proj_bias: torch.Tensor | None,
+) -> None:
+    """Validate the stacked ``(S, B, N, D)`` layout the kernels take."""
+    for name, t in (("q", q), ("k", k), ("w_g", w_g), ("proj_weight", proj_weight)):
+        check_float(name, t)
+    if proj_bias is not None:
+        check_float("proj_bias", proj_bias)
+    if q.dim() != 4:
+        raise ValueError(f"q must have shape (streams, batch, tokens, dim), got {_describe(q)}")
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if q.dtype != k.dtype:
+        raise TypeError(f"q and k must share a dtype, got q {q.dtype} and k {k.dtype}")
+    streams, batch, tokens, dim = q.shape
+    if streams == 0 or batch == 0 or tokens == 0 or dim == 0:
+        raise ValueError(f"q must be non-empty in every axis (streams, batch, tokens, dim), got {tuple(q.shape)}")
+    if w_g.shape not in ((streams, dim), (streams, dim, 1)):
+        raise ValueError(f"w_g must have shape {(streams, dim)} to match q, got {tuple(w_g.shape)}")
+    if proj_weight.shape != (streams, streams, dim, dim):
+        raise ValueError(f"proj_weight must have shape {(streams, streams, dim, dim)} to match q, got {tuple(proj_weight.shape)}")
+    if proj_bias is not None and proj_bias.shape != (streams, streams, dim):
+        raise ValueError(f"proj_bias must have shape {(streams, streams, dim)} to match q, got {tuple(proj_bias.shape)}")
+    tensors = [q, k, w_g, proj_weight] + ([] if proj_bias is None else [proj_bias])
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(f"all inputs must be on one device, got {sorted(str(d) for d in devices)}")
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # pragma: no cover - triton is a Linux dependency
+        return False
+    return True
+
+
+def resolve_backend(backend: str, q: torch.Tensor) -> str:
+    """``auto`` → Triton for CUDA tensors, PyTorch elsewhere; ``triton`` is checked to be runnable."""
+    if backend == "torch":
+        return "torch"
+    runnable = triton_available() and (q.is_cuda or (interpreting() and q.device.type == "cpu"))
+    if backend == "auto":
+        return "triton" if runnable and q.is_cuda else "torch"
+    if not runnable:
+        raise RuntimeError(
+            f"backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before triton "
+            f"is imported; got tensors on {q.device} (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r}, "
+            f"triton importable: {triton_available()}). Use backend='torch' or 'auto' here."
+        )
+    if q.dtype == torch.float64 and not interpreting():
+        raise TypeError("backend='triton' computes in float32 on the GPU; use backend='torch' for float64")
+    if q.shape[-1] > MAX_TRITON_DIM:
+        raise ValueError(
+            f"backend='triton' supports token dims D <= {MAX_TRITON_DIM}, got D = {q.shape[-1]}; use backend='torch'"
+        )
+    return "triton"

@@ -1,0 +1,200 @@
+"""Functional E2A and cross-E2A with autograd, dispatching to the Triton kernels or the PyTorch path.
+
+Both ops are one computation over S stacked streams (E2A is S = 1), so they share one pair of custom
+ops, ``crocnet::e2a_forward`` and ``crocnet::e2a_backward``, registered with ``torch.library`` (fake
+kernels and autograd included) so ``torch.compile(fullgraph=True)`` traces through them without breaks.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _checks
+from .naive import cross_e2a_naive
+
+Tensor = torch.Tensor
+
+
+def _kernels():
+    from crocnet._triton import e2a as kernels  # imported lazily: triton is only needed for this backend
+
+    return kernels
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("crocnet::e2a_forward", mutates_args=())
+def _e2a_forward(
+    q: Tensor,
+    k: Tensor,
+    w_g: Tensor,
+    proj_weight: Tensor,
+    proj_bias: Optional[Tensor],
+    scale: float,
+    token_norm: str,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _kernels().e2a_forward(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps)
+
+
+@_e2a_forward.register_fake
+def _(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps):
+    S, B, N, D = q.shape
+    acc = _acc_dtype(q.dtype)
+    return (
+        q.new_empty((S, B, N, D)),
+        q.new_empty((S, B, D), dtype=acc),
+        q.new_empty((S, B, 2), dtype=acc),
+        q.new_empty((S, B, N), dtype=acc),
+    )
+
+
+@torch.library.custom_op("crocnet::e2a_backward", mutates_args=())
+def _e2a_backward(
+    dy: Tensor,
+    q: Tensor,
+    k: Tensor,
+    w_g: Tensor,
+    proj_weight: Tensor,
+    G: Tensor,
+    stats: Tensor,
+    nk: Tensor,
+    scale: float,
+    token_norm: str,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _kernels().e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale, token_norm, eps)
+
+
+@_e2a_backward.register_fake
+def _(dy, q, k, w_g, proj_weight, G, stats, nk, scale, token_norm, eps):
+    S, B, N, D = q.shape
+    acc = _acc_dtype(q.dtype)
+    return (
+        q.new_empty((S, B, N, D)),
+        k.new_empty((S, B, N, D)),
+        q.new_empty((S, D), dtype=acc),
+        q.new_empty((S, S, D, D), dtype=acc),
+        q.new_empty((S, S, D), dtype=acc),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps = inputs
+    _, G, stats, nk = output
+    ctx.save_for_backward(q, k, w_g, proj_weight, G, stats, nk)
+    ctx.scale, ctx.token_norm, ctx.eps = scale, token_norm, eps
+    ctx.has_bias = proj_bias is not None
+    ctx.mark_non_differentiable(G, stats, nk)
+
+
+def _backward(ctx, dy, _dG, _dstats, _dnk):
+    q, k, w_g, proj_weight, G, stats, nk = ctx.saved_tensors
+    dq, dk, dw_g, dw, db = _e2a_backward(dy.contiguous(), q, k, w_g, proj_weight, G, stats, nk, ctx.scale, ctx.token_norm, ctx.eps)
+    dw_g = dw_g.to(w_g.dtype).reshape(w_g.shape)
+    dw = dw.to(proj_weight.dtype)
+    db = db.to(proj_weight.dtype) if ctx.has_bias else None
+    return dq, dk, dw_g, dw, db, None, None, None
+
+
+_e2a_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _autocast(q, k, proj_weight, proj_bias):
+    """Under autocast, run the kernels in the autocast dtype as ``nn.Linear`` would."""
+    device_type = q.device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        q, k, proj_weight = q.to(dtype), k.to(dtype), proj_weight.to(dtype)
+        proj_bias = None if proj_bias is None else proj_bias.to(dtype)
+    return q, k, proj_weight, proj_bias
+
+
+def cross_e2a(
+    q: Tensor,
+    k: Tensor,
+    w_g: Tensor,
+    proj_weight: Tensor,
+    proj_bias: Optional[Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    token_norm: str = "l2",
+    eps: float = 1e-12,
+    backend: str = "auto",
+) -> Tensor:
+    """Cross efficient additive attention over S coupled streams (CroCNet stage 2).
+
+    ``y_s = Σ_t proj_{s,t}(G_s ⊙ k̂_t) + q̂_s`` with ``G_s = Σ_n â_{s,n} q̂_{s,n}``, ``a_{s,n} = scale · q̂_{s,n}·w_g[s]``.
+
+    Args:
+        q, k: ``(S, B, N, D)`` query and key projections of the S streams (not yet normalised).
+        w_g: ``(S, D)`` (or ``(S, D, 1)``) token-scoring vectors.
+        proj_weight: ``(S, S, D, D)``; ``proj_weight[s, t]`` maps the keys of stream t into stream s.
+        proj_bias: ``(S, S, D)`` or ``None``.
+        scale: score scale ``c``; default ``D ** -0.5``.
+        token_norm: ``"l2"`` (SwiftFormer), ``"softmax"`` (Fastformer) or ``"none"`` (unit weights, the
+            original SwiftFormer release and its HuggingFace port).
+        eps: the ``F.normalize`` epsilon of every norm.
+        backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"triton"`` or ``"torch"``.
+
+    Returns:
+        ``(S, B, N, D)`` in q's dtype (the autocast dtype under autocast with the Triton backend).
+    """
+    _checks.check_options(token_norm, backend, eps)
+    _checks.check_streams(q, k, w_g, proj_weight, proj_bias)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if _checks.resolve_backend(backend, q) == "torch":
+        return cross_e2a_naive(q, k, w_g.reshape(q.shape[0], -1), proj_weight, proj_bias, scale, token_norm, eps)
+    q, k, proj_weight, proj_bias = _autocast(q, k, proj_weight, proj_bias)
+    y, _, _, _ = _e2a_forward(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps)
+    return y
+
+
+def e2a(
+    q: Tensor,
+    k: Tensor,
+    w_g: Tensor,
+    proj_weight: Tensor,
+    proj_bias: Optional[Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    token_norm: str = "l2",
+    eps: float = 1e-12,
+    backend: str = "auto",
+) -> Tensor:
+    """Efficient additive attention core (SwiftFormer), without the input and output linears.
+
+    ``q̂ = q/‖q‖``, ``k̂ = k/‖k‖`` per token; ``a_n = scale · q̂_n·w_g``; ``â = a/‖a‖`` over tokens;
+    ``G = Σ_n â_n q̂_n``; returns ``y_n = proj(G ⊙ k̂_n) + q̂_n``.
+
+    Args:
+        q, k: ``(B, N, D)`` query and key projections (``to_query(x)``, ``to_key(x)``).
+        w_g: ``(D, 1)`` or ``(D,)``.
+        proj_weight, proj_bias: ``(D, D)`` and ``(D,)`` (or ``None``), the ``proj`` linear.
+        scale, token_norm, eps, backend: as in :func:`cross_e2a`.
+
+    Returns:
+        ``(B, N, D)``.
+    """
+    for name, t, dims in (("q", q, 3), ("k", k, 3), ("proj_weight", proj_weight, 2)):
+        _checks.check_float(name, t)
+        if t.dim() != dims:
+            raise ValueError(f"{name} must have {dims} dims, got shape {tuple(t.shape)}")
+    _checks.check_float("w_g", w_g)
+    if proj_bias is not None:
+        _checks.check_float("proj_bias", proj_bias)
+        if proj_bias.dim() != 1:
+            raise ValueError(f"proj_bias must have shape (D,), got {tuple(proj_bias.shape)}")
+    dim = q.shape[-1]
+    if w_g.numel() != dim or w_g.dim() > 2:
+        raise ValueError(f"w_g must have shape ({dim}, 1) or ({dim},) to match q's width {dim}, got {tuple(w_g.shape)}")
+    bias = None if proj_bias is None else proj_bias[None, None]
+    y = cross_e2a(
+        q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias,
+        scale=scale, token_norm=token_norm, eps=eps, backend=backend,
+    )
+    return y[0]

@@ -1,0 +1,1 @@
+"""Triton kernels and their launchers (shipped in the wheel as ``crocnet._triton``)."""

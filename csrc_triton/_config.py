@@ -1,0 +1,162 @@
+"""Launch configuration shared by the kernels: autotune lists, the off switch, grid sizing."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+
+#: Token tiles are never smaller than this; the grid is sized from it so it never depends on a config.
+MIN_BLOCK_N = 16
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def autotune_enabled() -> bool:
+    """``CROCNET_AUTOTUNE=0`` turns autotuning off (one default config); the interpreter never tunes."""
+    return os.environ.get("CROCNET_AUTOTUNE", "1") not in ("0", "false", "False", "") and not interpreting()
+
+
+#: Elements of one [BLOCK_N, BLOCK_D] tile per thread: the kernels hold three or four such tiles at once,
+#: and more than this spills registers (checked with ``tools/compile_check.py`` for sm_90).
+MAX_ELEMENTS_PER_THREAD = 16
+
+
+def _fits(rows: int, cols: int, warps: int, budget: int = MAX_ELEMENTS_PER_THREAD) -> bool:
+    return rows * cols <= budget * 32 * warps
+
+
+def _dot_budget(named_args, *names) -> int:
+    """fp32 GEMMs at ``ieee`` precision run on FMA units with operands in registers: half the budget."""
+    for name in names:
+        t = named_args.get(name)
+        if t is not None and getattr(t, "dtype", None) == torch.float32:
+            return MAX_ELEMENTS_PER_THREAD // 2
+    return MAX_ELEMENTS_PER_THREAD
+
+
+def _smallest(configs: list[triton.Config]) -> list[triton.Config]:
+    """Fallback for the widest rows, where no tile fits the budget: the smallest tiles on 8 warps."""
+    return sorted(configs, key=lambda c: (sorted(c.kwargs.values()), -c.num_warps, c.num_stages))[:1]
+
+
+def _ordered(keep: list[triton.Config], tile_key) -> list[triton.Config]:
+    """Best guess first: the largest tiles on the fewest warps. The first survivor is the default."""
+    def key(c):
+        size = tile_key(c)
+        size = size if isinstance(size, tuple) else (size,)
+        return tuple(-x for x in size) + (c.num_warps, c.num_stages)
+
+    return sorted(keep, key=key)
+
+
+def row_configs() -> list[triton.Config]:
+    """Configs for the token-row kernels (one [BLOCK_N, BLOCK_D] tile of whole rows at a time)."""
+    if interpreting():
+        return [triton.Config({"BLOCK_N": MIN_BLOCK_N}, num_warps=4)]
+    return [
+        triton.Config({"BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+        for block_n in (16, 32, 64, 128)
+        for warps in (4, 8)
+        for stages in (1, 2)
+    ]
+
+
+def prune_rows(configs, named_args, **kwargs):
+    block_d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D"))
+    budget = _dot_budget(named_args, "DY") if "W" in named_args else MAX_ELEMENTS_PER_THREAD
+    keep = [c for c in configs if _fits(c.kwargs["BLOCK_N"], block_d, c.num_warps, budget)] or _smallest(configs)
+    keep = _ordered(keep, lambda c: c.kwargs["BLOCK_N"])
+    return keep if autotune_enabled() else keep[:1]
+
+
+def out_configs() -> list[triton.Config]:
+    """Configs for the forward key-interaction kernel (token tile x output-column tile)."""
+    if interpreting():  # the interpreter pays per program: the widest tile that fits, small token tiles
+        return [triton.Config({"BLOCK_N": MIN_BLOCK_N, "BLOCK_O": o}, num_warps=4) for o in (128, 64, 32, 16)]
+    return [
+        triton.Config({"BLOCK_N": block_n, "BLOCK_O": block_o}, num_warps=warps, num_stages=stages)
+        for block_n in (16, 32, 64, 128)
+        for block_o in (16, 32, 64, 128)
+        for warps in (4, 8)
+        for stages in (1, 2)
+    ]
+
+
+def prune_out(configs, named_args, **kwargs):
+    block_d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D"))
+    budget = _dot_budget(named_args, "K")
+    keep = [
+        c
+        for c in configs
+        if c.kwargs["BLOCK_O"] <= block_d
+        and _fits(c.kwargs["BLOCK_N"], block_d, c.num_warps, budget)
+        and _fits(c.kwargs["BLOCK_O"], block_d, c.num_warps, budget)
+    ] or _smallest(configs)
+    if block_d <= 128:  # one output tile covers the row: no column re-reads
+        keep = [c for c in keep if c.kwargs["BLOCK_O"] == block_d] or keep
+    keep = _ordered(keep, lambda c: (c.kwargs["BLOCK_O"], c.kwargs["BLOCK_N"]))
+    return keep if autotune_enabled() else keep[:1]
+
+
+def weight_grad_configs() -> list[triton.Config]:
+    if interpreting():
+        return [
+            triton.Config({"BLOCK_N": MIN_BLOCK_N, "BLOCK_O": o, "BLOCK_I": o}, num_warps=4) for o in (64, 32, 16)
+        ]
+    return [
+        triton.Config({"BLOCK_N": block_n, "BLOCK_O": block, "BLOCK_I": block}, num_warps=warps, num_stages=stages)
+        for block_n in (32, 64, 128)
+        for block in (32, 64, 128)
+        for warps in (4, 8)
+        for stages in (2, 3)
+    ]
+
+
+def prune_weight_grad(configs, named_args, **kwargs):
+    block_d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D"))
+    budget = _dot_budget(named_args, "K")
+    keep = [
+        c
+        for c in configs
+        if c.kwargs["BLOCK_O"] <= block_d
+        and _fits(c.kwargs["BLOCK_O"], c.kwargs["BLOCK_I"], c.num_warps, budget)
+        and _fits(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_O"], c.num_warps, budget)
+    ] or _smallest(configs)
+    keep = _ordered(keep, lambda c: (c.kwargs["BLOCK_O"], c.kwargs["BLOCK_N"]))
+    return keep if autotune_enabled() else keep[:1]
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """Triton ``input_precision`` for float32 GEMMs, following ``torch.set_float32_matmul_precision``:
+    highest → ieee (the default, as exact as cuBLAS fp32), high → tf32x3, medium → tf32."""
+    if interpreting() or dtype != torch.float32:
+        return "ieee"
+    return {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}[torch.get_float32_matmul_precision()]
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def programs_per_row(tokens: int, rows: int, device: torch.device) -> int:
+    """Programs that split the tokens of one (stream, image) row: enough to fill the device, at most one per
+    ``MIN_BLOCK_N`` tokens. Independent of the tile config, so the partial buffers never change shape."""
+    target = 4 * _sm_count(device.index or 0) if device.type == "cuda" else 4
+    return max(1, min(triton.cdiv(tokens, MIN_BLOCK_N), triton.cdiv(target, rows)))
+
+
+def key_grad_block_o(block_d: int, dtype: torch.dtype) -> int:
+    """Output-column chunk of the key-gradient GEMM (its reduction axis); small for fp32 FMA GEMMs."""
+    if dtype == torch.float32 and not interpreting():
+        return 16 if block_d >= 256 else 32
+    return min(block_d, 64)
+
+
+def block_d(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))

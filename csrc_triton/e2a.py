@@ -1,0 +1,483 @@
+"""Triton kernels for efficient additive attention over S coupled streams.
+
+E2A (SwiftFormer) is S = 1; CroCNet's cross-E2A is S = 3. Tensors are stacked ``(S, B, N, D)``:
+
+    q̂ = q / max(‖q‖, eps),  k̂ = k / max(‖k‖, eps)        per token, over D
+    a_n = scale · q̂_n·w_g[s]                              token scores of stream s
+    â = a / max(‖a‖, eps)  (l2) | softmax(a) | 1 (none)   over the N tokens of one image
+    G_s = Σ_n â_n q̂_n                                     global query, (S, B, D)
+    y_s = Σ_t proj_{s,t}(G_s ⊙ k̂_t) + q̂_s
+
+Forward, two launches: ``_pool_partials_kernel`` streams q once and writes per-program partial sums
+(``Σa²`` or the online-softmax ``(max, Σexp)``, and ``Σ a·q̂``); ``_key_interaction_kernel`` reduces
+those partials in a fixed order (deterministic) into G and computes the projection as a GEMM over
+``k̂ ⊙ G`` with ``+ b + q̂`` in its epilogue.
+
+Backward, three launches plus tiny sums: ``_key_grad_kernel`` (dk and per-program partials of dG),
+``_query_grad_kernel`` (dq, partials of dw_g and db), ``_proj_weight_grad_kernel`` (split-K partials of
+dW). Every cross-program reduction goes through fp32 partial buffers and ``torch.sum``: no atomics, so two
+runs give bit-identical results. All offsets are int64; the token count N is a runtime value.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _config
+
+L2, SOFTMAX, NONE = 0, 1, 2
+TOKEN_NORM_CODES = {"l2": L2, "softmax": SOFTMAX, "none": NONE}
+
+#: Allocator of every buffer the launchers hand back or reduce; tests swap it for a NaN-filling one.
+empty = torch.empty
+
+
+# --------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _token_range(pid, nprog, N, BLOCK_N: tl.constexpr):
+    """Token tiles [start, end) of program ``pid`` out of ``nprog`` sharing one row of N tokens."""
+    num_tiles = tl.cdiv(N, BLOCK_N)
+    per = tl.cdiv(num_tiles, nprog)
+    start = pid * per
+    end = tl.minimum(start + per, num_tiles)
+    return start, end
+
+
+@triton.jit
+def _load_rows(ptr, row0, rows, cols, N, D, ACC: tl.constexpr):
+    """A [BLOCK_N, BLOCK_D] tile of rows ``row0 + rows`` (int64 base) of a (…, N, D) tensor, in ACC."""
+    mask = (rows[:, None] < N) & (cols[None, :] < D)
+    offs = (row0 + rows.to(tl.int64))[:, None] * D + cols[None, :]
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
+def _dot(a, b, acc, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr):
+    """``acc + a @ b``; operands in the input dtype (tensor cores) unless DOT_IN_ACC."""
+    if DOT_IN_ACC:
+        return tl.dot(a.to(acc.dtype), b.to(acc.dtype), acc, input_precision=DOT_PREC)
+    else:
+        return tl.dot(a.to(IN_DTYPE), b.to(IN_DTYPE), acc, input_precision=DOT_PREC)
+
+
+@triton.jit
+def _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr,
+                      BLOCK_D: tl.constexpr):
+    """Reduce the P pooling partials of one (stream, image) row, always in the same order.
+
+    Returns G ([BLOCK_D]) and the two statistics the backward needs:
+    l2 → (‖a‖, 0); softmax → (Σ exp(a − m), m); none → (0, 0).
+    """
+    cmask = cols < D
+    base = row * P
+    m = tl.full((), float("-inf"), ACC)
+    if TOKEN_NORM == 1:
+        for p in range(0, P):
+            m = tl.maximum(m, tl.load(PART_STAT + (base + p) * 2 + 1).to(ACC))
+    g = tl.zeros([BLOCK_D], dtype=ACC)
+    tot = tl.zeros((), dtype=ACC)
+    for p in range(0, P):
+        gp = tl.load(PART_G + (base + p) * D + cols, mask=cmask, other=0.0).to(ACC)
+        sp = tl.load(PART_STAT + (base + p) * 2).to(ACC)
+        if TOKEN_NORM == 1:
+            w = tl.exp(tl.load(PART_STAT + (base + p) * 2 + 1).to(ACC) - m)
+            g += gp * w
+            tot += sp * w
+        else:
+            g += gp
+            tot += sp
+    if TOKEN_NORM == 0:
+        norm_a = tl.sqrt(tot)
+        G = g / tl.maximum(norm_a, eps)
+        st0 = norm_a
+        st1 = tl.zeros((), dtype=ACC)
+    elif TOKEN_NORM == 1:
+        G = g / tot
+        st0 = tot
+        st1 = m
+    else:
+        G = g
+        st0 = tl.zeros((), dtype=ACC)
+        st1 = tl.zeros((), dtype=ACC)
+    return G, st0, st1
+
+
+# --------------------------------------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.autotune(
+    configs=_config.row_configs(),
+    key=["BLOCK_D", "TOKEN_NORM"],
+    prune_configs_by={"early_config_prune": _config.prune_rows},
+)
+@triton.jit(do_not_specialize=["B", "N", "P"])
+def _pool_partials_kernel(
+    Q, WG, NQ, PART_G, PART_STAT,
+    B, N, D, P, scale, eps,
+    TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Grid (P, S·B). One pass over q: per-token norms (kept for the epilogue) and pooling partials."""
+    pid = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)  # s·B + b
+    s = row // B
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    wg = tl.load(WG + s * D + cols, mask=cmask, other=0.0).to(ACC)
+
+    acc_g = tl.zeros([BLOCK_D], dtype=ACC)
+    acc_s = tl.zeros((), dtype=ACC)
+    m = tl.full((), float("-inf"), ACC)
+    start, end = _token_range(pid, P, N, BLOCK_N)
+    for tile in range(start, end):
+        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        x = _load_rows(Q, row * N, rows, cols, N, D, ACC)
+        nq = tl.sqrt(tl.sum(x * x, axis=1))
+        tl.store(NQ + row * N + rows, nq, mask=rmask)
+        qh = x / tl.maximum(nq, eps)[:, None]
+        a = tl.sum(qh * wg[None, :], axis=1) * scale
+        if TOKEN_NORM == 0:
+            acc_s += tl.sum(a * a, axis=0)
+            acc_g += tl.sum(a[:, None] * qh, axis=0)
+        elif TOKEN_NORM == 1:
+            a = tl.where(rmask, a, float("-inf"))
+            m_new = tl.maximum(m, tl.max(a, axis=0))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(a - m_new)
+            acc_s = acc_s * alpha + tl.sum(p, axis=0)
+            acc_g = acc_g * alpha + tl.sum(p[:, None] * qh, axis=0)
+            m = m_new
+        else:
+            acc_g += tl.sum(qh, axis=0)
+    out = row * P + pid
+    tl.store(PART_G + out * D + cols, acc_g, mask=cmask)
+    tl.store(PART_STAT + out * 2, acc_s)
+    tl.store(PART_STAT + out * 2 + 1, m)
+
+
+@triton.autotune(
+    configs=_config.out_configs(),
+    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_BIAS", "DOT_PREC"],
+    prune_configs_by={"early_config_prune": _config.prune_out},
+)
+@triton.jit(do_not_specialize=["B", "N", "P"])
+def _key_interaction_kernel(
+    Q, K, W, BIAS, NQ, PART_G, PART_STAT, Y, G_OUT, STAT_OUT, NK,
+    B, N, D, P, eps,
+    S: tl.constexpr, HAS_BIAS: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr,
+    IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
+):
+    """Grid (P, ⌈D/BLOCK_O⌉, S·B): ``y_s[:, o] = Σ_t (k̂_t ⊙ G_s) @ W_{s,t}[o, :]ᵀ + Σ_t b_{s,t}[o] + q̂_s[:, o]``."""
+    pid = tl.program_id(0)
+    pid_o = tl.program_id(1)
+    row = tl.program_id(2).to(tl.int64)
+    s = row // B
+    b = row - s * B
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    ocols = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    omask = ocols < D
+
+    G, st0, st1 = _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM, ACC, BLOCK_D)
+    if (pid == 0) & (pid_o == 0):
+        tl.store(G_OUT + row * D + cols, G, mask=cmask)
+        tl.store(STAT_OUT + row * 2, st0)
+        tl.store(STAT_OUT + row * 2 + 1, st1)
+
+    bias = tl.zeros([BLOCK_O], dtype=ACC)
+    if HAS_BIAS:
+        for t in tl.static_range(S):
+            bias += tl.load(BIAS + (s * S + t) * D + ocols, mask=omask, other=0.0).to(ACC)
+
+    wmask = cmask[:, None] & omask[None, :]
+    start, end = _token_range(pid, P, N, BLOCK_N)
+    for tile in range(start, end):
+        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        acc = tl.zeros([BLOCK_N, BLOCK_O], dtype=ACC)
+        for t in tl.static_range(S):
+            kt = _load_rows(K, (t * B + b) * N, rows, cols, N, D, ACC)
+            nk = tl.sqrt(tl.sum(kt * kt, axis=1))
+            tl.store(NK + (t * B + b) * N + rows, nk, mask=rmask & (pid_o == 0) & (s == 0))
+            z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * G[None, :]
+            # W_{s,t}ᵀ restricted to the output columns: wt[i, o] = W[s, t, o, i]
+            wt = tl.load(W + (s * S + t) * D * D + ocols[None, :].to(tl.int64) * D + cols[:, None], mask=wmask, other=0.0)
+            acc = _dot(z, wt, acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
+        nq = tl.load(NQ + row * N + rows, mask=rmask, other=1.0).to(ACC)
+        qo = _load_rows(Q, row * N, rows, ocols, N, D, ACC)
+        y = acc + bias[None, :] + qo / tl.maximum(nq, eps)[:, None]
+        offs = (row * N + rows.to(tl.int64))[:, None] * D + ocols[None, :]
+        tl.store(Y + offs, y, mask=rmask[:, None] & omask[None, :])
+
+
+# --------------------------------------------------------------------------------------------------------
+# backward
+# --------------------------------------------------------------------------------------------------------
+
+
+@triton.autotune(
+    configs=_config.row_configs(),
+    key=["BLOCK_D", "S", "BLOCK_O", "DOT_PREC"],
+    prune_configs_by={"early_config_prune": _config.prune_rows},
+)
+@triton.jit(do_not_specialize=["B", "N", "P"])
+def _key_grad_kernel(
+    K, DY, W, G, DK, PART_DG,
+    B, N, D, P, eps,
+    S: tl.constexpr, S_PAD: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr,
+    DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Grid (P, S·B) over key streams t. With ``e_{s,t} = dy_s @ W_{s,t}``:
+    ``dk̂_t = Σ_s G_s ⊙ e_{s,t}``, ``dk_t`` through the row norm, and partials of ``dG_s = Σ_n k̂_t ⊙ e_{s,t}``."""
+    pid = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)  # t·B + b
+    t = row // B
+    b = row - t * B
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    srange = tl.arange(0, S_PAD)
+
+    acc_dg = tl.zeros([S_PAD, BLOCK_D], dtype=ACC)
+    start, end = _token_range(pid, P, N, BLOCK_N)
+    for tile in range(start, end):
+        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        kt = _load_rows(K, row * N, rows, cols, N, D, ACC)
+        nk = tl.sqrt(tl.sum(kt * kt, axis=1))
+        rk = 1.0 / tl.maximum(nk, eps)
+        kh = kt * rk[:, None]
+        dkh = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
+        for s in tl.static_range(S):
+            e = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
+            for o0 in range(0, D, BLOCK_O):
+                ocols = o0 + tl.arange(0, BLOCK_O)
+                dy = _load_rows(DY, (s * B + b) * N, rows, ocols, N, D, ACC)
+                w = tl.load(W + (s * S + t) * D * D + ocols[:, None].to(tl.int64) * D + cols[None, :],
+                            mask=(ocols[:, None] < D) & cmask[None, :], other=0.0)
+                e = _dot(dy, w, e, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
+            g = tl.load(G + (s * B + b) * D + cols, mask=cmask, other=0.0).to(ACC)
+            dkh += g[None, :] * e
+            acc_dg = tl.where(srange[:, None] == s, acc_dg + tl.sum(kh * e, axis=0)[None, :], acc_dg)
+        proj = tl.sum(kh * dkh, axis=1)
+        dk = tl.where((nk >= eps)[:, None], (dkh - kh * proj[:, None]) * rk[:, None], dkh * rk[:, None])
+        offs = (row * N + rows.to(tl.int64))[:, None] * D + cols[None, :]
+        tl.store(DK + offs, dk, mask=rmask[:, None] & cmask[None, :])
+    # PART_DG layout (S_s, B, S_t, P, D)
+    out = ((srange.to(tl.int64) * B + b) * S + t) * P + pid
+    tl.store(PART_DG + out[:, None] * D + cols[None, :], acc_dg, mask=(srange[:, None] < S) & cmask[None, :])
+
+
+@triton.autotune(
+    configs=_config.row_configs(),
+    key=["BLOCK_D", "S", "TOKEN_NORM"],
+    prune_configs_by={"early_config_prune": _config.prune_rows},
+)
+@triton.jit(do_not_specialize=["B", "N", "P"])
+def _query_grad_kernel(
+    Q, DY, WG, G, STAT, PART_DG, DQ, PART_DWG, PART_DB,
+    B, N, D, P, scale, eps,
+    S: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Grid (P, S·B) over query streams s: dq through pooling and the row norm; partials of dw_g and db."""
+    pid = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)  # s·B + b
+    s = row // B
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+
+    g = tl.load(G + row * D + cols, mask=cmask, other=0.0).to(ACC)
+    dg = tl.zeros([BLOCK_D], dtype=ACC)
+    for j in range(0, S * P):  # PART_DG[s, b, :, :, :] is contiguous: S_t·P rows
+        dg += tl.load(PART_DG + (row * S * P + j) * D + cols, mask=cmask, other=0.0).to(ACC)
+    gdg = tl.sum(g * dg, axis=0)
+    st0 = tl.load(STAT + row * 2).to(ACC)
+    st1 = tl.load(STAT + row * 2 + 1).to(ACC)
+    wg = tl.load(WG + s * D + cols, mask=cmask, other=0.0).to(ACC)
+
+    acc_dwg = tl.zeros([BLOCK_D], dtype=ACC)
+    acc_db = tl.zeros([BLOCK_D], dtype=ACC)
+    start, end = _token_range(pid, P, N, BLOCK_N)
+    for tile in range(start, end):
+        rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        x = _load_rows(Q, row * N, rows, cols, N, D, ACC)
+        nq = tl.sqrt(tl.sum(x * x, axis=1))
+        rq = 1.0 / tl.maximum(nq, eps)
+        qh = x * rq[:, None]
+        dy = _load_rows(DY, row * N, rows, cols, N, D, ACC)
+        if TOKEN_NORM == 2:
+            dqh = dy + tl.where(rmask, 1.0, 0.0)[:, None] * dg[None, :]
+        else:
+            a = tl.sum(qh * wg[None, :], axis=1) * scale
+            dah = tl.sum(qh * dg[None, :], axis=1)
+            if TOKEN_NORM == 0:
+                denom = tl.maximum(st0, eps)
+                ah = a / denom
+                da = tl.where(st0 >= eps, (dah - ah * gdg) / denom, dah / eps)
+            else:
+                ah = tl.where(rmask, tl.exp(a - st1) / st0, 0.0)
+                da = ah * (dah - gdg)
+            da = tl.where(rmask, da, 0.0)
+            dqh = dy + ah[:, None] * dg[None, :] + (scale * da)[:, None] * wg[None, :]
+            acc_dwg += tl.sum(da[:, None] * qh, axis=0)
+        proj = tl.sum(qh * dqh, axis=1)
+        dq = tl.where((nq >= eps)[:, None], (dqh - qh * proj[:, None]) * rq[:, None], dqh * rq[:, None])
+        offs = (row * N + rows.to(tl.int64))[:, None] * D + cols[None, :]
+        tl.store(DQ + offs, dq, mask=rmask[:, None] & cmask[None, :])
+        acc_db += tl.sum(dy, axis=0)
+    out = row * P + pid
+    tl.store(PART_DWG + out * D + cols, acc_dwg, mask=cmask)
+    tl.store(PART_DB + out * D + cols, acc_db, mask=cmask)
+
+
+@triton.autotune(
+    configs=_config.weight_grad_configs(),
+    key=["BLOCK_D", "S", "DOT_PREC"],
+    prune_configs_by={"early_config_prune": _config.prune_weight_grad},
+)
+@triton.jit(do_not_specialize=["B", "N", "SPLIT"])
+def _proj_weight_grad_kernel(
+    DY, K, NK, G, PART_DW,
+    B, N, D, SPLIT, eps,
+    S: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr,
+    DOT_PREC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+):
+    """Grid (⌈D/BLOCK_O⌉, ⌈D/BLOCK_I⌉, S·S·SPLIT): split-K partials of
+    ``dW_{s,t} = Σ_{b,n} dy_s[n]ᵀ (G_s ⊙ k̂_t[n])`` over the flattened (image, token tile) axis."""
+    pid_o = tl.program_id(0)
+    pid_i = tl.program_id(1)
+    pid_z = tl.program_id(2).to(tl.int64)
+    pair = pid_z // SPLIT
+    split = pid_z - pair * SPLIT
+    s = pair // S
+    t = pair - s * S
+    ocols = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    icols = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    omask = ocols < D
+    imask = icols < D
+
+    tiles = tl.cdiv(N, BLOCK_N)
+    total = B * tiles
+    per = tl.cdiv(total, SPLIT)
+    start = split * per
+    end = tl.minimum(start + per, total)
+    acc = tl.zeros([BLOCK_O, BLOCK_I], dtype=ACC)
+    for j in range(start, end):
+        b = j // tiles
+        rows = (j - b * tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        dy = _load_rows(DY, (s * B + b) * N, rows, ocols, N, D, ACC)
+        kt = _load_rows(K, (t * B + b) * N, rows, icols, N, D, ACC)
+        nk = tl.load(NK + (t * B + b) * N + rows, mask=rmask, other=1.0).to(ACC)
+        g = tl.load(G + (s * B + b) * D + icols, mask=imask, other=0.0).to(ACC)
+        z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * g[None, :]
+        acc = _dot(tl.trans(dy), z, acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
+    offs = (pid_z * D + ocols.to(tl.int64))[:, None] * D + icols[None, :]
+    tl.store(PART_DW + offs, acc, mask=omask[:, None] & imask[None, :])
+
+
+# --------------------------------------------------------------------------------------------------------
+# launchers: tensors in, tensors out
+# --------------------------------------------------------------------------------------------------------
+
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def _dtypes(x: torch.Tensor):
+    """(accumulator torch dtype, accumulator tl dtype, input tl dtype, dot operands in ACC, dot precision)."""
+    if x.dtype == torch.float64:
+        return torch.float64, tl.float64, tl.float64, True, "ieee"
+    # The interpreter's bf16/fp16 dot is inexact: keep its operands in fp32 there.
+    dot_in_acc = _config.interpreting() or x.dtype == torch.float32
+    return torch.float32, tl.float32, _TL_DTYPES[x.dtype], dot_in_acc, _config.dot_precision(x.dtype)
+
+
+def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float):
+    """``q, k (S, B, N, D)``, ``w_g (S, D)``, ``proj_weight (S, S, D, D)``, ``proj_bias (S, S, D) | None``.
+
+    Returns ``y (S, B, N, D)`` in q's dtype, and for the backward ``G (S, B, D)``, ``stats (S, B, 2)``
+    and the key norms ``nk (S, B, N)`` in the accumulator dtype (fp32, or fp64 for fp64 inputs).
+    """
+    S, B, N, D = q.shape
+    q, k = q.contiguous(), k.contiguous()
+    w_g = w_g.reshape(S, D).contiguous()
+    proj_weight = proj_weight.contiguous()
+    has_bias = proj_bias is not None
+    bias = proj_bias.contiguous() if has_bias else proj_weight
+    acc_dtype, ACC, IN_DTYPE, dot_in_acc, prec = _dtypes(q)
+    code = TOKEN_NORM_CODES[token_norm]
+    BLOCK_D = _config.block_d(D)
+    P = _config.programs_per_row(N, S * B, q.device)
+    dev = q.device
+
+    nq = empty((S, B, N), dtype=acc_dtype, device=dev)
+    part_g = empty((S, B, P, D), dtype=acc_dtype, device=dev)
+    part_stat = empty((S, B, P, 2), dtype=acc_dtype, device=dev)
+    _pool_partials_kernel[(P, S * B)](
+        q, w_g, nq, part_g, part_stat, B, N, D, P, float(scale), float(eps),
+        TOKEN_NORM=code, ACC=ACC, BLOCK_D=BLOCK_D,
+    )
+    y = empty((S, B, N, D), dtype=q.dtype, device=dev)
+    G = empty((S, B, D), dtype=acc_dtype, device=dev)
+    stats = empty((S, B, 2), dtype=acc_dtype, device=dev)
+    nk = empty((S, B, N), dtype=acc_dtype, device=dev)
+    grid = lambda meta: (P, triton.cdiv(D, meta["BLOCK_O"]), S * B)  # noqa: E731
+    _key_interaction_kernel[grid](
+        q, k, proj_weight, bias, nq, part_g, part_stat, y, G, stats, nk, B, N, D, P, float(eps),
+        S=S, HAS_BIAS=has_bias, TOKEN_NORM=code, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc,
+        DOT_PREC=prec, BLOCK_D=BLOCK_D,
+    )
+    return y, G, stats, nk
+
+
+def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_norm: str, eps: float):
+    """Gradients ``(dq, dk, dw_g (S, D), d_proj_weight (S, S, D, D), d_proj_bias (S, S, D))`` from ``dy``."""
+    S, B, N, D = q.shape
+    dy, q, k = dy.contiguous(), q.contiguous(), k.contiguous()
+    w_g = w_g.reshape(S, D).contiguous()
+    proj_weight = proj_weight.contiguous()
+    acc_dtype, ACC, IN_DTYPE, dot_in_acc, prec = _dtypes(q)
+    code = TOKEN_NORM_CODES[token_norm]
+    BLOCK_D = _config.block_d(D)
+    BLOCK_O = _config.key_grad_block_o(BLOCK_D, q.dtype)
+    P = _config.programs_per_row(N, S * B, q.device)
+    dev = q.device
+
+    dk = empty((S, B, N, D), dtype=k.dtype, device=dev)
+    part_dg = empty((S, B, S, P, D), dtype=acc_dtype, device=dev)
+    _key_grad_kernel[(P, S * B)](
+        k, dy, proj_weight, G, dk, part_dg, B, N, D, P, float(eps),
+        S=S, S_PAD=triton.next_power_of_2(S), ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec,
+        BLOCK_D=BLOCK_D, BLOCK_O=BLOCK_O,
+    )
+    dq = empty((S, B, N, D), dtype=q.dtype, device=dev)
+    part_dwg = empty((S, B, P, D), dtype=acc_dtype, device=dev)
+    part_db = empty((S, B, P, D), dtype=acc_dtype, device=dev)
+    _query_grad_kernel[(P, S * B)](
+        q, dy, w_g, G, stats, part_dg, dq, part_dwg, part_db, B, N, D, P, float(scale), float(eps),
+        S=S, TOKEN_NORM=code, ACC=ACC, BLOCK_D=BLOCK_D,
+    )
+    tiles = B * triton.cdiv(N, _config.MIN_BLOCK_N)
+    split = _config.programs_per_row(tiles * _config.MIN_BLOCK_N, S * S * triton.cdiv(D, 32) ** 2, dev)
+    part_dw = empty((S, S, split, D, D), dtype=acc_dtype, device=dev)
+    grid = lambda meta: (triton.cdiv(D, meta["BLOCK_O"]), triton.cdiv(D, meta["BLOCK_I"]), S * S * split)  # noqa: E731
+    _proj_weight_grad_kernel[grid](
+        dy, k, nk, G, part_dw, B, N, D, split, float(eps),
+        S=S, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, BLOCK_D=BLOCK_D,
+    )
+    d_w_g = part_dwg.view(S, B * P, D).sum(1).mul_(scale)
+    d_proj_weight = part_dw.sum(2)
+    d_bias_stream = part_db.view(S, B * P, D).sum(1)
+    d_proj_bias = d_bias_stream[:, None, :].expand(S, S, D).contiguous()
+    return dq, dk, d_w_g, d_proj_weight, d_proj_bias
