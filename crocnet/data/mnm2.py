@@ -1,0 +1,173 @@
+"""M&Ms-2 reader (the native archive layout, also what :mod:`crocnet.data.phantom` writes).
+
+Layout::
+
+    MnM2/dataset_information.csv          SUBJECT_CODE, DISEASE, VENDOR, SCANNER, FIELD
+    MnM2/dataset/NNN/NNN_LA_ED.nii.gz     long axis, 4-chamber, (H, W, 1)
+    MnM2/dataset/NNN/NNN_LA_ED_gt.nii.gz  its labels: 0 bg, 1 LV, 2 MYO, 3 RV (stored as float64)
+    MnM2/dataset/NNN/NNN_{LA,SA}_{ED,ES}[_gt].nii.gz
+
+``root`` may be the ``MnM2`` folder, its ``dataset`` folder, a folder of ``NNN`` subject folders, or one
+subject folder. ``dataset_information.csv`` is looked for in ``root`` and the two folders above it; it is
+optional (vendor and disease are then ``None``).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Iterable
+
+from .nifti import read_image_and_label
+from .records import Record
+from .validation import DataError, MissingFileError, require_file
+
+__all__ = [
+    "INFORMATION_COLUMNS",
+    "find_information_csv",
+    "find_subjects",
+    "load_mnm2",
+    "read_dataset_information",
+    "read_subject",
+]
+
+#: the columns of ``dataset_information.csv``
+INFORMATION_COLUMNS = ("SUBJECT_CODE", "DISEASE", "VENDOR", "SCANNER", "FIELD")
+_SUBJECT = re.compile(r"^\d{3}$")
+
+
+def read_dataset_information(path: str | Path) -> dict[str, dict[str, str]]:
+    """Read ``dataset_information.csv`` into ``{"001": {"DISEASE": ..., "VENDOR": ..., ...}, ...}``.
+
+    Subject codes are written as three digits whether the csv stores ``1`` or ``001``.
+    """
+    path = require_file(Path(path), "M&Ms-2 dataset_information.csv")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in INFORMATION_COLUMNS if c not in columns]
+        if missing:
+            raise DataError(f"{path}: expected columns {', '.join(INFORMATION_COLUMNS)}, missing {', '.join(missing)}")
+        table = {}
+        for row in reader:
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            code = row["SUBJECT_CODE"]
+            if not code.isdigit():
+                raise DataError(f"{path}: expected a numeric SUBJECT_CODE, got {code!r}")
+            table[f"{int(code):03d}"] = {k: row[k] for k in INFORMATION_COLUMNS[1:]}
+    return table
+
+
+def find_information_csv(root: str | Path) -> Path | None:
+    """``dataset_information.csv`` in ``root`` or one of the two folders above it, or ``None``."""
+    root = Path(root).resolve()
+    return next((d / "dataset_information.csv" for d in (root, *root.parents[:2])
+                 if (d / "dataset_information.csv").is_file()), None)
+
+
+def find_subjects(root: str | Path) -> dict[str, Path]:
+    """Subject folders ``{"001": path, ...}`` under an M&Ms-2 root (see the module docstring for the forms).
+
+    Raises:
+        MissingFileError: ``root`` does not exist.
+        DataError: no subject folder (``NNN`` with ``NNN_*.nii.gz`` files) was found.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingFileError(f"{root}: M&Ms-2 folder not found")
+    if _SUBJECT.match(root.name) and any(root.glob(f"{root.name}_*.nii*")):
+        return {root.name: root}
+    base = root / "dataset" if (root / "dataset").is_dir() else root
+    found = {
+        p.name: p for p in sorted(base.iterdir()) if p.is_dir() and _SUBJECT.match(p.name) and any(p.glob("*.nii*"))
+    }
+    if not found:
+        raise DataError(
+            f"{root}: expected M&Ms-2 subject folders (dataset/NNN/NNN_LA_ED.nii.gz ...), found none"
+        )
+    return found
+
+
+def read_subject(
+    subject_dir: str | Path,
+    views: Iterable[str] = ("LA",),
+    phases: Iterable[str] = ("ED", "ES"),
+    labels: bool = True,
+    information: dict[str, str] | None = None,
+) -> list[Record]:
+    """Read the requested views and phases of one subject folder ``NNN/``.
+
+    Args:
+        subject_dir: the folder holding ``NNN_{LA,SA}_{ED,ES}[_gt].nii.gz``.
+        views: ``"LA"`` and/or ``"SA"``.
+        phases: ``"ED"`` and/or ``"ES"``.
+        labels: read the ``_gt`` label maps (a missing one is an error); ``False`` gives ``label=None``.
+        information: this subject's row of ``dataset_information.csv`` (vendor, disease, scanner, field).
+
+    Returns:
+        One :class:`Record` per (view, phase), LA images as ``(H, W, 1)``, SA stacks as ``(H, W, Z)``.
+    """
+    subject_dir = Path(subject_dir)
+    subject = subject_dir.name
+    information = information or {}
+    records = []
+    for view in views:
+        for phase in phases:
+            if view not in ("LA", "SA") or phase not in ("ED", "ES"):
+                raise ValueError(f"view must be LA or SA and phase ED or ES, got {view!r}, {phase!r}")
+            image_path = require_file(subject_dir / f"{subject}_{view}_{phase}.nii.gz", f"{view} {phase} image")
+            label_path = subject_dir / f"{subject}_{view}_{phase}_gt.nii.gz" if labels else None
+            volume, image, label = read_image_and_label(image_path, label_path)
+            records.append(
+                Record(
+                    image=image,
+                    label=label,
+                    spacing=volume.spacing,
+                    affine=volume.affine,
+                    subject=subject,
+                    phase=phase,
+                    view=view,
+                    dataset="mnm2",
+                    vendor=information.get("VENDOR") or None,
+                    disease=information.get("DISEASE") or None,
+                    source=image_path,
+                    header=volume.header,
+                    info={k: information[k] for k in ("SCANNER", "FIELD") if information.get(k)},
+                )
+            )
+    return records
+
+
+def load_mnm2(
+    root: str | Path,
+    views: Iterable[str] = ("LA",),
+    phases: Iterable[str] = ("ED", "ES"),
+    subjects: Iterable[str] | None = None,
+    labels: bool = True,
+) -> list[Record]:
+    """Read an M&Ms-2 dataset (or phantom output) into records, ordered by subject, view, phase.
+
+    Args:
+        root: the ``MnM2`` folder (with ``dataset_information.csv`` and ``dataset/``), the ``dataset``
+            folder, a folder of ``NNN`` folders or one subject folder.
+        views, phases: which images to read per subject (default: the LA ED and ES images).
+        subjects: restrict to these subject codes (e.g. one fold of :func:`crocnet.data.splits.kfold`);
+            a code with no folder is an error.
+        labels: read the ``_gt`` label maps.
+    """
+    root = Path(root)
+    found = find_subjects(root)
+    csv_path = find_information_csv(root)
+    information = read_dataset_information(csv_path) if csv_path else {}
+    if subjects is not None:
+        wanted = [f"{int(s):03d}" if str(s).isdigit() else str(s) for s in subjects]
+        absent = [s for s in wanted if s not in found]
+        if absent:
+            raise MissingFileError(f"{root}: subject folders not found: {', '.join(absent)}")
+        found = {s: found[s] for s in wanted}
+    views, phases = tuple(views), tuple(phases)
+    records = []
+    for subject, path in found.items():
+        records += read_subject(path, views, phases, labels, information.get(subject))
+    return records

@@ -1,0 +1,126 @@
+"""Reading and writing NIfTI files with clear errors.
+
+Arrays keep nibabel's voxel-axis order ``(i, j, k)``: ``(H, W, 1)`` for a long-axis image, ``(H, W, Z)``
+for a short-axis stack. A 2D file is returned as ``(H, W, 1)`` (its slice thickness then comes from the
+affine's third column); trailing axes of length 1 beyond the third are dropped. ``affine`` maps voxel
+indices ``(i, j, k, 1)`` to world millimetres (NIfTI RAS+) and is kept exactly as stored (M&Ms-2
+long-axis images have rotated affines).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .validation import DataError, MissingFileError, check_image, check_label, check_same_grid, require_file
+
+__all__ = ["NiftiVolume", "read_image_and_label", "read_nifti", "write_nifti"]
+
+
+@dataclass
+class NiftiVolume:
+    """The array, geometry and header of one NIfTI file.
+
+    Attributes:
+        array: voxel values in their stored dtype, shape ``(H, W, Z)`` (``Z = 1`` for 2D images).
+        affine: ``(4, 4)`` voxel → world (mm) matrix.
+        spacing: voxel size in mm per array axis, or ``None`` when the header has no valid sizes.
+        header: the NIfTI header (reuse it when writing a prediction for this file).
+        path: the file read.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, ...] | None
+    header: nib.Nifti1Header
+    path: Path
+
+
+def read_nifti(path: str | Path) -> NiftiVolume:
+    """Read a ``.nii`` / ``.nii.gz`` file into a :class:`NiftiVolume`.
+
+    Raises:
+        MissingFileError: the file does not exist.
+        DataError: the file is corrupt or truncated, or is not a 2D/3D image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: NIfTI file not found")
+    try:
+        image = nib.load(path)
+        array = np.asanyarray(image.dataobj)
+    except (nib.filebasedimages.ImageFileError, EOFError, zlib.error, OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: expected a readable NIfTI image, got a corrupt or truncated file "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.size == 0:
+        raise DataError(f"{path}: expected a 2D or 3D image, got an array of shape {array.shape}")
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    zooms = zooms + tuple(float(np.linalg.norm(image.affine[:3, a])) for a in range(len(zooms), 3))
+    spacing = zooms if all(np.isfinite(zooms)) and min(zooms) > 0 else None
+    return NiftiVolume(array=array, affine=image.affine.copy(), spacing=spacing, header=image.header, path=path)
+
+
+def write_nifti(
+    path: str | Path,
+    array: np.ndarray,
+    affine: np.ndarray | None,
+    header: nib.Nifti1Header | None = None,
+) -> Path:
+    """Write ``array`` (in the voxel-axis order of :func:`read_nifti`) as NIfTI, creating parent folders.
+
+    Args:
+        path: output file (``.nii.gz`` compresses).
+        array: the voxels; its dtype is stored (use uint8 for label maps).
+        affine: voxel → world matrix; ``None`` writes an identity geometry.
+        header: a header to start from (e.g. the source image's, so a prediction keeps its qform/sform
+            codes and units); its data type and scaling are replaced by the array's.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = None if header is None else header.copy()
+    image = nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else np.asarray(affine), header=header)
+    image.set_data_dtype(np.asarray(array).dtype)
+    image.header.set_slope_inter(None, None)
+    nib.save(image, path)
+    return path
+
+
+def read_image_and_label(
+    image_path: str | Path, label_path: str | Path | None, lookup: np.ndarray | None = None
+) -> tuple[NiftiVolume, np.ndarray, np.ndarray | None]:
+    """Read an image and (optionally) its label map, checked against each other.
+
+    Args:
+        image_path: the image file.
+        label_path: its label map, or ``None`` for an unlabelled case.
+        lookup: optional label remapping table, ``ours = lookup[theirs]`` (see :func:`check_label`).
+
+    Returns:
+        ``(volume, image, label)``: the image's :class:`NiftiVolume`, the float32 image ``(H, W, Z)`` and
+        the uint8 label map of the same shape in the project's convention (or ``None``).
+
+    Raises:
+        MissingFileError: a file is missing (the label message names the label file).
+        DataError: corrupt file, NaN/inf intensities, labels outside the map, or image and label grids
+            (shape or affine) that differ.
+    """
+    volume = read_nifti(image_path)
+    image = check_image(volume.array, volume.path)
+    if label_path is None:
+        return volume, image, None
+    label_volume = read_nifti(require_file(label_path, f"label map of {Path(image_path).name}"))
+    check_same_grid(
+        volume.path, volume.array.shape, volume.affine, label_volume.path, label_volume.array.shape,
+        label_volume.affine,
+    )
+    return volume, image, check_label(label_volume.array, label_volume.path, lookup)

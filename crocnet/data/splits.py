@@ -1,0 +1,168 @@
+"""Subject-level splits: the official M&Ms-2 split and seeded k-fold lists, written and read as JSON.
+
+Splits are always by subject, so the ED and ES images (and the LA and SA views) of one subject land in
+the same part. Use :func:`crocnet.data.select` to pick a part's records.
+
+JSON layout written by :func:`make_splits` / ``crocnet splits``::
+
+    {"dataset": "mnm2", "root": "...", "seed": 0, "k": 5, "stratify": null, "pool": "all",
+     "subjects": ["001", ...],                                          # every subject found
+     "official": {"train": [...], "val": [...], "test": [...]},        # M&Ms-2 layouts only
+     "folds": [{"fold": 0, "train": [...], "val": [...]}, ...]}        # over the pool's subjects
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from .datasets import list_subjects
+from .mnm2 import find_information_csv, read_dataset_information
+
+__all__ = [
+    "MNM2_OFFICIAL_RANGES",
+    "kfold",
+    "main",
+    "make_splits",
+    "mnm2_official_split",
+    "read_splits",
+    "write_splits",
+]
+
+#: the official M&Ms-2 split by subject number (inclusive ranges)
+MNM2_OFFICIAL_RANGES = {"train": (1, 160), "val": (161, 200), "test": (201, 360)}
+
+
+def mnm2_official_split(subjects: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """The official M&Ms-2 split: 001–160 train, 161–200 val, 201–360 test.
+
+    Args:
+        subjects: the subject codes present (e.g. ``list_subjects("mnm2", root)``); ``None`` lists all 360.
+            Codes outside 001–360 are an error.
+    """
+    codes = [f"{n:03d}" for n in range(1, 361)] if subjects is None else sorted(subjects)
+    split: dict[str, list[str]] = {part: [] for part in MNM2_OFFICIAL_RANGES}
+    for code in codes:
+        number = int(code) if code.isdigit() else -1
+        part = next((p for p, (lo, hi) in MNM2_OFFICIAL_RANGES.items() if lo <= number <= hi), None)
+        if part is None:
+            raise ValueError(f"subject {code!r} is not an M&Ms-2 code 001-360")
+        split[part].append(code)
+    return split
+
+
+def kfold(
+    subjects: Iterable[str], k: int = 5, seed: int = 0, strata: Mapping[str, str] | None = None
+) -> list[dict[str, list[str]]]:
+    """Seeded k-fold cross-validation lists by subject.
+
+    Subjects are sorted, shuffled with ``random.Random(seed)`` and dealt to folds round-robin, within each
+    stratum when ``strata`` is given (e.g. vendor per subject, so each fold sees every vendor), so fold
+    sizes differ by at most one per stratum. The result depends only on the set of subjects, ``k`` and
+    ``seed``.
+
+    Returns:
+        ``k`` dicts ``{"fold": i, "train": [...], "val": [...]}`` with sorted lists; the ``val`` lists
+        partition the subjects.
+    """
+    subjects = sorted(set(subjects))
+    if not 2 <= k <= len(subjects):
+        raise ValueError(f"k must be between 2 and the number of subjects ({len(subjects)}), got {k}")
+    rng = random.Random(seed)
+    groups: dict[str, list[str]] = {}
+    for s in subjects:
+        groups.setdefault("" if strata is None else str(strata.get(s, "")), []).append(s)
+    val: list[list[str]] = [[] for _ in range(k)]
+    start = 0
+    for key in sorted(groups):
+        members = groups[key]
+        rng.shuffle(members)
+        for i, s in enumerate(members):
+            val[(start + i) % k].append(s)
+        start += len(members)  # the next stratum continues where this one stopped: balanced fold sizes
+    return [
+        {"fold": i, "train": sorted(set(subjects) - set(v)), "val": sorted(v)} for i, v in enumerate(val)
+    ]
+
+
+def make_splits(
+    dataset: str, root: str | Path, k: int = 5, seed: int = 0, stratify: str | None = None, pool: str = "all"
+) -> dict:
+    """Build the JSON-ready split description of a dataset folder (see the module docstring).
+
+    Args:
+        dataset: a name of :data:`crocnet.data.DATASETS` (``"mnm2"`` for M&Ms-2 and phantoms).
+        root: the dataset folder.
+        k, seed: k-fold settings (see :func:`kfold`).
+        stratify: ``"vendor"`` or ``"disease"`` to balance folds by that csv column (M&Ms-2 only).
+        pool: the subjects the folds are drawn from: ``"all"``, or (M&Ms-2) ``"train"`` / ``"trainval"``
+            of the official split, keeping its test subjects out of cross-validation.
+    """
+    root = Path(root)
+    subjects = list_subjects(dataset, root)
+    out: dict = {"dataset": dataset, "root": str(root), "seed": seed, "k": k, "stratify": stratify, "pool": pool}
+    out["subjects"] = subjects
+    strata = None
+    if dataset == "mnm2":
+        official = mnm2_official_split(subjects)
+        out["official"] = official
+        pools = {"all": subjects, "train": official["train"], "trainval": official["train"] + official["val"]}
+        if stratify is not None:
+            csv = find_information_csv(root)
+            if csv is None:
+                raise ValueError(f"stratify={stratify!r} needs dataset_information.csv in or above {root}")
+            strata = {s: row[stratify.upper()] for s, row in read_dataset_information(csv).items()}
+    else:
+        if stratify is not None:
+            raise ValueError("stratify is only available for M&Ms-2 layouts (it reads dataset_information.csv)")
+        pools = {"all": subjects}
+    if pool not in pools:
+        raise ValueError(f"pool must be one of {', '.join(pools)} for {dataset}, got {pool!r}")
+    out["folds"] = kfold(pools[pool], k, seed, strata)
+    return out
+
+
+def write_splits(path: str | Path, splits: dict) -> Path:
+    """Write a split description as indented JSON (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(splits, indent=2) + "\n")
+    return path
+
+
+def read_splits(path: str | Path) -> dict:
+    """Read a split description written by :func:`write_splits` (checks that folds do not overlap)."""
+    splits = json.loads(Path(path).read_text())
+    for fold in splits.get("folds", []):
+        if set(fold["train"]) & set(fold["val"]):
+            raise ValueError(f"{path}: fold {fold['fold']} has subjects in both train and val")
+    return splits
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``crocnet splits``: write subject-level split and k-fold lists of a dataset folder as JSON."""
+    parser = argparse.ArgumentParser(
+        prog="crocnet splits",
+        description="Write subject-level split lists (the official M&Ms-2 split and seeded k-fold "
+        "cross-validation) as JSON. ED and ES of one subject are never split.",
+    )
+    parser.add_argument("--data", required=True, type=Path, help="dataset folder (M&Ms-2 / phantom root, ...)")
+    parser.add_argument("--dataset", default="mnm2", choices=["mnm2", "acdc", "acdc_h5", "nnunet"],
+                        help="layout of --data (default: mnm2, which phantoms use)")
+    parser.add_argument("--out", required=True, type=Path, help="output JSON file")
+    parser.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default: 5)")
+    parser.add_argument("--seed", type=int, default=0, help="shuffling seed of the folds (default: 0)")
+    parser.add_argument("--stratify", choices=["vendor", "disease"], default=None,
+                        help="balance folds by this dataset_information.csv column (M&Ms-2 only)")
+    parser.add_argument("--pool", choices=["all", "train", "trainval"], default="all",
+                        help="subjects the folds are drawn from: all found, or the official M&Ms-2 train or "
+                        "train+val part (default: all)")
+    args = parser.parse_args(argv)
+    splits = make_splits(args.dataset, args.data, args.folds, args.seed, args.stratify, args.pool)
+    path = write_splits(args.out, splits)
+    sizes = ", ".join(str(len(f["val"])) for f in splits["folds"])
+    print(f"wrote {path}: {len(splits['subjects'])} subjects, {args.folds} folds of {sizes} validation subjects")
+    return 0

@@ -1,0 +1,228 @@
+"""E-2AUNet, CroCNet's stage-1 network (paper §3.1): a U-Net whose every stage is a conv block and an E2A block."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..nn import E2ABlock2d
+from ..nn.conv import ConvBlock2d, Downsample2d
+from .baselines import MHSABlock2d
+
+ATTENTIONS = ("e2a", "mhsa", "none")
+HEAD_ACTIVATIONS = ("sigmoid", "softmax")
+#: Stage-1 output channels in the paper's and the authors' order (background last).
+STAGE1_CHANNELS = ("lv", "myo", "rv", "background")
+
+
+def drop_path_rates(rate: float, blocks: int) -> list[float]:
+    """Stochastic-depth rates rising linearly from 0 to ``rate`` over ``blocks`` blocks."""
+    return [rate * i / max(blocks - 1, 1) for i in range(blocks)]
+
+
+def attention_block(
+    attention: str,
+    dim: int,
+    *,
+    drop_path: float = 0.0,
+    mlp_ratio: float = 4.0,
+    layer_scale_init_value: float = 1e-5,
+    head_dim: int = 32,
+    token_norm: str = "l2",
+    backend: str = "auto",
+) -> nn.Module:
+    """The global-context block of one U-Net stage on ``(B, dim, H, W)``: :class:`~crocnet.nn.E2ABlock2d`
+    (``"e2a"``), :class:`~crocnet.models.baselines.MHSABlock2d` with ``max(1, dim // head_dim)`` heads
+    (``"mhsa"``) or the identity (``"none"``)."""
+    if attention == "e2a":
+        return E2ABlock2d(
+            dim, mlp_ratio=mlp_ratio, drop_path=drop_path, layer_scale_init_value=layer_scale_init_value,
+            token_norm=token_norm, backend=backend,
+        )
+    if attention == "mhsa":
+        return MHSABlock2d(
+            dim, num_heads=max(1, dim // head_dim), mlp_ratio=mlp_ratio, drop_path=drop_path,
+            layer_scale_init_value=layer_scale_init_value,
+        )
+    if attention == "none":
+        return nn.Identity()
+    raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+
+
+class EncoderStage(nn.Module):
+    """One encoder level: (down-sampling ``in_chs → out_chs`` at stride 2) → conv block → attention block.
+
+    ``(B, in_chs, H, W)`` → ``(B, out_chs, H/2, W/2)`` with ``downsample=True``, else ``(B, out_chs, H, W)``.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, attn: nn.Module, downsample: bool = True):
+        super().__init__()
+        self.downsample = Downsample2d(in_chs, out_chs) if downsample else nn.Identity()
+        self.conv = ConvBlock2d(out_chs if downsample else in_chs, out_chs)
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.conv(self.downsample(x)))
+
+
+class DecoderStage(nn.Module):
+    """One decoder level: 2×2 transposed conv ``in_chs → out_chs``, concatenation with the skip
+    ``(B, out_chs, 2H, 2W)``, conv block ``2·out_chs → out_chs``, attention block.
+
+    ``x (B, in_chs, H, W)``, ``skip (B, out_chs, 2H, 2W)`` → ``(B, out_chs, 2H, 2W)``.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, attn: nn.Module):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_chs, out_chs, 2, stride=2)
+        self.conv = ConvBlock2d(2 * out_chs, out_chs)
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.conv(torch.cat([skip, self.up(x)], dim=1)))
+
+
+class E2AUNet(nn.Module):
+    """E-2AUNet (paper §3.1, Fig. 1a) on ``(B, in_chans, H, W)`` → logits ``(B, num_classes, H, W)``.
+
+    Stem (two 3×3 conv + BN + ReLU, ``in_chans → C/2 → C`` at full resolution), then ``depth + 1``
+    encoder stages of widths ``C·2^l`` (l = 0 … depth; 32 → 512 for the paper's ``C = 32, depth = 4``),
+    each a conv block (two 3×3 conv + BN + ReLU) and an E2A block (:class:`~crocnet.nn.E2ABlock2d`:
+    SwiftFormer local representation, E2A over the flattened map, MLP, layer scales, drop path); stages
+    1 … depth start with a stride-2 3×3 conv that doubles the width. The decoder mirrors it: ``depth``
+    stages of 2×2 transposed conv (halving the width), concatenated skip, conv block and E2A block.
+    A 1×1 conv maps the ``C`` full-resolution features to ``num_classes`` logits.
+
+    **Outputs are logits.** :meth:`activation` turns them into probabilities with the model's
+    ``head_activation`` (``"sigmoid"``, per channel as in the paper, or ``"softmax"`` over channels);
+    :meth:`predict` does both. For CroCNet's stage 1 the 4 channels are (LV, MYO, RV, background),
+    :data:`STAGE1_CHANNELS`, as in the paper and the authors' code.
+
+    H and W must be multiples of ``2**depth`` (:attr:`size_divisor`); :class:`~crocnet.models.CroCNet`
+    pads other sizes.
+
+    Args:
+        in_chans: input channels.
+        num_classes: output channels (logit maps).
+        base_width: width C of the first stage.
+        depth: number of down-samplings (the U-Net has ``depth + 1`` levels).
+        attention: ``"e2a"`` (E-2AUNet), ``"mhsa"`` (the MHSA baseline, :class:`~crocnet.models.baselines.MHSABlock2d`)
+            or ``"none"`` (plain conv U-Net).
+        drop_path_rate: stochastic depth, linearly increasing over the ``2·depth + 1`` attention blocks
+            (encoder, then decoder).
+        mlp_ratio: hidden width of the blocks' MLP relative to their width.
+        layer_scale_init_value: initial layer scale of the attention and MLP branches.
+        head_activation: ``"sigmoid"`` or ``"softmax"``, used by :meth:`activation` (never in ``forward``).
+        head_dim: MHSA head width (``attention="mhsa"`` only).
+        token_norm, backend: passed to every E2A (see :class:`~crocnet.nn.EfficientAdditiveAttention`);
+            ``backend="auto"`` runs the Triton kernels on CUDA and PyTorch on CPU.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 1,
+        num_classes: int = 4,
+        base_width: int = 32,
+        depth: int = 4,
+        attention: str = "e2a",
+        drop_path_rate: float = 0.0,
+        mlp_ratio: float = 4.0,
+        layer_scale_init_value: float = 1e-5,
+        head_activation: str = "sigmoid",
+        head_dim: int = 32,
+        token_norm: str = "l2",
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if head_activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f"head_activation must be one of {HEAD_ACTIVATIONS}, got {head_activation!r}")
+        if depth < 0 or base_width < 2:
+            raise ValueError(f"need depth >= 0 and base_width >= 2, got depth={depth}, base_width={base_width}")
+        self.in_chans, self.num_classes, self.depth = in_chans, num_classes, depth
+        self.attention, self.head_activation = attention, head_activation
+        self.widths = tuple(base_width * 2**level for level in range(depth + 1))
+        self.num_features = base_width
+        dpr = drop_path_rates(drop_path_rate, 2 * depth + 1)
+
+        def block(dim: int, rate: float) -> nn.Module:
+            return attention_block(
+                attention, dim, drop_path=rate, mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value,
+                head_dim=head_dim, token_norm=token_norm, backend=backend,
+            )
+
+        w = self.widths
+        self.stem = ConvBlock2d(in_chans, w[0], mid_chs=w[0] // 2)
+        self.encoder = nn.ModuleList(
+            EncoderStage(w[max(level - 1, 0)], w[level], block(w[level], dpr[level]), downsample=level > 0)
+            for level in range(depth + 1)
+        )
+        self.decoder = nn.ModuleList(
+            DecoderStage(w[level + 1], w[level], block(w[level], dpr[2 * depth - level]))
+            for level in reversed(range(depth))
+        )
+        self.head = nn.Conv2d(w[0], num_classes, 1)
+        self.feature_info = [
+            dict(num_chs=w[level], reduction=2**level, module=f"encoder.{level}") for level in range(depth + 1)
+        ]
+
+    @property
+    def size_divisor(self) -> int:
+        """H and W must be multiples of this (``2**depth``)."""
+        return 2**self.depth
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ``ValueError`` unless ``x`` is ``(B, in_chans, H, W)``, H and W multiples of :attr:`size_divisor`."""
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"{type(self).__name__} expects (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        m = self.size_divisor
+        if H % m or W % m:
+            raise ValueError(
+                f"{type(self).__name__}(depth={self.depth}) needs H and W divisible by 2**depth = {m}, got {H}×{W}; "
+                f"pad the input (crocnet.models.CroCNet pads for you)"
+            )
+
+    def forward_encoder(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, in_chans, H, W)`` → the ``depth + 1`` encoder maps ``(B, C·2^l, H/2^l, W/2^l)``, l = 0 … depth."""
+        features = []
+        x = self.stem(x)
+        for stage in self.encoder:
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def forward_decoder(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The encoder maps of :meth:`forward_encoder` → full-resolution features ``(B, C, H, W)``."""
+        x = features[-1]
+        for stage, skip in zip(self.decoder, reversed(features[:-1])):
+            x = stage(x, skip)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` → decoder output ``(B, base_width, H, W)`` (before the 1×1 head)."""
+        self.check_input(x)
+        return self.forward_decoder(self.forward_encoder(x))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, base_width, H, W)`` → logits ``(B, num_classes, H, W)``."""
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` → logits ``(B, num_classes, H, W)``."""
+        return self.forward_head(self.forward_features(x))
+
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_classes, H, W)`` → probabilities, by ``head_activation`` (softmax over dim 1)."""
+        return torch.sigmoid(logits) if self.head_activation == "sigmoid" else torch.softmax(logits, dim=1)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` → probabilities ``(B, num_classes, H, W)``."""
+        return self.activation(self(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the 1×1 head with a fresh one of ``num_classes`` outputs (timm convention)."""
+        self.num_classes = num_classes
+        self.head = nn.Conv2d(self.num_features, num_classes, 1)

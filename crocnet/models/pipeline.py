@@ -1,0 +1,140 @@
+"""The whole CroCNet pipeline as one module: stage 1 → crop → stage 2 → paste back → label map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..crop import CropBox, crop_and_resize, heart_boxes, paste_back
+
+
+@dataclass
+class CroCNetOutput:
+    """What :class:`CroCNet` returns for a batch of B images of size H × W.
+
+    Attributes:
+        labels: ``(B, H, W)`` int64 label map: 0 background, 1 LV, 2 MYO, 3 RV.
+        stage1_labels: ``(B, H, W)`` int64, the stage-1 label map (same convention).
+        boxes: per image, the crop box on the input grid, or ``None`` where stage 1 found no heart.
+        fallback: ``(B,)`` bool, True where stage 1 found no heart and ``labels`` is ``stage1_labels``.
+    """
+
+    labels: torch.Tensor
+    stage1_labels: torch.Tensor
+    boxes: list[CropBox | None]
+    fallback: torch.Tensor
+
+
+def label_masks(labels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Label map ``(B, H, W)`` (0 bg, 1 LV, 2 MYO, 3 RV) → binary masks ``(B, 3, H, W)`` in order LV, MYO, RV:
+    the stage-2 mask channels, and the stage-2 training targets."""
+    return F.one_hot(labels.long(), 4)[..., 1:].permute(0, 3, 1, 2).to(dtype)
+
+
+def stage1_targets(labels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Label map ``(B, H, W)`` → one-hot ``(B, 4, H, W)`` in the stage-1 channel order (LV, MYO, RV, background)."""
+    masks = label_masks(labels, dtype)
+    return torch.cat([masks, (labels == 0).unsqueeze(1).to(dtype)], dim=1)
+
+
+def stage2_inputs(
+    image: torch.Tensor, stage1_labels: torch.Tensor, boxes: list[CropBox], crop_size: int | tuple[int, int]
+) -> torch.Tensor:
+    """The stage-2 input of B crops: image ``(B, C, H, W)`` cut to ``boxes`` and resized (bilinear) to
+    ``crop_size``, then the LV, MYO and RV masks of ``stage1_labels (B, H, W)`` likewise (nearest):
+    ``(B, C + 3, h, w)``. Crop the ground truth for stage-2 training with
+    ``crop_and_resize(label_masks(gt), boxes, crop_size, mode="nearest-exact")``."""
+    return torch.cat(
+        [
+            crop_and_resize(image, boxes, crop_size, mode="bilinear"),
+            crop_and_resize(label_masks(stage1_labels, image.dtype), boxes, crop_size, mode="nearest-exact"),
+        ],
+        dim=1,
+    )
+
+
+def stage1_to_labels(probs: torch.Tensor) -> torch.Tensor:
+    """Stage-1 probabilities ``(B, 4, H, W)`` in channel order (LV, MYO, RV, background) → labels ``(B, H, W)``:
+    the argmax over (background, LV, MYO, RV), i.e. 0 bg, 1 LV, 2 MYO, 3 RV. Used for sigmoid and softmax heads."""
+    if probs.dim() != 4 or probs.shape[1] != 4:
+        raise ValueError(
+            f"expected stage-1 probabilities (B, 4, H, W) ordered LV, MYO, RV, background, got {tuple(probs.shape)}"
+        )
+    return torch.cat([probs[:, 3:], probs[:, :3]], dim=1).argmax(dim=1)
+
+
+def merge_binary_maps(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Three binary probability maps ``(B, 3, H, W)`` (LV, MYO, RV) → labels ``(B, H, W)``.
+
+    A pixel is background unless some map reaches ``threshold``; then it takes the label (1 LV, 2 MYO,
+    3 RV) of the most probable map, which also settles overlaps.
+    """
+    best, index = probs.max(dim=1)
+    return torch.where(best >= threshold, index + 1, torch.zeros_like(index))
+
+
+class CroCNet(nn.Module):
+    """Crop and Couple: image ``(B, C, H, W)`` of any size → :class:`CroCNetOutput` (label map 0 bg, 1 LV,
+    2 MYO, 3 RV on the input grid, crop boxes, fallback flags).
+
+    1. ``stage1`` (an :class:`~crocnet.models.E2AUNet`, 4 output channels LV, MYO, RV, background) runs on
+       the image, zero-padded (centred) to a multiple of its ``size_divisor``; :func:`stage1_to_labels`.
+    2. The crop: the largest connected component of the stage-1 foreground (labels ≠ 0), box grown by
+       ``margin`` px and clipped (:mod:`crocnet.crop`). Image (bilinear) and the stage-1 LV, MYO and RV masks
+       (one-hot of the stage-1 labels, nearest) are cut to the box and resized to ``crop_size``.
+    3. ``stage2`` (:class:`~crocnet.models.SpecialistNets` or ``crocnet_single``: input image + 3 masks,
+       output 3 logit maps LV, MYO, RV) runs on the crops; its sigmoid probabilities are resized back to
+       the box (bilinear) and pasted on the input grid, probability 0 outside the box (the crop removes
+       stage-1 outliers there); :func:`merge_binary_maps` with ``threshold`` gives the labels.
+    4. Images where stage 1 finds no foreground keep the stage-1 labels, with ``fallback`` set.
+
+    Both stages run in whatever mode the module is in: call ``.eval()`` and run it under
+    ``torch.inference_mode()`` for inference.
+    """
+
+    def __init__(
+        self,
+        stage1: nn.Module,
+        stage2: nn.Module,
+        crop_size: int | tuple[int, int] = 128,
+        margin: int = 15,
+        threshold: float = 0.5,
+        connectivity: int = 1,
+    ):
+        super().__init__()
+        self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+        if any(s % stage2.size_divisor for s in self.crop_size):
+            raise ValueError(
+                f"crop_size {self.crop_size} must be a multiple of stage 2's size_divisor {stage2.size_divisor}"
+            )
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.stage1, self.stage2 = stage1, stage2
+        self.margin, self.threshold, self.connectivity = margin, threshold, connectivity
+
+    def stage1_probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` of any size → stage-1 probabilities ``(B, 4, H, W)`` (LV, MYO, RV, background)."""
+        H, W = image.shape[-2:]
+        m = self.stage1.size_divisor
+        ph, pw = -H % m, -W % m
+        top, left = ph // 2, pw // 2
+        padded = F.pad(image, (left, pw - left, top, ph - top))
+        return self.stage1.predict(padded)[..., top : top + H, left : left + W]
+
+    def forward(self, image: torch.Tensor) -> CroCNetOutput:
+        if image.dim() != 4:
+            raise ValueError(f"expected images (B, C, H, W), got {tuple(image.shape)}")
+        H, W = image.shape[-2:]
+        stage1_labels = stage1_to_labels(self.stage1_probabilities(image))
+        boxes = heart_boxes(stage1_labels != 0, self.margin, self.connectivity)
+        found = [i for i, box in enumerate(boxes) if box is not None]
+        labels = stage1_labels.clone()
+        if found:
+            kept = [boxes[i] for i in found]
+            probs = self.stage2.predict(stage2_inputs(image[found], stage1_labels[found], kept, self.crop_size))
+            labels[found] = merge_binary_maps(paste_back(probs, kept, (H, W)), self.threshold)
+        fallback = torch.tensor([box is None for box in boxes], dtype=torch.bool, device=image.device)
+        return CroCNetOutput(labels=labels, stage1_labels=stage1_labels, boxes=boxes, fallback=fallback)

@@ -1,0 +1,111 @@
+"""timm registration: ``import crocnet.models`` makes ``timm.create_model(name, **kwargs)`` build these.
+
+=======================  ==========================================================================
+``e2aunet``              :class:`E2AUNet`, stage 1: 1 → 4 channels (LV, MYO, RV, background), C = 32
+``e2aunet_mhsa``         the same U-Net with MHSA in the place of E2A (baseline)
+``e2aunet_noattn``       the same U-Net without attention blocks (baseline)
+``crocnet_specialists``  :class:`SpecialistNets`, stage 2: image + 3 masks → 3 maps, C = 16, cross-E2A
+``crocnet_single``       stage-2 ablation: one :class:`E2AUNet`, image + 3 masks → 3 maps, C = 16
+=======================  ==========================================================================
+
+No weights are published and nothing is ever downloaded. ``pretrained=True`` needs a local file:
+``pretrained_file="weights.pth"`` (or ``.safetensors``; a training checkpoint with a ``state_dict`` or
+``model`` entry works too), or timm's own ``pretrained_cfg_overlay=dict(file=...)``. Loading goes through
+timm's ``load_pretrained``: a checkpoint with another ``num_classes`` loads all but the head, and for the
+E2AUNet models one with another ``in_chans`` has its first conv adapted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+
+from .e2aunet import E2AUNet
+from .specialists import SpecialistNets
+
+_PAPER = "Crop and Couple: cardiac image segmentation using interlinked specialist networks (ISBI 2024)"
+
+
+def _cfg(in_chans: int, num_classes: int, size: int, **overrides) -> dict:
+    cfg = dict(
+        url=None,
+        input_size=(in_chans, size, size),
+        min_input_size=(in_chans, 16, 16),
+        num_classes=num_classes,
+        mean=(0.0,) * in_chans,
+        std=(1.0,) * in_chans,
+        interpolation="bilinear",
+        crop_pct=1.0,
+        first_conv="stem.conv1",
+        classifier="head",
+        license="apache-2.0",
+        paper_name=_PAPER,
+        origin_url="https://github.com/kabbas570/CroCNet",
+        notes=("No published weights: pass pretrained_file=<local .pth/.safetensors>. Inputs are z-scored images "
+               "(stage 2: the crop and its stage-1 LV, MYO, RV masks).",),
+    )
+    return {**cfg, **overrides}
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "e2aunet": _cfg(1, 4, 256),
+        "e2aunet_mhsa": _cfg(1, 4, 256),
+        "e2aunet_noattn": _cfg(1, 4, 256),
+        # first_conv=None: the shared stem sees 2 of the 4 input channels, so timm cannot adapt it
+        "crocnet_specialists": _cfg(4, 3, 128, first_conv=None),
+        "crocnet_single": _cfg(4, 3, 128),
+    }
+)
+
+
+def _create(variant: str, cls: type, pretrained: bool = False, pretrained_file: str | Path | None = None, **kwargs):
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    if pretrained_file is not None:
+        if not Path(pretrained_file).is_file():
+            raise FileNotFoundError(f"{variant}: pretrained_file {str(pretrained_file)!r} is not a file")
+        overlay["file"] = str(pretrained_file)
+        pretrained = True
+    if pretrained:
+        cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), overlay)
+        if not (cfg.file or cfg.state_dict):
+            raise RuntimeError(
+                f"{variant}: no pretrained weights are published and crocnet never downloads any; pass a local file "
+                f"with pretrained_file='weights.pth' (or .safetensors), or use pretrained=False"
+            )
+    return build_model_with_cfg(cls, variant, pretrained, pretrained_cfg_overlay=overlay, **kwargs)
+
+
+@register_model
+def e2aunet(pretrained: bool = False, **kwargs) -> E2AUNet:
+    """E-2AUNet (CroCNet stage 1): widths 32 → 512, 4 sigmoid outputs (LV, MYO, RV, background)."""
+    return _create("e2aunet", E2AUNet, pretrained, **kwargs)
+
+
+@register_model
+def e2aunet_mhsa(pretrained: bool = False, **kwargs) -> E2AUNet:
+    """E-2AUNet with standard multi-head self-attention in the place of E2A (baseline)."""
+    return _create("e2aunet_mhsa", E2AUNet, pretrained, **{"attention": "mhsa", **kwargs})
+
+
+@register_model
+def e2aunet_noattn(pretrained: bool = False, **kwargs) -> E2AUNet:
+    """E-2AUNet without its attention blocks: a plain convolutional U-Net (baseline)."""
+    return _create("e2aunet_noattn", E2AUNet, pretrained, **{"attention": "none", **kwargs})
+
+
+@register_model
+def crocnet_specialists(pretrained: bool = False, **kwargs) -> SpecialistNets:
+    """CroCNet stage 2: weight-shared LV-, MYO- and RV-Nets coupled by cross-E2A, widths 16 → 256."""
+    streams = kwargs.get("streams", 3)
+    num_classes = kwargs.pop("num_classes", streams)
+    if num_classes != streams:
+        raise ValueError(f"crocnet_specialists gives one map per stream: num_classes must equal streams ({streams})")
+    return _create("crocnet_specialists", SpecialistNets, pretrained, kwargs_filter=("num_classes",), **kwargs)
+
+
+@register_model
+def crocnet_single(pretrained: bool = False, **kwargs) -> E2AUNet:
+    """Stage-2 ablation (paper Table 2): one network on the crop (image + 3 masks → 3 maps), no cross-E2A."""
+    return _create("crocnet_single", E2AUNet, pretrained, **{"base_width": 16, **kwargs})

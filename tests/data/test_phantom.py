@@ -1,0 +1,101 @@
+"""The synthetic phantom: exact M&Ms-2 layout, determinism, geometry, timing, CLI."""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from crocnet.cli import main as cli
+from crocnet.data import load_mnm2, make_subject, write_phantoms
+from crocnet.data.phantom import VENDORS
+
+
+def test_layout_matches_mnm2(phantom_root):
+    with (phantom_root / "dataset_information.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["SUBJECT_CODE", "DISEASE", "VENDOR", "SCANNER", "FIELD"]
+    assert [r["SUBJECT_CODE"] for r in rows] == ["1", "2", "3"]
+    for code in ("001", "002", "003"):
+        names = sorted(p.name for p in (phantom_root / "dataset" / code).iterdir())
+        expected = [f"{code}_{v}_{p}{g}.nii.gz" for v in ("LA", "SA") for p in ("ED", "ES") for g in ("", "_gt")]
+        assert names == sorted(expected)
+    image = nib.load(phantom_root / "dataset" / "001" / "001_LA_ED.nii.gz")
+    label = nib.load(phantom_root / "dataset" / "001" / "001_LA_ED_gt.nii.gz")
+    assert image.get_data_dtype() == np.float64 and label.get_data_dtype() == np.float64  # as M&Ms-2 stores them
+    h, w, one = image.shape
+    assert one == 1 and 192 <= h <= 320 and 192 <= w <= 320
+    spacing = image.header.get_zooms()[:2]
+    assert 0.8 <= spacing[0] <= 1.8 and spacing[0] == pytest.approx(spacing[1])
+    np.testing.assert_allclose(np.linalg.norm(image.affine[:3, :3], axis=0), image.header.get_zooms(), rtol=1e-5)
+    np.testing.assert_array_equal(image.affine, label.affine)
+    data = np.asanyarray(image.dataobj)
+    assert data.min() >= 0 and np.all(data == np.round(data))  # integer-valued intensities, like the archive
+
+
+def test_same_seed_same_files_and_subjects_independent_of_count(tmp_path):
+    write_phantoms(tmp_path / "a", subjects=2, seed=3)
+    write_phantoms(tmp_path / "b", subjects=2, seed=3)
+    write_phantoms(tmp_path / "c", subjects=1, seed=4)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
+    assert len(files) == 9
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    one = make_subject(3, 2)  # subject 2 alone equals subject 2 of the set
+    np.testing.assert_array_equal(one.images["LA", "ED"][0][..., 0],
+                                  load_mnm2(tmp_path / "a", subjects=["002"])[0].image[..., 0])
+    assert not np.array_equal(make_subject(4, 1).images["LA", "ED"][0], make_subject(3, 1).images["LA", "ED"][0])
+
+
+def test_anatomy_contrast_and_contraction():
+    for number in range(1, 7):
+        subject = make_subject(11, number)
+        (ed, ed_label, _), (es, es_label, _) = subject.images["LA", "ED"], subject.images["LA", "ES"]
+        areas_ed = np.bincount(ed_label.ravel(), minlength=4)
+        areas_es = np.bincount(es_label.ravel(), minlength=4)
+        assert np.all(areas_ed[1:] > 0) and np.all(areas_es[1:] > 0)
+        assert areas_es[1] < 0.85 * areas_ed[1]  # the LV cavity contracts
+        assert areas_es[3] < areas_ed[3]  # and the RV
+        blood, myo = np.median(ed[ed_label == 1]), np.median(ed[ed_label == 2])
+        assert blood > 1.5 * myo  # bright blood, dark myocardium (bSSFP)
+        # the septum: RV blood touches myocardium, never the LV cavity directly
+        lv, rv = ed_label[..., 0] == 1, ed_label[..., 0] == 3
+        grown = np.zeros_like(rv)
+        grown[1:-1, 1:-1] = rv[1:-1, 1:-1] | rv[:-2, 1:-1] | rv[2:, 1:-1] | rv[1:-1, :-2] | rv[1:-1, 2:]
+        assert not (grown & lv).any()
+
+
+def test_vendors_and_diseases_vary():
+    subjects = [make_subject(0, n) for n in range(1, 25)]
+    assert {s.vendor for s in subjects} == {v.name for v in VENDORS}
+    assert len({s.disease for s in subjects}) >= 3
+    assert len({s.images["LA", "ED"][0].shape for s in subjects}) > 3
+
+
+def test_short_axis_stack():
+    subject = make_subject(5, 1, views=("LA", "SA"))
+    image, label, affine = subject.images["SA", "ED"]
+    assert image.ndim == 3 and 6 <= image.shape[2] <= 16
+    assert np.linalg.norm(affine[:3, 2]) == pytest.approx(10.0)
+    labelled = [k for k in range(image.shape[2]) if label[..., k].any()]
+    assert len(labelled) >= 4 and (label[..., labelled[len(labelled) // 2]] == 2).any()
+
+
+def test_under_a_second_per_subject(tmp_path):
+    start = time.perf_counter()
+    write_phantoms(tmp_path, subjects=3, seed=1)
+    assert (time.perf_counter() - start) / 3 < 1.0
+
+
+def test_cli_writes_dataset_and_png(tmp_path, capsys):
+    assert cli(["phantom", "--out", str(tmp_path / "ph"), "--subjects", "2", "--seed", "1", "--png",
+                str(tmp_path / "overview.png")]) == 0
+    assert "wrote 2 subjects" in capsys.readouterr().out
+    assert (tmp_path / "ph" / "dataset" / "002" / "002_LA_ES_gt.nii.gz").is_file()
+    assert (tmp_path / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        cli(["phantom", "-h"])
+    assert "--subjects" in capsys.readouterr().out

@@ -1,0 +1,288 @@
+"""Readers: real M&Ms-2 and ACDC files, phantom output, nnU-Net and ACDC folders written here, and every error."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+
+from crocnet.data import (
+    ACDC_TO_PROJECT,
+    DataError,
+    MissingFileError,
+    Record,
+    list_subjects,
+    load_acdc,
+    load_acdc_h5,
+    load_dataset,
+    load_mnm2,
+    load_nnunet_raw,
+    read_nifti,
+    select,
+    slices,
+    write_nifti,
+)
+
+AFFINE = np.array([[0.0, 1.5, 0.0, -10.0], [-1.5, 0.0, 0.0, 20.0], [0.0, 0.0, 8.0, 5.0], [0, 0, 0, 1]])
+
+
+def _case(shape=(12, 10, 1), seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0, 1000, shape).round()
+    label = np.zeros(shape, np.uint8)
+    label[3:7, 2:5] = 1
+    label[3:7, 5:6] = 2
+    label[8:10, 2:6] = 3
+    return image, label
+
+
+def _write_subject(root, code="001", views=("LA",), label_dtype=np.float64):
+    folder = root / "dataset" / code
+    for view in views:
+        for phase in ("ED", "ES"):
+            image, label = _case((12, 10, 1) if view == "LA" else (12, 10, 3))
+            write_nifti(folder / f"{code}_{view}_{phase}.nii.gz", image, AFFINE)
+            write_nifti(folder / f"{code}_{view}_{phase}_gt.nii.gz", label.astype(label_dtype), AFFINE)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------- real data
+def test_mnm2_subject_001_keeps_geometry(mnm2_subject):
+    records = load_mnm2(mnm2_subject, views=("LA", "SA"))
+    assert [r.name for r in records] == ["001_LA_ED", "001_LA_ES", "001_SA_ED", "001_SA_ES"]
+    la = records[0]
+    reference = nib.load(mnm2_subject / "001_LA_ED.nii.gz")
+    assert la.image.shape == la.label.shape == (256, 256, 1)
+    assert la.image.dtype == np.float32 and la.label.dtype == np.uint8
+    assert la.in_plane_spacing == pytest.approx((1.719, 1.719), abs=1e-3)
+    np.testing.assert_array_equal(la.affine, reference.affine)
+    assert abs(la.affine[0, 1]) > 0.5  # the rotated (oblique) affine is kept, not reset to an axis-aligned one
+    assert set(np.unique(la.label)) == {0, 1, 2, 3}
+    assert la.view == "LA" and la.phase == "ED" and la.subject == "001" and la.dataset == "mnm2"
+    assert la.source == mnm2_subject / "001_LA_ED.nii.gz"
+    sa = records[2]
+    assert sa.image.shape == (256, 256, 12) and sa.spacing[2] == pytest.approx(10.0, abs=1e-3)
+    pairs = list(slices(sa, labelled_only=True))
+    assert 0 < len(pairs) <= 12 and pairs[0][0].shape == (256, 256)
+
+
+def test_prediction_written_with_record_geometry(mnm2_subject, tmp_path):
+    record = load_mnm2(mnm2_subject, phases=("ED",))[0]
+    path = write_nifti(tmp_path / "pred.nii.gz", record.label, record.affine, record.header)
+    back = nib.load(path)
+    np.testing.assert_array_equal(back.affine, record.affine)
+    assert back.header["sform_code"] == record.header["sform_code"] and back.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asanyarray(back.dataobj), record.label)
+
+
+def test_acdc_h5_remaps_labels_and_has_no_spacing(acdc_h5):
+    records = load_acdc_h5(acdc_h5, subjects=["patient021"])
+    assert [r.phase for r in records] == ["ED", "ES"]
+    record = records[0]
+    with h5py.File(record.source, "r") as f:
+        raw_image, raw_label = f["image"][()], f["label"][()]
+    assert record.image.shape == raw_image.shape[::-1]  # (Z, H, W) from SimpleITK -> nibabel's (i, j, k)
+    np.testing.assert_array_equal(record.image, raw_image.transpose(2, 1, 0))
+    assert record.spacing is None and record.affine is None and record.in_plane_spacing is None
+    raw_counts, counts = np.bincount(raw_label.ravel(), minlength=4), np.bincount(record.label.ravel(), minlength=4)
+    assert counts[1] == raw_counts[3] and counts[3] == raw_counts[1] and counts[2] == raw_counts[2]
+    assert raw_counts[1] != raw_counts[3]  # the check above is not vacuous
+    assert list_subjects("acdc_h5", acdc_h5)[0] == "patient021"
+
+
+# -------------------------------------------------------------------------------------- phantom output
+def test_phantom_output_reads_as_mnm2(phantom_root):
+    records = load_dataset("mnm2", phantom_root)
+    assert len(records) == 6 and {r.view for r in records} == {"LA"}
+    for r in records:
+        assert r.image.ndim == 3 and r.image.shape[2] == 1 and r.label.shape == r.image.shape
+        assert r.vendor.startswith("PHANTOM-") and r.disease in {"NOR", "LV", "HCM", "DRV"}
+        assert {"SCANNER", "FIELD"} <= set(r.info)
+        assert set(np.unique(r.label)) == {0, 1, 2, 3}
+    sa = load_mnm2(phantom_root / "dataset", views=("SA",), subjects=["2"])
+    assert [r.name for r in sa] == ["002_SA_ED", "002_SA_ES"] and sa[0].image.shape[2] > 3
+    assert list_subjects("mnm2", phantom_root) == ["001", "002", "003"]
+    assert [r.subject for r in select(records, ["003"])] == ["003", "003"]
+
+
+# ---------------------------------------------------------------------------------------- nnU-Net raw
+def _write_nnunet(root, labels, cases=("001_LA_ED", "002_LA_ES"), label_values=None):
+    for case in cases:
+        image, label = _case((12, 10), seed=len(case))
+        if label_values is not None:
+            label = label_values[label]
+        write_nifti(root / "imagesTr" / f"{case}_0000.nii.gz", image.astype(np.float32), AFFINE)
+        write_nifti(root / "labelsTr" / f"{case}.nii.gz", label.astype(np.uint8), AFFINE)
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": labels,
+                                                   "numTraining": len(cases), "file_ending": ".nii.gz"}))
+
+
+def test_nnunet_raw_v2_names_remapped(tmp_path):
+    # an ACDC-style dataset: 1 RV, 2 MYO, 3 LV; stored labels use that convention
+    acdc_values = np.array([0, 3, 2, 1], np.uint8)  # project -> ACDC (the map is its own inverse)
+    _write_nnunet(tmp_path, {"background": 0, "RV": 1, "MYO": 2, "LV": 3}, label_values=acdc_values)
+    records = load_nnunet_raw(tmp_path)
+    assert [(r.subject, r.view, r.phase) for r in records] == [("001", "LA", "ED"), ("002", "LA", "ES")]
+    _, expected = _case((12, 10), seed=len("001_LA_ED"))
+    assert records[0].image.shape == (12, 10, 1) and records[0].spacing == pytest.approx((1.5, 1.5, 8.0))
+    np.testing.assert_array_equal(records[0].label[..., 0], expected)
+    assert list_subjects("nnunet", tmp_path) == ["001", "002"]
+    assert [r.subject for r in load_nnunet_raw(tmp_path, subjects=["002"])] == ["002"]
+
+
+def test_nnunet_raw_v1_and_explicit_map(tmp_path):
+    _write_nnunet(tmp_path, {"0": "background", "1": "left ventricle", "2": "myocardium", "3": "right ventricle"},
+                  cases=("caseA",))
+    (record,) = load_nnunet_raw(tmp_path)
+    assert (record.subject, record.view, record.phase) == ("caseA", None, None)
+    _write_nnunet(tmp_path, {"background": 0, "thing": 1, "stuff": 2, "other": 3}, cases=("caseA",))
+    with pytest.raises(DataError, match="thing.*label_map"):
+        load_nnunet_raw(tmp_path)
+    (record,) = load_nnunet_raw(tmp_path, label_map={0: 0, 1: 3, 2: 2, 3: 1})
+    assert np.array_equal(np.unique(record.label), [0, 1, 2, 3])
+
+
+def test_nnunet_label_outside_declared_map(tmp_path):
+    _write_nnunet(tmp_path, {"background": 0, "LV": 1, "MYO": 2}, cases=("c1",))  # file also holds 3s
+    with pytest.raises(DataError, match=r"c1\.nii\.gz.*expected label values in \{0, 1, 2\}, got 3"):
+        load_nnunet_raw(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------- ACDC native
+def _write_acdc_patient(root, number=1, group="DCM", ed=1, es=12):
+    folder = root / f"patient{number:03d}"
+    folder.mkdir(parents=True)
+    (folder / "Info.cfg").write_text(f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: 184.0\nNbFrame: 30\nWeight: 95.0\n")
+    for frame in (ed, es):
+        image, label = _case((12, 10, 3), seed=frame)
+        write_nifti(folder / f"patient{number:03d}_frame{frame:02d}.nii.gz", image, AFFINE)
+        write_nifti(folder / f"patient{number:03d}_frame{frame:02d}_gt.nii.gz", ACDC_TO_PROJECT[label], AFFINE)
+    return folder
+
+
+def test_acdc_native_remaps_and_reads_info(tmp_path):
+    _write_acdc_patient(tmp_path / "training", 1)
+    _write_acdc_patient(tmp_path / "training", 2, group="NOR", es=9)
+    records = load_acdc(tmp_path)
+    assert [(r.subject, r.phase, r.info["frame"]) for r in records] == [
+        ("patient001", "ED", "01"), ("patient001", "ES", "12"), ("patient002", "ED", "01"), ("patient002", "ES", "09")
+    ]
+    _, expected = _case((12, 10, 3), seed=12)
+    np.testing.assert_array_equal(records[1].label, expected)
+    assert records[0].disease == "DCM" and records[0].view == "SA" and records[0].info["Weight"] == "95.0"
+    assert list_subjects("acdc", tmp_path) == ["patient001", "patient002"]
+
+
+# --------------------------------------------------------------------------------------------- errors
+def test_missing_label_file_names_it(tmp_path):
+    folder = _write_subject(tmp_path)
+    (folder / "001_LA_ES_gt.nii.gz").unlink()
+    with pytest.raises(MissingFileError, match=r"001_LA_ES_gt\.nii\.gz: label map of 001_LA_ES\.nii\.gz not found"):
+        load_mnm2(tmp_path)
+    assert len(load_mnm2(tmp_path, labels=False)) == 2
+    with pytest.raises(FileNotFoundError, match=r"001_SA_ED\.nii\.gz"):
+        load_mnm2(tmp_path, views=("SA",))
+
+
+def test_grid_mismatch_shape_and_affine(tmp_path):
+    folder = _write_subject(tmp_path)
+    image, label = _case((12, 11, 1))
+    write_nifti(folder / "001_LA_ED_gt.nii.gz", label, AFFINE)
+    with pytest.raises(DataError, match=r"001_LA_ED_gt\.nii\.gz.*expected shape \(12, 10, 1\), got \(12, 11, 1\)"):
+        load_mnm2(tmp_path)
+    _, label = _case()
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 0.5
+    write_nifti(folder / "001_LA_ED_gt.nii.gz", label, shifted)
+    with pytest.raises(DataError, match=r"001_LA_ED_gt\.nii\.gz.*same affine.*0\.5"):
+        load_mnm2(tmp_path)
+
+
+@pytest.mark.parametrize("bad, message", [(5, "got 5"), (1.5, "non-integer"), (-1, "got -1")])
+def test_labels_outside_the_map(tmp_path, bad, message):
+    folder = _write_subject(tmp_path)
+    _, label = _case()
+    label = label.astype(np.float64)
+    label[0, 0, 0] = bad
+    write_nifti(folder / "001_LA_ES_gt.nii.gz", label, AFFINE)
+    with pytest.raises(DataError, match=rf"001_LA_ES_gt\.nii\.gz: .*{message}"):
+        load_mnm2(tmp_path)
+
+
+def test_corrupt_and_truncated_gz(tmp_path):
+    folder = _write_subject(tmp_path)
+    path = folder / "001_LA_ED.nii.gz"
+    blob = gzip.compress(gzip.decompress(path.read_bytes()))
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match=r"001_LA_ED\.nii\.gz: expected a readable NIfTI image, got a corrupt"):
+        load_mnm2(tmp_path)
+    path.write_bytes(b"this is not a NIfTI file" * 20)
+    with pytest.raises(DataError, match=r"001_LA_ED\.nii\.gz: .*corrupt or truncated"):
+        read_nifti(path)
+
+
+def test_nan_in_image(tmp_path):
+    folder = _write_subject(tmp_path)
+    image, _ = _case()
+    image[4, 4, 0] = np.nan
+    write_nifti(folder / "001_LA_ED.nii.gz", image, AFFINE)
+    with pytest.raises(DataError, match=r"001_LA_ED\.nii\.gz: expected finite intensities, got 1 NaN/inf"):
+        load_mnm2(tmp_path)
+
+
+def test_empty_folders(tmp_path):
+    with pytest.raises(DataError, match="found none"):
+        load_mnm2(tmp_path)
+    with pytest.raises(DataError, match="patientNNN/Info.cfg"):
+        load_acdc(tmp_path)
+    with pytest.raises(DataError, match="patientNNN_frameFF.h5"):
+        load_acdc_h5(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "LV": 1}}))
+    with pytest.raises(DataError, match=r"imagesTr: expected images named CASE_0000\.nii\.gz"):
+        load_nnunet_raw(tmp_path)
+    with pytest.raises(MissingFileError):
+        load_mnm2(tmp_path / "absent")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("kaggle", tmp_path)
+
+
+def test_csv_is_checked(tmp_path):
+    _write_subject(tmp_path)
+    (tmp_path / "dataset_information.csv").write_text("SUBJECT_CODE,VENDOR\n1,X\n")
+    with pytest.raises(DataError, match="missing DISEASE, SCANNER, FIELD"):
+        load_mnm2(tmp_path)
+    (tmp_path / "dataset_information.csv").write_text("SUBJECT_CODE,DISEASE,VENDOR,SCANNER,FIELD\n1,NOR,GE,Signa,1.5\n")
+    record = load_mnm2(tmp_path)[0]
+    assert (record.vendor, record.disease, record.info["FIELD"]) == ("GE", "NOR", "1.5")
+
+
+def test_h5_errors(tmp_path):
+    path = tmp_path / "patient001_frame01.h5"
+    with h5py.File(path, "w") as f:
+        f["image"] = np.zeros((2, 4, 5), np.float32)
+        f["label"] = np.full((2, 4, 5), 4, np.uint8)
+    with pytest.raises(DataError, match=r"patient001_frame01\.h5: expected label values in \{0, 1, 2, 3\}, got 4"):
+        load_acdc_h5(tmp_path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"patient001_frame01\.h5: expected an HDF5 file"):
+        load_acdc_h5(tmp_path)
+
+
+def test_record_slices_and_repr():
+    image, label = _case((6, 5, 3))
+    label[..., 1] = 0
+    record = Record(image.astype(np.float32), label, (1.0, 1.0, 10.0), None, "007", "ED", "SA", "mnm2")
+    assert len(list(slices(record))) == 3 and len(list(slices(record, labelled_only=True))) == 2
+    assert "007_SA_ED" in repr(record) and record.in_plane_spacing == (1.0, 1.0)
+
+
+def test_copy_of_real_subject_reads_without_csv(mnm2_subject, tmp_path):
+    """The shared folder holds one subject without its csv: vendor and disease are then unknown."""
+    shutil.copytree(mnm2_subject, tmp_path / "001", ignore=shutil.ignore_patterns("*SA*", "*CINE*"))
+    records = load_mnm2(tmp_path)
+    assert [r.name for r in records] == ["001_LA_ED", "001_LA_ES"] and records[0].vendor is None

@@ -1,0 +1,123 @@
+"""E2AUNet and its baselines (attention="mhsa" / "none"): shapes, errors, gradients, state dicts, compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.layers import DropPath
+
+from crocnet.models import E2AUNet, MHSABlock2d
+from crocnet.nn import E2ABlock2d
+
+ATTENTIONS = ("e2a", "mhsa", "none")
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("depth, size", [(2, (32, 32)), (3, (16, 40)), (1, (6, 10))])
+def test_output_shape(attention, depth, size):
+    model = E2AUNet(in_chans=2, num_classes=3, base_width=8, depth=depth, attention=attention)
+    y = model(torch.randn(2, 2, *size))
+    assert y.shape == (2, 3, *size)
+    assert y.dtype == torch.float32
+
+
+def test_structure_follows_the_paper():
+    model = E2AUNet()
+    assert model.widths == (32, 64, 128, 256, 512)
+    assert model.size_divisor == 16
+    assert len(model.encoder) == 5 and len(model.decoder) == 4
+    assert all(isinstance(stage.attn, E2ABlock2d) for stage in [*model.encoder, *model.decoder])
+    assert model.head.out_channels == 4 and model.head.kernel_size == (1, 1)
+    assert [info["num_chs"] for info in model.feature_info] == [32, 64, 128, 256, 512]
+
+
+def test_baseline_blocks():
+    mhsa = E2AUNet(base_width=8, depth=2, attention="mhsa", head_dim=8)
+    assert all(isinstance(stage.attn, MHSABlock2d) for stage in mhsa.encoder)
+    assert [stage.attn.attn.num_heads for stage in mhsa.encoder] == [1, 2, 4]
+    plain = E2AUNet(base_width=8, depth=2, attention="none")
+    assert not any(isinstance(m, (E2ABlock2d, MHSABlock2d)) for m in plain.modules())
+
+
+def test_encoder_maps():
+    model = E2AUNet(base_width=8, depth=3)
+    features = model.forward_encoder(torch.randn(1, 1, 32, 16))
+    assert [tuple(f.shape) for f in features] == [(1, 8, 32, 16), (1, 16, 16, 8), (1, 32, 8, 4), (1, 64, 4, 2)]
+    assert model.forward_features(torch.randn(1, 1, 32, 16)).shape == (1, 8, 32, 16)
+
+
+def test_input_errors():
+    model = E2AUNet(base_width=8, depth=3)
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*depth = 8, got 20×16"):
+        model(torch.randn(1, 1, 20, 16))
+    with pytest.raises(ValueError, match=r"expects \(B, 1, H, W\)"):
+        model(torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="head_activation"):
+        E2AUNet(head_activation="relu")
+    with pytest.raises(ValueError, match="attention"):
+        E2AUNet(attention="linear")
+
+
+def test_activation():
+    x = torch.randn(2, 1, 16, 16)
+    sig = E2AUNet(base_width=8, depth=2).eval()
+    logits = sig(x)
+    torch.testing.assert_close(sig.predict(x), torch.sigmoid(logits))
+    soft = E2AUNet(base_width=8, depth=2, head_activation="softmax").eval()
+    torch.testing.assert_close(soft.predict(x).sum(1), torch.ones(2, 16, 16))
+
+
+def test_drop_path_rates_increase():
+    model = E2AUNet(base_width=8, depth=2, drop_path_rate=0.2)
+    stages = [*model.encoder, *model.decoder]
+    rates = [s.attn.drop_path.drop_prob if isinstance(s.attn.drop_path, DropPath) else 0.0 for s in stages]
+    assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_gradients_reach_every_parameter(attention, assert_every_grad):
+    model = E2AUNet(base_width=8, depth=2, attention=attention, drop_path_rate=0.1)
+    model(torch.randn(2, 1, 16, 24)).square().mean().backward()
+    assert_every_grad(model)
+
+
+def test_state_dict_round_trip(tmp_path):
+    model = E2AUNet(base_width=8, depth=2)
+    model(torch.randn(4, 1, 16, 16))  # move the BatchNorm running statistics off their defaults
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    torch.manual_seed(1)
+    other = E2AUNet(base_width=8, depth=2)
+    other.load_state_dict(torch.load(tmp_path / "w.pth", weights_only=True))
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(other.eval()(x), model.eval()(x), rtol=0, atol=0)
+
+
+def test_reset_classifier():
+    model = E2AUNet(base_width=8, depth=2)
+    model.reset_classifier(2)
+    assert model.num_classes == 2 and model.get_classifier().out_channels == 2
+    assert model(torch.randn(1, 1, 16, 16)).shape == (1, 2, 16, 16)
+
+
+def test_torch_compile_fullgraph_training_step():
+    """Dynamo traces forward and backward without a graph break (aot_eager: no code generation, fast)."""
+    torch._dynamo.reset()
+    model = E2AUNet(base_width=4, depth=2)
+    x = torch.randn(2, 1, 16, 16)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    compiled(x).square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model(x).square().mean().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_torch_compile_fullgraph_inductor():
+    """The default backend (Inductor, C++ on CPU) compiles the eval forward whole (~25 s with a cold cache)."""
+    torch._dynamo.reset()
+    model = E2AUNet(base_width=4, depth=2).eval()
+    x = torch.randn(1, 1, 16, 16)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
