@@ -121,10 +121,11 @@ def _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM: tl.co
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _pool_partials_kernel(
     Q, WG, NQ, PART_G, PART_STAT,
-    B, N, D, P, scale, eps,
+    B, N, D, P, scale, eps_arg,
     TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (P, S·B). One pass over q: per-token norms (kept for the epilogue) and pooling partials."""
+    eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)  # s·B + b
     s = row // B
@@ -171,12 +172,13 @@ def _pool_partials_kernel(
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _key_interaction_kernel(
     Q, K, W, BIAS, NQ, PART_G, PART_STAT, Y, G_OUT, STAT_OUT, NK,
-    B, N, D, P, eps,
+    B, N, D, P, eps_arg,
     S: tl.constexpr, HAS_BIAS: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr,
     IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
     """Grid (P, ⌈D/BLOCK_O⌉, S·B): ``y_s[:, o] = Σ_t (k̂_t ⊙ G_s) @ W_{s,t}[o, :]ᵀ + Σ_t b_{s,t}[o] + q̂_s[:, o]``."""
+    eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid = tl.program_id(0)
     pid_o = tl.program_id(1)
     row = tl.program_id(2).to(tl.int64)
@@ -232,13 +234,14 @@ def _key_interaction_kernel(
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _key_grad_kernel(
     K, DY, W, G, DK, PART_DG,
-    B, N, D, P, eps,
+    B, N, D, P, eps_arg,
     S: tl.constexpr, S_PAD: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr,
     DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (P, S·B) over key streams t. With ``e_{s,t} = dy_s @ W_{s,t}``:
     ``dk̂_t = Σ_s G_s ⊙ e_{s,t}``, ``dk_t`` through the row norm, and partials of ``dG_s = Σ_n k̂_t ⊙ e_{s,t}``."""
+    eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)  # t·B + b
     t = row // B
@@ -285,10 +288,11 @@ def _key_grad_kernel(
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _query_grad_kernel(
     Q, DY, WG, G, STAT, PART_DG, DQ, PART_DWG, PART_DB,
-    B, N, D, P, scale, eps,
+    B, N, D, P, scale, eps_arg,
     S: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (P, S·B) over query streams s: dq through pooling and the row norm; partials of dw_g and db."""
+    eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)  # s·B + b
     s = row // B
@@ -348,13 +352,14 @@ def _query_grad_kernel(
 @triton.jit(do_not_specialize=["B", "N", "SPLIT"])
 def _proj_weight_grad_kernel(
     DY, K, NK, G, PART_DW,
-    B, N, D, SPLIT, eps,
+    B, N, D, SPLIT, eps_arg,
     S: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr,
     DOT_PREC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
     BLOCK_I: tl.constexpr,
 ):
     """Grid (⌈D/BLOCK_O⌉, ⌈D/BLOCK_I⌉, S·S·SPLIT): split-K partials of
     ``dW_{s,t} = Σ_{b,n} dy_s[n]ᵀ (G_s ⊙ k̂_t[n])`` over the flattened (image, token tile) axis."""
+    eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
     pid_z = tl.program_id(2).to(tl.int64)

@@ -9,8 +9,9 @@ import torch
 from .naive import TOKEN_NORMS
 
 BACKENDS = ("auto", "triton", "torch")
-#: Widest token dimension D the Triton kernels accept (rows are held whole in registers).
-MAX_TRITON_DIM = 1024
+#: Widest token dimension D the Triton kernels accept: they hold whole rows in registers, and past 512 the
+#: key-gradient kernel spills (``tools/compile_check.py --dims 1024``). Wider widths use ``backend="torch"``.
+MAX_TRITON_DIM = 512
 
 
 def _describe(t: torch.Tensor) -> str:
@@ -80,12 +81,14 @@ def triton_available() -> bool:
 
 
 def resolve_backend(backend: str, q: torch.Tensor) -> str:
-    """``auto`` → Triton for CUDA tensors, PyTorch elsewhere; ``triton`` is checked to be runnable."""
+    """``auto`` → Triton for CUDA tensors the kernels take (fp16/bf16/fp32, D ≤ MAX_TRITON_DIM), PyTorch
+    elsewhere; ``triton`` is checked to be runnable and raises on what it cannot take."""
     if backend == "torch":
         return "torch"
     runnable = triton_available() and (q.is_cuda or (interpreting() and q.device.type == "cpu"))
     if backend == "auto":
-        return "triton" if runnable and q.is_cuda else "torch"
+        fits = q.dtype != torch.float64 and q.shape[-1] <= MAX_TRITON_DIM
+        return "triton" if runnable and q.is_cuda and fits else "torch"
     if not runnable:
         raise RuntimeError(
             f"backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before triton "

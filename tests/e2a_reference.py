@@ -1,0 +1,125 @@
+"""Independent references and tolerances for the E2A / cross-E2A tests.
+
+* E2A: ``timm.models.swiftformer.EfficientAdditiveAttention`` itself (imported, not copied).
+* Softmax token weighting (Fastformer): written out here with an explicit max-subtracted exponential.
+* Cross-E2A: a line-by-line PyTorch transcription of the CroCNet authors' ``X_EfficientAdditiveAttnetion``
+  (their key names, their einops ``repeat`` of the global query, their ``final_myo`` on the RV stream
+  behind ``final_bug``) — deliberately sharing no code with ``crocnet``.
+
+Tolerances (relative: ``max |ours - ref| / max |ref|`` (see ``ZERO_SCALE``), the reference in float64 from the same inputs):
+
+=========  =========================================================================================
+float64    1e-10 (outputs and every gradient)
+float32    2e-5 outputs, 1e-4 gradients (fp32 accumulation over up to a few thousand tokens)
+float16    ours ≤ 2 × timm's own float16 error + 1e-3 (timm eager in the same dtype is the bar)
+bfloat16   ours ≤ 2 × timm's own bfloat16 error + 8e-3
+=========  =========================================================================================
+"""
+
+from __future__ import annotations
+
+import einops
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TOL_OUT = {torch.float64: 1e-10, torch.float32: 2e-5}
+TOL_GRAD = {torch.float64: 1e-10, torch.float32: 1e-4}
+LOWP_RATIO = 2.0
+LOWP_FLOOR = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+#: Denominator floor of the relative error: a gradient that is mathematically zero (``w_g`` at N = 1, where
+#: ``â = sign(a)``) is compared on this absolute scale instead (the tests' values are O(0.1-10)).
+ZERO_SCALE = 1e-3
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """``max |x - ref| / max(max |ref|, ZERO_SCALE)`` computed in float64."""
+    x, ref = x.detach().double().cpu(), ref.detach().double().cpu()
+    assert x.shape == ref.shape, f"shape {tuple(x.shape)} != reference {tuple(ref.shape)}"
+    assert torch.isfinite(x).all(), "non-finite values"
+    return ((x - ref).abs().max() / ref.abs().max().clamp_min(ZERO_SCALE)).item()
+
+
+def assert_matches(name: str, ours, ref64, dtype: torch.dtype, *, grad: bool = False, baseline=None) -> None:
+    """Check ``ours`` (computed in ``dtype``) against the float64 reference with the tolerance table above.
+
+    For float16/bfloat16, ``baseline`` is the same quantity from timm (or the authors' form) run in ``dtype``.
+    """
+    err = rel_err(ours, ref64)
+    if dtype in (torch.float16, torch.bfloat16):
+        assert baseline is not None, "low-precision checks compare against the reference run in the same dtype"
+        bound = LOWP_RATIO * rel_err(baseline, ref64) + LOWP_FLOOR[dtype]
+    else:
+        bound = (TOL_GRAD if grad else TOL_OUT)[dtype]
+    assert err <= bound, f"{name}: relative error {err:.3e} > {bound:.3e} ({dtype})"
+
+
+def timm_e2a(in_dims: int, token_dim: int, **kwargs) -> nn.Module:
+    from timm.models.swiftformer import EfficientAdditiveAttention
+
+    return EfficientAdditiveAttention(in_dims=in_dims, token_dim=token_dim, **kwargs)
+
+
+def softmax_e2a_module_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's module with softmax over tokens instead of the L2 norm (the Fastformer weighting); ``x (B, N, C)``."""
+    q = F.normalize(m.to_query(x), dim=-1)
+    k = F.normalize(m.to_key(x), dim=-1)
+    a = q @ m.w_g * m.scale_factor
+    e = torch.exp(a - a.amax(dim=1, keepdim=True))
+    a = e / e.sum(dim=1, keepdim=True)
+    g = torch.sum(a * q, dim=1, keepdim=True)
+    return m.final(m.proj(g * k) + q)
+
+
+STREAMS = ("lv", "myo", "rv")
+
+
+class AuthorsCrossAttention(nn.Module):
+    """Transcription of the CroCNet authors' ``X_EfficientAdditiveAttnetion`` (three streams lv, myo, rv).
+
+    Inputs are ``(B, N, in_dims)`` token tensors, one per stream, as in their ``My_NetXd`` after flattening.
+    """
+
+    def __init__(self, in_dims: int, token_dim: int, num_heads: int = 1, final_bug: bool = True):
+        super().__init__()
+        d = token_dim * num_heads
+        self.final_bug = final_bug
+        self.scale_factor = token_dim**-0.5
+        for s in STREAMS:
+            setattr(self, f"to_query_{s}", nn.Linear(in_dims, d))
+            setattr(self, f"to_key_{s}", nn.Linear(in_dims, d))
+            setattr(self, f"w_g_{s}", nn.Parameter(torch.randn(d, 1)))
+            for t in (1, 2, 3):
+                setattr(self, f"Proj_{s}{t}", nn.Linear(d, d))
+            setattr(self, f"final_{s}", nn.Linear(d, token_dim))
+
+    def _global(self, s, x):
+        query = F.normalize(getattr(self, f"to_query_{s}")(x), dim=-1)
+        key = F.normalize(getattr(self, f"to_key_{s}")(x), dim=-1)
+        A = query @ getattr(self, f"w_g_{s}")
+        A = A * self.scale_factor
+        A = F.normalize(A, dim=1)
+        G = torch.sum(A * query, dim=1)
+        G = einops.repeat(G, "b d -> b repeat d", repeat=key.shape[1])
+        return query, key, G
+
+    def forward(self, x_lv, x_myo, x_rv):
+        q_lv, k_lv, G_lv = self._global("lv", x_lv)
+        q_myo, k_myo, G_myo = self._global("myo", x_myo)
+        q_rv, k_rv, G_rv = self._global("rv", x_rv)
+        out_lv = self.Proj_lv1(G_lv * k_lv) + self.Proj_lv2(G_lv * k_myo) + self.Proj_lv3(G_lv * k_rv) + q_lv
+        out_myo = self.Proj_myo1(G_myo * k_lv) + self.Proj_myo2(G_myo * k_myo) + self.Proj_myo3(G_myo * k_rv) + q_myo
+        out_rv = self.Proj_rv1(G_rv * k_lv) + self.Proj_rv2(G_rv * k_myo) + self.Proj_rv3(G_rv * k_rv) + q_rv
+        out_lv = self.final_lv(out_lv)
+        out_myo = self.final_myo(out_myo)
+        out_rv = self.final_myo(out_rv) if self.final_bug else self.final_rv(out_rv)
+        return out_lv, out_myo, out_rv
+
+
+def grads(module: nn.Module, inputs) -> dict[str, torch.Tensor]:
+    """Gradients of every parameter (by name) and of every input (``input{i}``)."""
+    out = {name: p.grad for name, p in module.named_parameters()}
+    out.update({f"input{i}": x.grad for i, x in enumerate(inputs)})
+    return out

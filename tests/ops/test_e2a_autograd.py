@@ -1,0 +1,122 @@
+"""float64 gradcheck of both backends, torch.library opcheck of the custom ops, determinism, autocast."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from kernel_env import interpreting, triton_device
+
+import crocnet._triton._config as kconfig
+from crocnet.ops import cross_e2a, e2a
+
+ops_e2a = importlib.import_module("crocnet.ops.e2a")  # the module, not the function it exports
+
+needs_fp64_kernels = pytest.mark.skipif(
+    not interpreting(), reason="float64 kernels run in the interpreter only (GPU kernels take fp16/bf16/fp32)"
+)
+
+
+def _inputs(S, B, N, D, dtype=torch.float64, device="cpu", bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, S, B, N, D, generator=g, dtype=dtype).unbind(0)
+    w_g = torch.randn(S, D, generator=g, dtype=dtype)
+    W = torch.randn(S, S, D, D, generator=g, dtype=dtype) / D**0.5
+    b = torch.randn(S, S, D, generator=g, dtype=dtype) if bias else None
+    return [None if t is None else t.to(device).requires_grad_(True) for t in (q, k, w_g, W, b)]
+
+
+@needs_fp64_kernels
+@pytest.mark.parametrize("token_norm", ["l2", "softmax", "none"])
+@pytest.mark.parametrize("S, B, N, D", [(1, 2, 5, 16), (3, 1, 19, 8)], ids=["e2a", "cross3"])
+def test_gradcheck_triton(S, B, N, D, token_norm):
+    args = _inputs(S, B, N, D)
+    fn = lambda *a: cross_e2a(*a, token_norm=token_norm, backend="triton")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, args, fast_mode=True)
+
+
+@needs_fp64_kernels
+def test_gradcheck_triton_full_jacobian_small():
+    """Full (not fast-mode) Jacobians at the smallest size, without bias, through e2a's (B, N, D) form."""
+    q, k, w_g, W, _ = _inputs(1, 1, 3, 8, bias=False)
+    fn = lambda q, k, w, W: e2a(q, k, w, W, None, backend="triton")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, [q[0], k[0], w_g[0], W[0, 0]])
+
+
+@pytest.mark.parametrize("token_norm", ["l2", "softmax"])
+def test_gradcheck_torch_backend(token_norm):
+    args = _inputs(2, 2, 7, 8)
+    fn = lambda *a: cross_e2a(*a, token_norm=token_norm, backend="torch")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, args)
+
+
+@needs_fp64_kernels
+@pytest.mark.parametrize("op", ["forward", "backward"])
+def test_opcheck_custom_ops(op):
+    """torch.library.opcheck: schema, fake (meta) kernel, autograd registration, AOT dispatch."""
+    q, k, w_g, W, b = (t.detach() for t in _inputs(2, 2, 9, 16))
+    if op == "forward":
+        torch.library.opcheck(ops_e2a._e2a_forward, (q, k, w_g, W, b, 0.25, "l2", 1e-12))
+        torch.library.opcheck(ops_e2a._e2a_forward, (q, k, w_g, W, None, 0.25, "softmax", 1e-12))
+    else:
+        y, G, stats, nk = ops_e2a._e2a_forward(q, k, w_g, W, b, 0.25, "l2", 1e-12)
+        dy = torch.randn_like(y)
+        torch.library.opcheck(ops_e2a._e2a_backward, (dy, q, k, w_g, W, G, stats, nk, 0.25, "l2", 1e-12),
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+def test_two_runs_are_bit_identical():
+    """No atomics: the per-program partials are reduced in a fixed order."""
+    dev = triton_device()
+    args = _inputs(3, 2, 70, 24, dtype=torch.float32, device=dev)
+    dy = torch.randn(3, 2, 70, 24, device=dev)
+    runs = []
+    for _ in range(2):
+        for a in args:
+            a.grad = None
+        y = cross_e2a(*args, backend="triton")
+        y.backward(dy)
+        runs.append([y.detach().clone()] + [a.grad.clone() for a in args])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_programs_without_tokens(monkeypatch):
+    """More programs per row than token tiles (as on a GPU with large BLOCK_N): empty programs contribute 0."""
+    args = _inputs(2, 2, 33, 16, dtype=torch.float64 if interpreting() else torch.float32, device=triton_device())
+    dy = torch.randn_like(args[0])
+    results = {}
+    for label, patch in (("many", True), ("default", False)):
+        if patch:
+            monkeypatch.setattr(kconfig, "programs_per_row", lambda tokens, rows, device: 7)
+        else:
+            monkeypatch.undo()
+        for token_norm in ("l2", "softmax"):
+            for a in args:
+                a.grad = None
+            y = cross_e2a(*args, token_norm=token_norm, backend="triton")
+            y.backward(dy)
+            results[label, token_norm] = [y.detach()] + [a.grad for a in args]
+    tol = dict(rtol=1e-12, atol=1e-12) if interpreting() else dict(rtol=1e-5, atol=1e-5)
+    for token_norm in ("l2", "softmax"):
+        for a, b in zip(results["many", token_norm], results["default", token_norm]):
+            torch.testing.assert_close(a, b, **tol)
+
+
+def test_autocast_runs_kernels_in_the_autocast_dtype():
+    dev = triton_device()
+    q, k, w_g, W, b = (t.detach().float() for t in _inputs(1, 2, 20, 16, device=dev))
+    with torch.autocast(device_type=dev, dtype=torch.bfloat16):
+        y = e2a(q[0], k[0], w_g[0], W[0, 0], b[0, 0], backend="triton")
+    assert y.dtype == torch.bfloat16
+    ref = e2a(q[0], k[0], w_g[0], W[0, 0], b[0, 0], backend="torch")
+    assert (y.float() - ref).abs().max() < 0.05
+
+
+def test_default_scale_is_inverse_sqrt_width():
+    """scale defaults to D ** -0.5 (timm's token_dim ** -0.5 when num_heads = 1)."""
+    q, k, w_g, W, b = (t.detach()[0] for t in _inputs(1, 1, 6, 16))
+    y1 = e2a(q, k, w_g, W[0], b[0], backend="torch")
+    y2 = e2a(q, k, w_g, W[0], b[0], scale=0.25, backend="torch")
+    assert torch.equal(y1, y2)

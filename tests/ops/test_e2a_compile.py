@@ -1,0 +1,63 @@
+"""torch.compile traces through the custom ops (fullgraph), and new image sizes do not recompile kernels."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from kernel_env import triton_device
+
+from crocnet.nn import EfficientAdditiveAttention
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_compile_fullgraph_matches_eager(backend):
+    torch._dynamo.reset()
+    dev = triton_device() if backend == "triton" else "cpu"
+    m = EfficientAdditiveAttention(16, 32, backend=backend).to(dev)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager" if dev == "cpu" and backend == "triton" else "inductor")
+    for N in (10, 23):  # a second size: dynamic shapes, still one graph
+        x = torch.randn(2, N, 16, device=dev, requires_grad=True)
+        y = compiled(x)
+        y.sum().backward()
+        g = x.grad.clone()
+        x.grad = None
+        ref = m(x)
+        ref.sum().backward()
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, x.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_token_count_is_not_specialised():
+    """B, N and the program counts are runtime values of every kernel (``do_not_specialize``)."""
+    code = (
+        "import crocnet._triton.e2a as k\n"
+        "for name in ['_pool_partials_kernel', '_key_interaction_kernel', '_key_grad_kernel', '_query_grad_kernel', '_proj_weight_grad_kernel']:\n"
+        "    fn = getattr(k, name).fn\n"
+        "    print(name, sorted(p.name for p in fn.params if p.do_not_specialize))\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    assert len(lines) == 5
+    for name, params in lines.items():
+        expected = "['B', 'N', 'SPLIT']" if name == "_proj_weight_grad_kernel" else "['B', 'N', 'P']"
+        assert params == expected, (name, params)
+
+
+@pytest.mark.gpu
+def test_new_image_size_does_not_recompile():
+    from crocnet._triton import e2a as k
+    from crocnet.ops import e2a
+
+    D = 64
+    args = [torch.randn(2, 100, D, device="cuda"), torch.randn(2, 100, D, device="cuda")]
+    e2a(*args, torch.randn(D, device="cuda"), torch.randn(D, D, device="cuda"), backend="triton")
+    before = sum(len(c) for c in k._key_interaction_kernel.fn.device_caches[0][0].values()) if hasattr(k._key_interaction_kernel.fn, "device_caches") else None
+    q = torch.randn(2, 333, D, device="cuda")
+    e2a(q, q, torch.randn(D, device="cuda"), torch.randn(D, D, device="cuda"), backend="triton")
+    after = sum(len(c) for c in k._key_interaction_kernel.fn.device_caches[0][0].values()) if before is not None else None
+    assert before == after

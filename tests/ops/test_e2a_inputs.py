@@ -1,0 +1,197 @@
+"""Bad input gets a clear error; edge values (zero vectors, all-zero images, NaN) behave like the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from kernel_env import interpreting, triton_device
+from e2a_reference import assert_matches
+
+import crocnet._triton.e2a as kernels
+from crocnet.nn import CrossEfficientAdditiveAttention, EfficientAdditiveAttention
+from crocnet.ops import cross_e2a, e2a, e2a_naive
+from crocnet.ops._checks import MAX_TRITON_DIM
+
+BACKENDS = ["torch", "triton"]
+
+
+def _args(B=2, N=9, D=16, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(B, N, D, generator=g, dtype=dtype) for _ in range(2))
+    w_g, W, b = torch.randn(D, 1, generator=g, dtype=dtype), torch.randn(D, D, generator=g, dtype=dtype), torch.randn(D, generator=g, dtype=dtype)
+    return [t.to(device) for t in (q, k, w_g, W, b)]
+
+
+def _dev(backend):
+    return triton_device() if backend == "triton" else "cpu"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "mutate, exc, message",
+    [
+        (lambda a: a.__setitem__(0, a[0][0]), ValueError, "q must have 3 dims, got shape (9, 16)"),
+        (lambda a: a.__setitem__(1, a[1][:, :4]), ValueError, "k must have the shape of q"),
+        (lambda a: a.__setitem__(2, a[2][:8]), ValueError, "w_g must have shape (16, 1) or (16,) to match q's width 16, got (8, 1)"),
+        (lambda a: a.__setitem__(3, a[3][:, :8]), ValueError, "proj_weight must have shape (1, 1, 16, 16) to match q"),
+        (lambda a: a.__setitem__(4, a[4][:3]), ValueError, "proj_bias must have shape (1, 1, 16) to match q"),
+        (lambda a: a.__setitem__(0, a[0].long()), TypeError, "q must be a floating-point tensor"),
+        (lambda a: a.__setitem__(2, a[2].int()), TypeError, "w_g must be a floating-point tensor"),
+        (lambda a: a.__setitem__(1, a[1].double()), TypeError, "q and k must share a dtype"),
+        (lambda a: (a.__setitem__(0, a[0][:, :0]), a.__setitem__(1, a[1][:, :0])), ValueError, "non-empty in every axis"),
+        (lambda a: (a.__setitem__(0, a[0][:0]), a.__setitem__(1, a[1][:0])), ValueError, "got (1, 0, 9, 16)"),
+        (lambda a: a.__setitem__(0, [1.0]), TypeError, "q must be a torch.Tensor, got list"),
+    ],
+    ids=["rank", "k-shape", "w_g-width", "proj-width", "bias-width", "int-q", "int-w_g", "mixed-dtype", "N=0", "B=0", "list"],
+)
+def test_bad_inputs_say_what_was_expected_and_got(backend, mutate, exc, message):
+    args = _args(device=_dev(backend))
+    mutate(args)
+    with pytest.raises(exc) as info:
+        e2a(*args, backend=backend)
+    assert message in str(info.value)
+
+
+def test_tensors_on_different_devices_are_rejected():
+    q, k, w_g, W, b = _args()
+    with pytest.raises(ValueError, match=r"all inputs must be on one device, got \['cpu', 'meta'\]"):
+        e2a(q, k, w_g, W.to("meta"), b)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"token_norm": "max"}, "token_norm must be one of ('l2', 'softmax', 'none'), got 'max'"),
+        ({"backend": "cuda"}, "backend must be one of ('auto', 'triton', 'torch'), got 'cuda'"),
+        ({"eps": 0.0}, "eps must be positive, got 0.0"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        e2a(*_args(), **kwargs)
+    assert message in str(info.value)
+
+
+def test_width_above_the_kernels_maximum_is_rejected_for_triton_only():
+    args = _args(B=1, N=2, D=MAX_TRITON_DIM + 8, device=triton_device())
+    with pytest.raises(ValueError, match=rf"supports token dims D <= {MAX_TRITON_DIM}, got D = {MAX_TRITON_DIM + 8}"):
+        e2a(*args, backend="triton")
+    assert e2a(*[a.cpu() for a in args], backend="torch").shape == (1, 2, MAX_TRITON_DIM + 8)
+
+
+def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1"):
+        e2a(*_args(), backend="triton")
+    assert e2a(*_args(), backend="auto").shape == (2, 9, 16)  # auto falls back to the PyTorch path
+
+
+def test_modules_reject_wrong_token_shapes():
+    with pytest.raises(ValueError, match=r"expected tokens of shape \(B, N, 16\), got \(2, 9, 8\)"):
+        EfficientAdditiveAttention(16, 16)(torch.randn(2, 9, 8))
+    with pytest.raises(ValueError, match="token_norm must be one of"):
+        EfficientAdditiveAttention(16, 16, token_norm="l1")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("token_norm", ["l2", "softmax"])
+def test_zero_vectors_behave_like_f_normalize(backend, token_norm):
+    """Zero query/key tokens, and an image whose every score is zero, take F.normalize's eps branch exactly."""
+    if backend == "triton" and not interpreting():
+        pytest.skip("float64 kernels run in the interpreter only")
+    dev = _dev(backend)
+    q, k, w_g, W, b = (a.double() for a in _args(B=3, N=20, D=16))
+    q[0, 3] = 0.0          # one zero query token
+    k[0, 5] = 0.0          # one zero key token
+    q[1] = 0.0             # an all-zero image: every score a = 0, so ‖a‖ = 0 < eps
+    k[2] = 0.0
+    dy = torch.randn(3, 20, 16, dtype=torch.float64)
+    outs = {}
+    for name, fn, device in (("ours", lambda *a: e2a(*a, token_norm=token_norm, backend=backend), dev),
+                             ("ref", lambda *a: e2a_naive(*a, q.shape[-1] ** -0.5, token_norm), "cpu")):
+        args = [t.clone().to(device).requires_grad_(True) for t in (q, k, w_g, W, b)]
+        y = fn(*args)
+        y.backward(dy.to(device))
+        outs[name] = [y] + [a.grad for a in args]
+    for label, a, r in zip(["y", "dq", "dk", "dw_g", "dW", "db"], outs["ours"], outs["ref"]):
+        assert torch.isfinite(a).all(), label
+        assert_matches(label, a, r, torch.float64, grad=label != "y")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_inputs_propagate_and_stay_in_their_image(backend):
+    """A NaN in one image poisons that image's output (as in timm) and no other image."""
+    args = _args(B=2, N=20, D=16, device=_dev(backend))
+    args[0][1, 4, 2] = float("nan")
+    y = e2a(*args, backend=backend)
+    assert torch.isnan(y[1]).any()
+    assert torch.isfinite(y[0]).all()
+
+
+def test_kernels_write_every_output_element(monkeypatch):
+    """Outputs allocated with ``torch.empty`` are NaN-poisoned: any element a kernel forgets shows up."""
+    dev = triton_device()
+
+    def poisoned(*shape, **kw):
+        return torch.full(*shape, float("nan"), **kw) if len(shape) == 1 else torch.full(shape, float("nan"), **kw)
+
+    monkeypatch.setattr(kernels, "empty", poisoned)
+    for S, B, N, D in ((1, 2, 33, 24), (3, 1, 17, 40)):
+        q, k = torch.randn(2, S, B, N, D, device=dev).unbind(0)
+        args = [q, k, torch.randn(S, D, device=dev), torch.randn(S, S, D, D, device=dev) / D, torch.randn(S, S, D, device=dev)]
+        args = [a.requires_grad_(True) for a in args]
+        y = cross_e2a(*args, backend="triton")
+        y.backward(torch.randn_like(y))
+        for t in [y] + [a.grad for a in args]:
+            assert torch.isfinite(t).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs_and_gradients(backend):
+    """Transposed inputs and a stride-0 (expanded) upstream gradient give the contiguous results."""
+    dev = _dev(backend)
+    q, k, w_g, W, b = _args(B=2, N=12, D=16, dtype=torch.float64 if backend == "torch" or interpreting() else torch.float32, device=dev)
+    qt = q.transpose(0, 1).contiguous().transpose(0, 1)   # same values, non-contiguous
+    kt = k.transpose(1, 2).contiguous().transpose(1, 2)
+    Wt = W.t().contiguous().t()
+    assert not (qt.is_contiguous() or kt.is_contiguous() or Wt.is_contiguous())
+    dy = torch.randn(1, 1, 16, dtype=q.dtype, device=dev).expand(2, 12, 16)
+    results = []
+    for args, grad in (((q, k, w_g, W, b), dy.contiguous()), ((qt, kt, w_g, Wt, b), dy)):
+        args = [a.detach().clone() if a.is_contiguous() else a.detach() for a in args]
+        args = [a.requires_grad_(True) for a in args]
+        y = e2a(*args, backend=backend)
+        y.backward(grad)
+        results.append([y] + [a.grad for a in args])
+    for a, r in zip(*results):
+        torch.testing.assert_close(a, r, rtol=1e-6, atol=1e-6)
+
+
+def test_cross_module_rejects_mismatched_streams():
+    m = CrossEfficientAdditiveAttention(8, 16, streams=3)
+    x = torch.randn(2, 10, 8)
+    with pytest.raises(ValueError, match="expected 3 streams, got 2"):
+        m(x, x)
+    with pytest.raises(ValueError, match=r"every stream must have the shape of stream 0 \(2, 10, 8\), got \(2, 11, 8\) for stream 2"):
+        m(x, x, torch.randn(2, 11, 8))
+    with pytest.raises(ValueError, match=r"expected streams of shape \(B, N, 8\), got \(2, 10, 4\)"):
+        m(*(torch.randn(2, 10, 4),) * 3)
+    with pytest.raises(ValueError, match="authors_final_bug reproduces the 3-stream"):
+        CrossEfficientAdditiveAttention(8, 16, streams=2, authors_final_bug=True)
+
+
+def test_cross_op_rejects_bad_stacks():
+    q = torch.randn(3, 2, 5, 8)
+    with pytest.raises(ValueError, match=r"proj_weight must have shape \(3, 3, 8, 8\) to match q, got \(2, 2, 8, 8\)"):
+        cross_e2a(q, q, torch.randn(3, 8), torch.randn(2, 2, 8, 8))
+    with pytest.raises(ValueError, match=r"w_g must have shape \(3, 8\) to match q, got \(2, 8\)"):
+        cross_e2a(q, q, torch.randn(2, 8), torch.randn(3, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"q must have shape \(streams, batch, tokens, dim\)"):
+        cross_e2a(q[0], q[0], torch.randn(3, 8), torch.randn(3, 3, 8, 8))
+
+
+def test_zero_norm_reference_is_f_normalize():
+    """The spec's normalisation is F.normalize's: a zero vector stays zero, with eps = 1e-12."""
+    x = torch.zeros(1, 3, 4)
+    assert torch.equal(F.normalize(x, dim=-1, eps=1e-12), torch.zeros_like(x))

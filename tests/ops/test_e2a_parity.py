@@ -1,0 +1,135 @@
+"""E2A against timm's ``EfficientAdditiveAttention``: outputs and every gradient, by dtype and backend.
+
+Our 2D module loads timm's state dict; both get the same input and the same upstream gradient. The float64
+timm run is the reference; tolerances are in ``tests/e2a_reference.py``. Shapes are small and awkward
+(N = 1, tokens not a multiple of any tile, widths that are not powers of two) so the interpreter stays fast.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from kernel_env import skip_fp64_on_gpu, triton_device
+from e2a_reference import assert_matches, grads, softmax_e2a_module_forward, timm_e2a
+
+from crocnet.nn import EfficientAdditiveAttention, EfficientAdditiveAttention2d
+from crocnet.ops import e2a, e2a_naive
+
+
+def _run(module, x, dy, forward=None):
+    x = x.detach().clone().requires_grad_(True)
+    out = (forward or module)(x)
+    out.backward(dy)
+    return out.detach(), grads(module, [x])
+
+
+def _compare(backend, dtype, batch, hw, in_dims, token_dim, device="cpu"):
+    torch.manual_seed(hash((batch, hw, in_dims, token_dim)) % 2**31)
+    ref = timm_e2a(in_dims, token_dim).double()
+    x = torch.randn(batch, in_dims, *hw, dtype=torch.float64)
+    dy = torch.randn(batch, token_dim, *hw, dtype=torch.float64)
+    out64, g64 = _run(ref, x, dy)
+
+    ours = EfficientAdditiveAttention2d(in_dims, token_dim, backend=backend).to(device, dtype)
+    ours.load_state_dict(ref.state_dict())
+    out, g = _run(ours, x.to(device, dtype), dy.to(device, dtype))
+
+    base_out, base_g = None, {}
+    if dtype in (torch.float16, torch.bfloat16):
+        low = copy.deepcopy(ref).to(dtype)
+        base_out, base_g = _run(low, x.to(dtype), dy.to(dtype))
+    assert_matches("output", out, out64, dtype, baseline=base_out)
+    assert set(g) == set(g64)
+    for name in g64:
+        assert g[name] is not None, f"no gradient reached {name}"
+        assert_matches(f"grad {name}", g[name], g64[name], dtype, grad=True, baseline=base_g.get(name))
+
+
+SHAPES = [  # (batch, (H, W), in_dims, token_dim): N = 1, 63, 257, 40; D = 48, 64, 100, 56
+    (1, (1, 1), 16, 48),
+    (3, (7, 9), 24, 64),
+    (1, (1, 257), 8, 100),
+    (2, (5, 8), 32, 56),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}-N{s[1][0] * s[1][1]}-D{s[3]}")
+def test_torch_backend_matches_timm(shape, dtype):
+    _compare("torch", dtype, *shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}-N{s[1][0] * s[1][1]}-D{s[3]}")
+def test_triton_backend_matches_timm(shape, dtype):
+    skip_fp64_on_gpu("triton", dtype)
+    _compare("triton", dtype, *shape, device=triton_device())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_low_precision_within_timms_own_error(backend, dtype):
+    _compare(backend, dtype, 2, (6, 11), 24, 64, device=triton_device() if backend == "triton" else "cpu")
+
+
+def test_wide_rows_span_several_output_tiles():
+    """D = 200 (> one 128-wide output tile) and 220 (SwiftFormer-L3's width), in the kernels."""
+    _compare("triton", torch.float32, 2, (3, 7), 16, 200, device=triton_device())
+    _compare("triton", torch.float32, 1, (2, 5), 8, 220, device=triton_device())
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_softmax_token_norm_matches_written_out_softmax(backend):
+    """``token_norm="softmax"``: timm's parameters, Fastformer's softmax over tokens written out by hand."""
+    skip_fp64_on_gpu(backend, torch.float64)
+    device = triton_device() if backend == "triton" else "cpu"
+    ref = timm_e2a(16, 48).double()
+    with torch.no_grad():
+        ref.w_g.mul_(8.0)  # peaky scores: the max subtraction matters
+    x = torch.randn(2, 37, 16, dtype=torch.float64)
+    dy = torch.randn(2, 37, 48, dtype=torch.float64)
+    out64, g64 = _run(ref, x, dy, forward=lambda t: softmax_e2a_module_forward(ref, t))
+    ours = EfficientAdditiveAttention(16, 48, token_norm="softmax", backend=backend).double().to(device)
+    ours.load_state_dict(ref.state_dict())
+    out, g = _run(ours, x.to(device), dy.to(device))
+    assert_matches("output", out, out64, torch.float64)
+    for name in g64:
+        assert_matches(f"grad {name}", g[name], g64[name], torch.float64, grad=True)
+
+
+@pytest.mark.parametrize("token_norm", ["l2", "softmax", "none"])
+def test_triton_matches_torch_path_for_every_token_norm(token_norm):
+    """The op itself (no linears), on the three token weightings, forward and every gradient."""
+    skip_fp64_on_gpu("triton", torch.float64)
+    dev = triton_device()
+    B, N, D = 2, 45, 40
+    q, k = torch.randn(2, B, N, D, dtype=torch.float64).unbind(0)
+    w_g, W, b = torch.randn(D, 1, dtype=torch.float64), torch.randn(D, D, dtype=torch.float64) / D, torch.randn(D, dtype=torch.float64)
+    dy = torch.randn(B, N, D, dtype=torch.float64)
+    res = {}
+    for backend, device in (("torch", "cpu"), ("triton", dev)):
+        args = [t.to(device).requires_grad_(True) for t in (q, k, w_g, W, b)]
+        y = e2a(*args, token_norm=token_norm, backend=backend)
+        y.backward(dy.to(device))
+        res[backend] = [y] + [a.grad for a in args]
+    for name, a, ref in zip(["y", "dq", "dk", "dw_g", "dW", "db"], res["triton"], res["torch"]):
+        if ref is None:  # token_norm="none" does not use w_g: autograd gives None, the kernels exact zeros
+            assert name == "dw_g" and token_norm == "none" and not a.any(), name
+            continue
+        assert_matches(name, a, ref, torch.float64, grad=name != "y")
+
+
+def test_functional_op_matches_timm_module_math():
+    """``e2a`` on timm's projections reproduces timm's forward before ``final``."""
+    ref = timm_e2a(12, 32).double()
+    x = torch.randn(2, 12, 4, 6, dtype=torch.float64)
+    tokens = x.flatten(2).transpose(1, 2)
+    y = e2a(ref.to_query(tokens), ref.to_key(tokens), ref.w_g, ref.proj.weight, ref.proj.bias,
+            scale=ref.scale_factor, backend="torch")
+    expected = ref(x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(ref.final(y), expected, rtol=1e-12, atol=1e-12)
+    # and the naive spec is the same function
+    y2 = e2a_naive(ref.to_query(tokens), ref.to_key(tokens), ref.w_g, ref.proj.weight, ref.proj.bias, ref.scale_factor)
+    torch.testing.assert_close(y2, y, rtol=0, atol=0)
