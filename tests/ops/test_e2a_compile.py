@@ -31,6 +31,19 @@ def test_compile_fullgraph_matches_eager(backend):
         torch.testing.assert_close(g, x.grad, rtol=1e-5, atol=1e-5)
 
 
+def test_second_image_size_does_not_recompile_the_graph():
+    """With dynamic shapes one traced graph serves every token count (the op's fake kernel is symbolic)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    m = EfficientAdditiveAttention(8, 16, backend="torch")
+    compiled = torch.compile(m, backend=counter, fullgraph=True, dynamic=True)
+    for N in (12, 31, 77):
+        compiled(torch.randn(2, N, 8)).sum().backward()
+    assert counter.frame_count == 1
+
+
 def test_token_count_is_not_specialised():
     """B, N and the program counts are runtime values of every kernel (``do_not_specialize``)."""
     code = (

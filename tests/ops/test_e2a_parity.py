@@ -53,25 +53,36 @@ SHAPES = [  # (batch, (H, W), in_dims, token_dim): N = 1, 63, 257, 40; D = 48, 6
     (1, (1, 257), 8, 100),
     (2, (5, 8), 32, 56),
 ]
+#: The issue's grid for the kernels: B in {1, 3} x N in {1, 63, 257} x D in {48, 64, 100}.
+GRID = [(b, hw, 16, d) for b in (1, 3) for hw in ((1, 1), (7, 9), (1, 257)) for d in (48, 64, 100)]
+
+
+def _ids(s):
+    return f"B{s[0]}-N{s[1][0] * s[1][1]}-D{s[3]}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}-N{s[1][0] * s[1][1]}-D{s[3]}")
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
 def test_torch_backend_matches_timm(shape, dtype):
     _compare("torch", dtype, *shape)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}-N{s[1][0] * s[1][1]}-D{s[3]}")
-def test_triton_backend_matches_timm(shape, dtype):
-    skip_fp64_on_gpu("triton", dtype)
-    _compare("triton", dtype, *shape, device=triton_device())
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_triton_backend_matches_timm_fp64(shape):
+    skip_fp64_on_gpu("triton", torch.float64)
+    _compare("triton", torch.float64, *shape, device=triton_device())
+
+
+@pytest.mark.parametrize("shape", GRID, ids=_ids)
+def test_triton_backend_matches_timm_fp32(shape):
+    _compare("triton", torch.float32, *shape, device=triton_device())
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_low_precision_within_timms_own_error(backend, dtype):
-    _compare(backend, dtype, 2, (6, 11), 24, 64, device=triton_device() if backend == "triton" else "cpu")
+@pytest.mark.parametrize("shape", [(2, (6, 11), 24, 64), (3, (1, 257), 16, 100)], ids=_ids)
+def test_low_precision_within_timms_own_error(shape, backend, dtype):
+    _compare(backend, dtype, *shape, device=triton_device() if backend == "triton" else "cpu")
 
 
 def test_wide_rows_span_several_output_tiles():
