@@ -1,0 +1,169 @@
+"""Training, evaluation and prediction end to end, at tiny sizes (phantoms, 1-3 epochs, widths 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from crocnet.data import write_phantoms
+from crocnet.train import checkpoint as ckpt_mod
+from crocnet.train import demo, evaluate, predict, train
+
+TINY = ["--base-width", "4", "--image-size", "32", "--folds", "2", "--no-progress", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    assert demo.main(["--quick", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    write_phantoms(root, subjects=4, seed=3)
+    return root
+
+
+def test_demo_quick_writes_the_whole_report(demo_run):
+    report = demo_run / "report"
+    for name in ("table.md", "cases.csv", "summary.json"):
+        assert (report / name).is_file(), name
+    assert len(list((report / "overlays").glob("*.png"))) == 2
+    assert list(report.glob("curves-*.png"))
+    table = (report / "table.md").read_text()
+    assert "stage 1" in table and "CroCNet" in table and "HD95 LV (mm)" in table
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["summary"]["CroCNet"]["cases"] == summary["cases"] > 0
+    for run in ("stage1-e2aunet/fold0", "stage1-e2aunet/fold1", "stage2-crocnet_specialists/fold0"):
+        for name in ("config.json", "versions.json", "log.jsonl", "curves.png", "last.pt", "best.pt", "best.safetensors"):
+            assert (demo_run / run / name).is_file(), f"{run}/{name}"
+    # the out-of-fold predictions of the two stage-1 folds cover the whole cross-validation pool, disjointly
+    splits = json.loads((demo_run / "splits.json").read_text())
+    oof = [torch.load(demo_run / f"stage1-e2aunet/fold{k}/oof.pt", weights_only=False) for k in range(2)]
+    subjects = [{key.split(":")[1].split("_")[0] for key in o} for o in oof]
+    assert subjects[0] == set(splits["folds"][0]["val"]) and subjects[1] == set(splits["folds"][1]["val"])
+    assert not subjects[0] & subjects[1] and not (subjects[0] | subjects[1]) & set(splits["test"])
+
+
+def _final_weights(run: Path) -> dict:
+    return torch.load(run / "last.pt", weights_only=False)["state_dict"]
+
+
+def test_resume_after_a_kill_gives_the_same_weights(phantoms, tmp_path, monkeypatch):
+    args = ["--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "3", *TINY]
+    assert train.main([*args, "--out", str(tmp_path / "straight")]) == 0
+
+    saves = {"n": 0}
+    real = ckpt_mod.atomic_save
+
+    def killed_after_epoch_two(obj, path):
+        real(obj, path)
+        if Path(path).name == "last.pt":
+            saves["n"] += 1
+            if saves["n"] == 2:
+                raise KeyboardInterrupt  # the process dies right after writing epoch 2
+    import crocnet.train.engine as engine
+
+    monkeypatch.setattr(engine, "atomic_save", killed_after_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train.main([*args, "--out", str(tmp_path / "killed")])
+    monkeypatch.setattr(engine, "atomic_save", real)
+    run = tmp_path / "killed" / "stage1-e2aunet" / "fold0"
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 2
+    assert train.main([*args, "--out", str(tmp_path / "killed"), "--resume"]) == 0
+    a, b = _final_weights(tmp_path / "straight" / "stage1-e2aunet" / "fold0"), _final_weights(run)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in log] == [1, 2, 3]
+
+
+def test_ddp_two_cpu_processes(phantoms, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+           "-m", "crocnet.cli", "train", "--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "1",
+           "--out", str(tmp_path / "ddp"), *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    run = tmp_path / "ddp" / "stage1-e2aunet" / "fold0"
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert len((run / "log.jsonl").read_text().splitlines()) == 1  # one writer: rank 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "/nonexistent/folder"], "--data '/nonexistent/folder' does not exist"),
+        (["--fold", "7"], "--fold must be 'all' or an integer in 0..4, got '7'"),
+        (["--stage", "2"], "--stage 2 needs --stage1-run"),
+        (["--model", "crocnet_single"], "stage 1 trains one of e2aunet, e2aunet_mhsa, e2aunet_noattn"),
+        (["--image-size", "50"], "--image-size must be a multiple of 2**depth = 16, got 50"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(phantoms, argv, message, capsys):
+    base = ["--data", str(phantoms)] if "--data" not in argv else []
+    assert train.main([*base, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_choice_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        train.main(["--dataset", "kaggle"])
+    assert info.value.code == 2
+    assert "invalid choice: 'kaggle'" in capsys.readouterr().err
+
+
+def test_evaluate_and_predict_errors(tmp_path, capsys):
+    assert evaluate.main(["--stage1", str(tmp_path / "none.pt"), "--data", str(tmp_path)]) == 2
+    assert "none.pt' not found" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", "x.pt", "--input", str(tmp_path / "a.nii.gz"), "--output", "b.nii.gz"]) == 2
+    assert "a.nii.gz' not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not be read"):
+        ckpt_mod.read_checkpoint(bad)
+
+
+@pytest.mark.parametrize("view", ["LA", "SA"])
+def test_predict_the_real_mnm2_subject(demo_run, mnm2_subject, tmp_path, view):
+    src = mnm2_subject / f"001_{view}_ED.nii.gz"
+    out = tmp_path / "seg.nii.gz"
+    argv = ["--checkpoint", str(demo_run / "stage1-e2aunet/fold0/best.safetensors"),
+            "--stage2", str(demo_run / "stage2-crocnet_specialists/fold0/best.pt"),
+            "--input", str(src), "--output", str(out), "--overlay", str(tmp_path / "o.png"),
+            "--probabilities", str(tmp_path / "p.nii.gz")]
+    assert predict.main(argv) == 0
+    a, b = nib.load(src), nib.load(out)
+    assert b.shape == a.shape and b.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(b.affine, a.affine)
+    assert set(np.unique(np.asarray(b.dataobj))) <= {0, 1, 2, 3}
+    assert nib.load(tmp_path / "p.nii.gz").shape == (*a.shape[:2], a.shape[2] if a.ndim == 3 else 1, 4)
+    assert (tmp_path / "o.png").stat().st_size > 1000
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ckpt_mod.atomic_save({"a": 1}, path)
+
+    def broken(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", broken)
+    with pytest.raises(OSError):
+        ckpt_mod.atomic_save({"a": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

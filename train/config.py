@@ -1,0 +1,162 @@
+"""Training configuration: one dataclass, filled from the command line and an optional JSON/YAML file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+DATASET_CHOICES = ("mnm2", "acdc", "acdc_h5", "nnunet", "phantom")
+STAGE1_MODELS = ("e2aunet", "e2aunet_mhsa", "e2aunet_noattn")
+STAGE2_MODELS = ("crocnet_specialists", "crocnet_single")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as ``config.json`` in the run folder."""
+
+    data: str = "data/phantom"
+    dataset: str = "phantom"
+    stage: int = 1
+    model: str | None = None  # default: e2aunet (stage 1), crocnet_specialists (stage 2)
+    base_width: int | None = None  # default: the model's (32 for stage 1, 16 for stage 2)
+    depth: int = 4
+    fold: str = "0"  # "k" or "all"
+    folds: int = 5
+    split_seed: int = 0
+    test_fraction: float = 0.0  # subjects held out of cross-validation (a test split), by subject
+    views: tuple[str, ...] = ("LA",)
+    epochs: int = 500
+    batch_size: int = 8
+    lr: float = 1e-4
+    lr_milestones: tuple[float, ...] = (0.2, 0.4)  # the paper's 100 and 200 of 500 epochs
+    weight_decay: float = 0.0
+    loss: str = "dice"  # "dice" or "dice_ce"
+    image_size: int = 128
+    target_spacing: float | None = None  # mm; None: fit the whole field of view into image_size
+    crop_margin: int = 15
+    augment: bool = True
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA
+    workers: int = 0
+    out: str = "runs/train"
+    resume: bool = False
+    seed: int = 0
+    val_every: int = 1
+    max_train_batches: int | None = None  # cap per epoch (smoke tests)
+    progress: bool = True
+    stage1_run: str | None = None  # stage 2: the stage-1 run folder holding out-of-fold predictions
+
+    extra: dict = field(default_factory=dict)
+
+    def resolved_model(self) -> str:
+        if self.model:
+            return self.model
+        return STAGE1_MODELS[0] if self.stage == 1 else STAGE2_MODELS[0]
+
+    def model_kwargs(self) -> dict:
+        kwargs: dict = {"depth": self.depth}
+        if self.base_width is not None:
+            kwargs["base_width"] = self.base_width
+        if self.stage == 1:
+            kwargs.update(in_chans=1, num_classes=4)
+        else:
+            kwargs.update(in_chans=4)
+            if self.resolved_model() == "crocnet_single":
+                kwargs["num_classes"] = 3
+        return kwargs
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        if self.dataset not in DATASET_CHOICES:
+            raise ValueError(f"--dataset must be one of {', '.join(DATASET_CHOICES)}, got {self.dataset!r}")
+        if self.stage not in (1, 2):
+            raise ValueError(f"--stage must be 1 or 2, got {self.stage}")
+        allowed = STAGE1_MODELS if self.stage == 1 else STAGE2_MODELS
+        if self.resolved_model() not in allowed:
+            raise ValueError(f"stage {self.stage} trains one of {', '.join(allowed)}, got --model {self.model!r}")
+        if self.fold != "all" and not (self.fold.isdigit() and int(self.fold) < self.folds):
+            raise ValueError(f"--fold must be 'all' or an integer in 0..{self.folds - 1}, got {self.fold!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.image_size % (2**self.depth):
+            raise ValueError(f"--image-size must be a multiple of 2**depth = {2**self.depth}, got {self.image_size}")
+        if self.loss not in ("dice", "dice_ce"):
+            raise ValueError(f"--loss must be 'dice' or 'dice_ce', got {self.loss!r}")
+        if not Path(self.data).exists():
+            raise FileNotFoundError(f"--data {self.data!r} does not exist (for the synthetic default run `crocnet phantom --out {self.data}` first)")
+        if self.stage == 2 and not self.stage1_run:
+            raise ValueError("--stage 2 needs --stage1-run, the stage-1 run folder with out-of-fold predictions")
+
+    def folds_to_run(self) -> list[int]:
+        return list(range(self.folds)) if self.fold == "all" else [int(self.fold)]
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a JSON (or, with PyYAML installed, YAML) file of :class:`TrainConfig` fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} not found")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:  # pragma: no cover
+            raise ImportError("YAML config files need PyYAML (pip install pyyaml); or use JSON") from exc
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown keys in {path}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return values
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    ap.add_argument("--config", help="JSON/YAML file with any of these options (command-line flags win)")
+    ap.add_argument("--data", help=f"dataset folder (default {d.data})")
+    ap.add_argument("--dataset", choices=DATASET_CHOICES, help="layout of --data; phantom = M&Ms-2 layout (default phantom)")
+    ap.add_argument("--stage", type=int, choices=(1, 2), help="1: E-2AUNet on the image; 2: specialists on stage-1 crops")
+    ap.add_argument("--model", help=f"stage 1: {', '.join(STAGE1_MODELS)}; stage 2: {', '.join(STAGE2_MODELS)}")
+    ap.add_argument("--base-width", type=int, help="width of the first stage (default: the model's, 32 / 16)")
+    ap.add_argument("--depth", type=int, help="number of down-samplings (default 4)")
+    ap.add_argument("--fold", help="cross-validation fold to train, 0..folds-1, or 'all' (default 0)")
+    ap.add_argument("--folds", type=int, help="number of cross-validation folds, by subject (default 5)")
+    ap.add_argument("--split-seed", type=int, help="seed of the subject-level fold assignment (default 0)")
+    ap.add_argument("--test-fraction", type=float, help="fraction of subjects held out of the folds as a test split (default 0)")
+    ap.add_argument("--views", nargs="+", choices=("LA", "SA"), help="M&Ms-2 views to use (default LA)")
+    ap.add_argument("--epochs", type=int, help="epochs; lr /10 at 20%% and 40%% of them (paper: 500, at 100 and 200)")
+    ap.add_argument("--batch-size", type=int, help="images per step (per process under torchrun) (default 8)")
+    ap.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4, the paper's)")
+    ap.add_argument("--lr-milestones", type=float, nargs="+", help="fractions of --epochs where lr drops /10 (default 0.2 0.4)")
+    ap.add_argument("--loss", choices=("dice", "dice_ce"), help="dice (paper) or dice + cross-entropy")
+    ap.add_argument("--image-size", type=int, help="network input size in pixels (stage 2: the crop size) (default 128)")
+    ap.add_argument("--target-spacing", type=float, help="resample to this pixel size in mm (default: fit the field of view)")
+    ap.add_argument("--no-augment", dest="augment", action="store_const", const=False, help="switch augmentation off")
+    ap.add_argument("--device", help="auto (cuda if available), cpu, cuda, cuda:1 ... (default auto)")
+    ap.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no bf16 autocast on CUDA")
+    ap.add_argument("--out", help=f"run folder root (default {d.out})")
+    ap.add_argument("--resume", action="store_const", const=True, help="continue the run in --out from its last checkpoint")
+    ap.add_argument("--seed", type=int, help="seed of weights, shuffling and augmentation (default 0)")
+    ap.add_argument("--stage1-run", help="stage 2: the stage-1 run folder (its out-of-fold predictions make the crops)")
+    ap.add_argument("--max-train-batches", type=int, help="cap on training batches per epoch (smoke tests)")
+    ap.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = load_config_file(args.config) if args.config else {}
+    for f in fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    for key in ("views", "lr_milestones"):
+        if key in values:
+            values[key] = tuple(values[key])
+    if "fold" in values:
+        values["fold"] = str(values["fold"])
+    return TrainConfig(**values)

@@ -1,0 +1,248 @@
+"""The training loop shared by both stages: Adam, the paper's step schedule, augmentation, AMP, DDP,
+per-epoch JSON-lines log, learning curves, atomic ``last``/``best`` checkpoints and exact resumption.
+
+Randomness is re-seeded at the start of every epoch from ``(seed, epoch)`` (weights' dropout / drop path,
+shuffling, augmentation), so a run resumed from its last checkpoint ends with the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from crocnet.data import Augment
+
+from .checkpoint import atomic_save, atomic_write_text, build_model, export_safetensors
+from .config import TrainConfig
+from .losses import segmentation_loss
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name} asked for CUDA, but torch.cuda.is_available() is False")
+    return device
+
+
+def versions() -> dict:
+    import crocnet
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "crocnet": crocnet.__version__,
+           "platform": platform.platform(), "argv": sys.argv}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except Exception:  # pragma: no cover
+        out["triton"] = None
+    out["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return out
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % 2**31
+
+
+def milestones(cfg: TrainConfig) -> list[int]:
+    return sorted({max(1, round(f * cfg.epochs)) for f in cfg.lr_milestones})
+
+
+def hard_dice_per_channel(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice of ``sigmoid(logits) > 0.5`` pooled over the batch, per channel: ``(C,)``; NaN where both empty."""
+    p = logits > 0
+    t = target > 0.5
+    inter = (p & t).sum((0, 2, 3)).double()
+    denom = (p.sum((0, 2, 3)) + t.sum((0, 2, 3))).double()
+    return torch.where(denom > 0, 2 * inter / denom, torch.full_like(denom, float("nan")))
+
+
+def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(epochs, [h["train_loss"] for h in history], label="train")
+    if any("val_loss" in h for h in history):
+        a.plot([h["epoch"] for h in history if "val_loss" in h], [h["val_loss"] for h in history if "val_loss" in h], label="validation")
+    a.set_xlabel("epoch"), a.set_ylabel("Dice loss"), a.legend(), a.set_title(title)
+    names = [k[len("val_dice_"):] for k in history[-1] if k.startswith("val_dice_")]
+    for name in names:
+        pts = [(h["epoch"], h[f"val_dice_{name}"]) for h in history if f"val_dice_{name}" in h]
+        b.plot(*zip(*pts), label=name)
+    b.set_xlabel("epoch"), b.set_ylabel("validation Dice"), b.set_ylim(0, 1)
+    if names:
+        b.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fit(
+    cfg: TrainConfig,
+    run_dir: Path,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    val_inputs: torch.Tensor | None,
+    val_targets: torch.Tensor | None,
+    channel_names: list[str],
+    fold: int,
+    preprocess: dict,
+) -> dict:
+    """Train one model on ``inputs (M, C, S, S)`` / ``targets (M, K, S, S)``; returns the final checkpoint dict.
+
+    ``channel_names`` names the target channels scored on validation (the others, e.g. stage 1's
+    background, count in the loss only).
+    """
+    device = resolve_device(cfg.device)
+    ddp = init_distributed(device)
+    if device.type == "cuda" and ddp.world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    run_dir = Path(run_dir)
+    name, kwargs = cfg.resolved_model(), cfg.model_kwargs()
+    torch.manual_seed(cfg.seed)
+    model = build_model(name, kwargs).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(cfg), gamma=0.1)
+    history: list[dict] = []
+    best = -math.inf
+    start = 1
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if cfg.resume and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best, start = state["history"], state["best"], state["epoch"] + 1
+        if ddp.main:
+            print(f"resuming {run_dir} after epoch {state['epoch']} (best validation Dice {best:.4f})")
+    elif ddp.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_json(), indent=2))
+        atomic_write_text(run_dir / "versions.json", json.dumps(versions(), indent=2))
+        (run_dir / "log.jsonl").unlink(missing_ok=True)
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+    augment = Augment(intensity_channels=(0,)) if cfg.augment else None
+    amp = cfg.amp and device.type == "cuda"
+    scored = len(channel_names)
+
+    def describe(epoch: int) -> dict:
+        return {"model": name, "model_kwargs": kwargs, "preprocess": preprocess, "stage": cfg.stage,
+                "fold": fold, "epoch": epoch, "state_dict": model.state_dict()}
+
+    if start > cfg.epochs and ddp.main:
+        print(f"{run_dir}: already trained for {cfg.epochs} epochs")
+    for epoch in range(start, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))
+        gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) + 1)
+        order = torch.randperm(len(inputs), generator=gen)[ddp.rank :: ddp.world]
+        batches = list(order.split(cfg.batch_size))
+        if cfg.max_train_batches:
+            batches = batches[: cfg.max_train_batches]
+        net.train()
+        total, seen = 0.0, 0
+        bar = tqdm(batches, desc=f"{run_dir.name} epoch {epoch}/{cfg.epochs}", leave=False,
+                   disable=not (cfg.progress and ddp.main), unit="batch")
+        for idx in bar:
+            x, y = inputs[idx].to(device), targets[idx].to(device).float()
+            if augment is not None:
+                x, y = augment(x, y, generator=gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = net(x)
+            loss = segmentation_loss(logits, y, cfg.loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        scheduler.step()
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total / max(seen, 1)}
+        if val_inputs is not None and len(val_inputs) and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+            val_loss, dice = evaluate_tensors(model, val_inputs, val_targets, device, cfg, amp)
+            row["val_loss"] = val_loss
+            for c, n in enumerate(channel_names):
+                row[f"val_dice_{n}"] = float(dice[c])
+            score = float(np.nanmean(dice[:scored])) if not np.all(np.isnan(dice[:scored])) else 0.0
+            row["val_dice_mean"] = score
+        else:
+            score = -row["train_loss"]
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if ddp.main:
+            with open(run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if score > best:
+                best = score
+                atomic_save(describe(epoch), best_path)
+            state = describe(epoch) | {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                       "history": history, "best": best, "config": cfg.to_json(),
+                                       "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}
+            atomic_save(state, last_path)
+            if epoch % 10 == 0 or epoch == cfg.epochs:
+                plot_curves(history, run_dir / "curves.png", run_dir.parent.name + "/" + run_dir.name)
+            if cfg.progress:
+                extra = f", val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
+                tqdm.write(f"{run_dir.name} epoch {epoch}: loss {row['train_loss']:.4f}{extra} ({row['seconds']:.1f} s)")
+    if ddp.world > 1:
+        dist.barrier()
+    if ddp.main and best_path.is_file():
+        export_safetensors(torch.load(best_path, map_location="cpu", weights_only=False), run_dir / "best.safetensors")
+        if history:
+            plot_curves(history, run_dir / "curves.png", run_dir.parent.name + "/" + run_dir.name)
+    return describe(cfg.epochs) | {"history": history, "best": best}
+
+
+@torch.no_grad()
+def evaluate_tensors(model, inputs, targets, device, cfg: TrainConfig, amp: bool = False) -> tuple[float, np.ndarray]:
+    """Mean loss and pooled hard Dice per target channel of ``model`` on tensors, in eval mode."""
+    model.eval()
+    losses, logits_all = [], []
+    for idx in torch.arange(len(inputs)).split(max(1, cfg.batch_size)):
+        x, y = inputs[idx].to(device), targets[idx].to(device).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        losses.append(segmentation_loss(logits, y, cfg.loss).item() * len(idx))
+        logits_all.append(logits.float().cpu())
+    model.train()
+    dice = hard_dice_per_channel(torch.cat(logits_all), targets.float()).numpy()
+    return sum(losses) / len(inputs), dice

@@ -1,0 +1,113 @@
+"""``crocnet evaluate``: segment a dataset with a stage-1 checkpoint (and a stage-2 one for CroCNet) and
+report Dice, HD and HD95 per structure on the native grid, in mm (pixels when the spacing is unknown).
+
+Writes ``OUT/cases.csv`` (one row per case and method), ``OUT/summary.json`` (mean, std, median and
+undefined counts), ``OUT/table.md`` (Table-1 style, stage 1 and CroCNet side by side) and
+``OUT/overlays/`` (best and worst cases). Metrics are per image: 2D for long-axis images, 3D over the
+stack for short-axis volumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from crocnet.data import DataError
+from crocnet.metrics import segmentation_metrics
+
+from .config import DATASET_CHOICES, TrainConfig
+from .inference import Segmenter
+from .report import METRICS, STRUCTURES, overlay_png, summary, table, write_cases_csv, write_summary
+from .train import load_records
+
+
+def select_subjects(records, split_file: str | None, split: str | None, subjects: list[str] | None):
+    if subjects:
+        wanted = set(subjects)
+    elif split_file:
+        data = json.loads(Path(split_file).read_text())
+        if split in ("test", "pool"):
+            wanted = set(data[split])
+        elif split and split.startswith("fold:"):
+            wanted = set(data["folds"][int(split[5:])]["val"])
+        else:
+            raise ValueError(f"--split must be test, pool or fold:K, got {split!r}")
+    else:
+        return records
+    chosen = [r for r in records if r.subject in wanted]
+    if not chosen:
+        raise ValueError(f"none of the {len(wanted)} selected subjects is in the data")
+    return chosen
+
+
+def evaluate(records, segmenter: Segmenter, out: Path, progress: bool = True) -> dict:
+    methods = ["stage 1"] + (["CroCNet"] if segmenter.pipeline is not None else [])
+    rows, cases, fallback = [], [], 0
+    spacing_known = all(r.spacing is not None for r in records)
+    for record in tqdm(records, desc="evaluating", unit="image", disable=not progress):
+        if record.label is None:
+            raise DataError(f"{record.source or record.name}: no label map to evaluate against")
+        seg = segmenter.segment(record)
+        fallback += seg.fallback_slices
+        preds = {"stage 1": seg.stage1, "CroCNet": seg.labels}
+        for m in methods:
+            scores = segmentation_metrics(preds[m], record.label, record.spacing)
+            row = {"case": record.name, "subject": record.subject, "phase": record.phase, "view": record.view,
+                   "vendor": record.vendor, "dataset": record.dataset, "method": m}
+            for s in STRUCTURES:
+                for k in METRICS:
+                    row[f"{s}_{k}"] = scores[s][k]
+            rows.append(row)
+        cases.append((record, preds[methods[-1]], np.nanmean([rows[-1][f"{s}_dice"] for s in STRUCTURES])))
+    out.mkdir(parents=True, exist_ok=True)
+    write_cases_csv(rows, out / "cases.csv")
+    summ = summary(rows, methods)
+    unit = "mm" if spacing_known else "px"
+    write_summary(summ, {"unit": unit, "fallback_slices": fallback, "cases": len(records)}, out / "summary.json")
+    text = table(summ, unit)
+    (out / "table.md").write_text(text + "\n")
+    ranked = sorted(cases, key=lambda c: c[2])
+    for tag, (record, pred, score) in (("worst", ranked[0]), ("best", ranked[-1])):
+        z = int(np.argmax((record.label > 0).sum((0, 1)))) if record.label.any() else record.image.shape[2] // 2
+        overlay_png(record.image[:, :, z], record.label[:, :, z], pred[:, :, z], out / "overlays" / f"{tag}_{record.name}.png",
+                    f"{tag}: {record.name} ({methods[-1]}, mean Dice {score:.3f})")
+    return {"summary": summ, "table": text, "unit": unit, "fallback_slices": fallback}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="crocnet evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage1", required=True, help="stage-1 checkpoint (best.pt or best.safetensors of a stage-1 fold)")
+    ap.add_argument("--stage2", help="stage-2 checkpoint: evaluate the whole CroCNet pipeline too")
+    ap.add_argument("--data", required=True, help="dataset folder")
+    ap.add_argument("--dataset", default="phantom", choices=DATASET_CHOICES, help="layout of --data (default phantom)")
+    ap.add_argument("--views", nargs="+", default=["LA"], choices=("LA", "SA"), help="M&Ms-2 views (default LA)")
+    ap.add_argument("--split-file", help="splits.json of a training run, to pick subjects with --split")
+    ap.add_argument("--split", default="test", help="test, pool or fold:K (the validation subjects of fold K)")
+    ap.add_argument("--subjects", nargs="+", help="evaluate only these subjects")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--out", default="runs/evaluation", help="report folder (default runs/evaluation)")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        cfg = TrainConfig(data=args.data, dataset=args.dataset, views=tuple(args.views))
+        if not Path(args.data).exists():
+            raise FileNotFoundError(f"--data {args.data!r} does not exist")
+        segmenter = Segmenter(args.stage1, args.stage2, device=args.device)
+        records = select_subjects(load_records(cfg), args.split_file, args.split, args.subjects)
+        result = evaluate(records, segmenter, Path(args.out))
+    except (ValueError, FileNotFoundError, DataError) as exc:
+        print(f"crocnet evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(result["table"])
+    print(f"\n{len(records)} images in {time.perf_counter() - t0:.0f} s; report in {args.out}/ (cases.csv, summary.json, table.md, overlays/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
