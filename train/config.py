@@ -26,6 +26,7 @@ class TrainConfig:
     folds: int = 5
     split_seed: int = 0
     test_fraction: float = 0.0  # subjects held out of cross-validation (a test split), by subject
+    split_file: str | None = None  # a `crocnet splits` JSON: its folds (and official test split) are used
     views: tuple[str, ...] = ("LA",)
     epochs: int = 500
     batch_size: int = 8
@@ -78,6 +79,12 @@ class TrainConfig:
         allowed = STAGE1_MODELS if self.stage == 1 else STAGE2_MODELS
         if self.resolved_model() not in allowed:
             raise ValueError(f"stage {self.stage} trains one of {', '.join(allowed)}, got --model {self.model!r}")
+        if self.split_file:
+            import json
+
+            if not Path(self.split_file).is_file():
+                raise FileNotFoundError(f"--split-file {self.split_file!r} not found")
+            self.folds = len(json.loads(Path(self.split_file).read_text())["folds"])
         if self.fold != "all" and not (self.fold.isdigit() and int(self.fold) < self.folds):
             raise ValueError(f"--fold must be 'all' or an integer in 0..{self.folds - 1}, got {self.fold!r}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -129,6 +136,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--folds", type=int, help="number of cross-validation folds, by subject (default 5)")
     ap.add_argument("--split-seed", type=int, help="seed of the subject-level fold assignment (default 0)")
     ap.add_argument("--test-fraction", type=float, help="fraction of subjects held out of the folds as a test split (default 0)")
+    ap.add_argument("--split-file", help="folds from a `crocnet splits` JSON (e.g. the official M&Ms-2 pool) instead of --folds/--split-seed")
     ap.add_argument("--views", nargs="+", choices=("LA", "SA"), help="M&Ms-2 views to use (default LA)")
     ap.add_argument("--epochs", type=int, help="epochs; lr /10 at 20%% and 40%% of them (paper: 500, at 100 and 200)")
     ap.add_argument("--batch-size", type=int, help="images per step (per process under torchrun) (default 8)")

@@ -58,7 +58,13 @@ def make_split(subjects: list[str], cfg: TrainConfig) -> dict:
 
 def prepare_split(cfg: TrainConfig, records, out: Path) -> dict:
     path = out / "splits.json"
-    split = make_split([r.subject for r in records], cfg)
+    if cfg.split_file:
+        given = json.loads(Path(cfg.split_file).read_text())
+        test = sorted(given.get("official", {}).get("test", []))
+        pool = sorted({s for f in given["folds"] for s in f["val"]})
+        split = {"seed": given.get("seed"), "test": test, "pool": pool, "folds": given["folds"], "source": cfg.split_file}
+    else:
+        split = make_split([r.subject for r in records], cfg)
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved["pool"] != split["pool"] or saved["test"] != split["test"]:

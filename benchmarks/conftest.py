@@ -1,0 +1,131 @@
+"""Benchmark harness: devices, size sets, timing, memory, the correctness gate, result metadata.
+
+Run: ``pytest benchmarks/ --benchmark-only --benchmark-json benchmarks/results/NAME.json``, then
+``python tools/bench_report.py benchmarks/results/NAME.json`` (markdown table + log-log plot).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the parity references
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+#: (B, side, D) where a UNet runs attention. GPU: the issue's B = 8 set. CPU: B = 2 so the whole suite
+#: finishes in about ten minutes on 2 cores.
+UNET_SHAPES = [(8, 128, 32), (8, 64, 64), (8, 32, 128), (8, 16, 256), (8, 8, 512)] if CUDA else \
+    [(2, 128, 32), (2, 64, 64), (2, 32, 128), (2, 16, 256), (2, 8, 512)]
+#: token sweep at D = 64: sides 16..256 (GPU, B = 8); CPU B = 2, sides 16..128.
+SWEEP = [(8, s, 64) for s in (16, 32, 64, 128, 256)] if CUDA else [(2, s, 64) for s in (16, 32, 64, 128)]
+#: quadratic attention above this many tokens is not run on CPU (seconds per call); recorded as skipped
+MHSA_CPU_MAX_TOKENS = 64 * 64
+ROUNDS = 20 if CUDA else 3
+
+
+def sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def dtype_for_device():
+    return torch.bfloat16 if CUDA else torch.float32
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    import crocnet
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if CUDA else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "crocnet": crocnet.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception:  # pragma: no cover
+        info["triton"] = None
+    output_json["crocnet"] = info
+
+
+@pytest.fixture(scope="session")
+def copy_rate_gbs():
+    """Measured device copy rate (GB/s, read + write counted) of a 1 GiB tensor; None on CPU."""
+    if not CUDA:
+        return None
+    x = torch.empty(2**28, dtype=torch.float32, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        y.copy_(x)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1e3 / 10
+    return 2 * x.numel() * x.element_size() / seconds / 1e9
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd saves for backward during ``fn()`` plus its output:
+    the activation memory of a training step, our documented CPU memory measure (deterministic)."""
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    for o in outs:
+        storages[o.untyped_storage().data_ptr()] = o.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def peak_memory(fn) -> tuple[str, int]:
+    """(measure, bytes): CUDA peak allocated during ``fn()`` above what was allocated before; on CPU the
+    saved-for-backward bytes (see :func:`saved_bytes`)."""
+    if CUDA:
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        sync()
+        return "cuda_max_memory_allocated", torch.cuda.max_memory_allocated() - before
+    return "cpu_saved_activations", saved_bytes(fn)
+
+
+def run_benchmark(benchmark, fn, *, extra: dict, bytes_moved: int | None = None, copy_rate=None, memory_fn=None):
+    """Time ``fn`` (synchronised on CUDA, warmed up, autotuning done), record memory and bandwidth."""
+    def call():
+        fn()
+        sync()
+
+    for _ in range(2 if CUDA else 1):  # warm-up: autotune, compile, allocator
+        call()
+    try:
+        measure, peak = peak_memory(memory_fn or fn)
+        extra.update(memory_measure=measure, memory_bytes=peak)
+    except torch.cuda.OutOfMemoryError:
+        extra.update(status="out of memory")
+        pytest.skip("out of memory")
+    benchmark.extra_info.update(extra)
+    benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    if bytes_moved is not None and copy_rate:
+        seconds = benchmark.stats.stats.median
+        gbs = bytes_moved / seconds / 1e9
+        benchmark.extra_info.update(bytes=bytes_moved, gbs=gbs, copy_rate_gbs=copy_rate, share_of_copy=gbs / copy_rate)
