@@ -1,0 +1,33 @@
+"""The benchmark suites still run (one call each, timing disabled) so they cannot rot between GPU sessions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_suites_run_and_report(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "benchmarks"),
+           "--benchmark-only", "--benchmark-min-rounds=1", f"--benchmark-json={out}",
+           "-k", "test_cross or (test_core and 32-128) or (test_token_sweep and 2-16-64) or (test_e2aunet and noattn-inference)"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["crocnet"]["torch"] and data["benchmarks"]
+    impls = {b["extra_info"]["impl"] for b in data["benchmarks"]}
+    assert {"crocnet", "authors", "core_fused", "core_eager", "timm", "sdpa", "nn_mha"} <= impls
+    for b in data["benchmarks"]:
+        if b["extra_info"].get("mode") in ("forward_backward", "train_step"):
+            assert b["extra_info"]["memory_bytes"] > 0
+    report = subprocess.run([sys.executable, str(REPO / "tools" / "bench_report.py"), str(out)], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    assert "| group | impl | median |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 1000
