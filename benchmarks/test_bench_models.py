@@ -52,3 +52,12 @@ def test_e2aunet(benchmark, variant, mode):
     run_benchmark(benchmark, step if mode == "train_step" else infer,
                   extra={"impl": variant, "mode": mode, "B": B, "tokens": SIDE * SIDE, "D": 32, "device": DEVICE},
                   memory_fn=forward if mode == "train_step" else None)
+
+
+def test_phantom_generation(benchmark, tmp_path):
+    """The synthetic phantom's speed (target: under a second per subject)."""
+    from crocnet.data import write_phantoms
+
+    benchmark.group = "data"
+    benchmark.extra_info.update(impl="phantom", mode="3 subjects, LA", tokens=0, D=0, B=3)
+    benchmark.pedantic(lambda: write_phantoms(tmp_path, subjects=3, seed=1), rounds=3, iterations=1)
