@@ -4,6 +4,11 @@ A checkpoint (``last.pt``, ``best.pt``) holds ``model`` (timm name), ``model_kwa
 (image size, spacing), ``stage``, ``fold``, ``epoch``, the weights, and for resuming the optimizer,
 scheduler, RNG states and the best score. :func:`export_safetensors` writes only the weights, with the
 description as safetensors metadata, which :func:`load_model` reads too.
+
+A CroCNet model is two checkpoints, a stage-1 and a stage-2 one (``crocnet predict --checkpoint S1
+--stage2 S2``, ``crocnet evaluate --stage1 S1 --stage2 S2``); stage 2's ``preprocess`` holds its crop size
+and margin, stage 1's the frame size and spacing. Wherever a checkpoint is asked for, a run folder works
+too: :func:`resolve_checkpoint` picks its ``best.pt`` (or ``best.safetensors``, or ``fold0/best.pt``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 
 def atomic_save(obj, path: str | Path) -> Path:
@@ -34,32 +40,57 @@ def atomic_save(obj, path: str | Path) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then ``os.replace`` it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
 DESCRIPTION_KEYS = ("model", "model_kwargs", "preprocess", "stage", "fold", "epoch")
 
 
-def export_safetensors(checkpoint: dict, path: str | Path) -> Path:
-    from safetensors.torch import save_file
+def export_safetensors(checkpoint: dict, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write the weights of ``checkpoint`` to ``path`` (safetensors) with its description as metadata.
 
+    ``dtype=torch.float16`` halves the file (floating-point weights only; :func:`load_model` casts them back
+    to the model's dtype), e.g. to keep a base-width-16 E-2AUNet under 10 MB.
+    """
     path = Path(path)
     meta = {k: json.dumps(checkpoint[k]) for k in DESCRIPTION_KEYS if k in checkpoint}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in checkpoint["state_dict"].items()}
+    tensors = {}
+    for k, v in checkpoint["state_dict"].items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint as a dict with the description keys and ``state_dict`` (``.pt`` or ``.safetensors``)."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the best checkpoint of a run folder (``best.pt``, ``best.safetensors``, ``fold0/...``)."""
     path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "best.safetensors", "fold0/best.pt", "fold0/best.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"no checkpoint (best.pt, best.safetensors, fold0/best.pt) in the folder {str(path)!r}")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint as a dict with the description keys and ``state_dict`` (``.pt`` or ``.safetensors``, or a run folder)."""
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
     if path.suffix == ".safetensors":
@@ -95,3 +126,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     model = build_model(ckpt["model"], ckpt["model_kwargs"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m crocnet.train.checkpoint SRC DST.safetensors [--half]``: export a checkpoint's weights."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m crocnet.train.checkpoint", description=main.__doc__)
+    ap.add_argument("src", help="checkpoint (.pt / .safetensors) or run folder")
+    ap.add_argument("dst", help="output .safetensors file")
+    ap.add_argument("--half", action="store_true", help="store floating-point weights as float16 (half the size)")
+    args = ap.parse_args(argv)
+    ckpt = read_checkpoint(args.src)
+    out = export_safetensors(ckpt, args.dst, torch.float16 if args.half else None)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

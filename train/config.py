@@ -152,6 +152,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--resume", action="store_const", const=True, help="continue the run in --out from its last checkpoint")
     ap.add_argument("--seed", type=int, help="seed of weights, shuffling and augmentation (default 0)")
     ap.add_argument("--stage1-run", help="stage 2: the stage-1 run folder (its out-of-fold predictions make the crops)")
+    ap.add_argument("--val-every", type=int, help="validate every N epochs (and at the last) (default 1)")
     ap.add_argument("--max-train-batches", type=int, help="cap on training batches per epoch (smoke tests)")
     ap.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
 

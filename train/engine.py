@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -77,6 +78,33 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % 2**31
 
 
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global generator and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    """The global random states (python, numpy, torch, CUDA), saved in ``last.pt`` for resuming."""
+    out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what :func:`rng_states` saved (missing entries are left alone)."""
+    if "python" in states:
+        random.setstate(states["python"])
+    if "numpy" in states:
+        np.random.set_state(states["numpy"])
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def milestones(cfg: TrainConfig) -> list[int]:
     return sorted({max(1, round(f * cfg.epochs)) for f in cfg.lr_milestones})
 
@@ -138,7 +166,7 @@ def fit(
         torch.cuda.set_device(device)
     run_dir = Path(run_dir)
     name, kwargs = cfg.resolved_model(), cfg.model_kwargs()
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     model = build_model(name, kwargs).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(cfg), gamma=0.1)
@@ -152,6 +180,7 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best, start = state["history"], state["best"], state["epoch"] + 1
+        set_rng_states(state.get("rng", {}))
         if ddp.main:
             print(f"resuming {run_dir} after epoch {state['epoch']} (best validation Dice {best:.4f})")
     elif ddp.main:
@@ -172,9 +201,11 @@ def fit(
         print(f"{run_dir}: already trained for {cfg.epochs} epochs")
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
-        torch.manual_seed(epoch_seed(cfg.seed, epoch))
+        seed_everything(epoch_seed(cfg.seed, epoch))
         gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) + 1)
-        order = torch.randperm(len(inputs), generator=gen)[ddp.rank :: ddp.world]
+        order = torch.randperm(len(inputs), generator=gen)
+        # every process gets the same number of samples (else DDP's all-reduce waits forever)
+        order = order[: max(len(order) // ddp.world, 1) * ddp.world][ddp.rank :: ddp.world]
         batches = list(order.split(cfg.batch_size))
         if cfg.max_train_batches:
             batches = batches[: cfg.max_train_batches]
@@ -194,8 +225,12 @@ def fit(
             optimizer.step()
             total += loss.item() * len(idx)
             seen += len(idx)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
+            bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.1f}")
         scheduler.step()
+        if ddp.world > 1:  # the logged loss is the mean over all processes' samples
+            sums = torch.tensor([total, float(seen)], dtype=torch.float64, device=device)
+            dist.all_reduce(sums)
+            total, seen = float(sums[0]), int(sums[1])
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total / max(seen, 1)}
         if val_inputs is not None and len(val_inputs) and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
             val_loss, dice = evaluate_tensors(model, val_inputs, val_targets, device, cfg, amp)
@@ -216,7 +251,7 @@ def fit(
                 atomic_save(describe(epoch), best_path)
             state = describe(epoch) | {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                        "history": history, "best": best, "config": cfg.to_json(),
-                                       "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}
+                                       "rng": rng_states()}
             atomic_save(state, last_path)
             if epoch % 10 == 0 or epoch == cfg.epochs:
                 plot_curves(history, run_dir / "curves.png", run_dir.parent.name + "/" + run_dir.name)

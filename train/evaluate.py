@@ -4,7 +4,12 @@ report Dice, HD and HD95 per structure on the native grid, in mm (pixels when th
 Writes ``OUT/cases.csv`` (one row per case and method), ``OUT/summary.json`` (mean, std, median and
 undefined counts), ``OUT/table.md`` (Table-1 style, stage 1 and CroCNet side by side) and
 ``OUT/overlays/`` (best and worst cases). Metrics are per image: 2D for long-axis images, 3D over the
-stack for short-axis volumes.
+stack for short-axis volumes (e.g. ACDC: per-volume 3D Dice, HD95 in pixels as no spacing is stored)::
+
+    crocnet evaluate --stage1 runs/exp/stage1-e2aunet/fold0 --stage2 runs/exp/stage2-crocnet_specialists/fold0 \
+        --data data/phantom --split-file runs/exp/splits.json --split test --out runs/exp/eval
+    crocnet evaluate --stage1 runs/acdc_stage1/stage1-e2aunet/fold0/best.pt --dataset acdc_h5 \
+        --data ../shared/data/acdc_h5 --split-file runs/acdc_stage1/splits.json --split fold:0 --per-case
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from crocnet.metrics import segmentation_metrics
 
 from .config import DATASET_CHOICES, TrainConfig
 from .inference import Segmenter
-from .report import METRICS, STRUCTURES, overlay_png, summary, table, write_cases_csv, write_summary
+from .report import METRICS, STRUCTURES, case_table, overlay_png, summary, table, write_cases_csv, write_summary
 from .train import load_records
 
 
 def select_subjects(records, split_file: str | None, split: str | None, subjects: list[str] | None):
+    """The records of ``subjects``, or of a split (``test``, ``pool``, ``fold:K``) of a ``splits.json``, or all."""
     if subjects:
         wanted = set(subjects)
     elif split_file:
@@ -47,6 +53,7 @@ def select_subjects(records, split_file: str | None, split: str | None, subjects
 
 
 def evaluate(records, segmenter: Segmenter, out: Path, progress: bool = True) -> dict:
+    """Segment and score ``records``; write the report files into ``out``; return summary, table, rows."""
     methods = ["stage 1"] + (["CroCNet"] if segmenter.pipeline is not None else [])
     rows, cases, fallback = [], [], 0
     spacing_known = all(r.spacing is not None for r in records)
@@ -77,20 +84,22 @@ def evaluate(records, segmenter: Segmenter, out: Path, progress: bool = True) ->
         z = int(np.argmax((record.label > 0).sum((0, 1)))) if record.label.any() else record.image.shape[2] // 2
         overlay_png(record.image[:, :, z], record.label[:, :, z], pred[:, :, z], out / "overlays" / f"{tag}_{record.name}.png",
                     f"{tag}: {record.name} ({methods[-1]}, mean Dice {score:.3f})")
-    return {"summary": summ, "table": text, "unit": unit, "fallback_slices": fallback}
+    return {"summary": summ, "table": text, "unit": unit, "fallback_slices": fallback, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="crocnet evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage1", required=True, help="stage-1 checkpoint (best.pt or best.safetensors of a stage-1 fold)")
-    ap.add_argument("--stage2", help="stage-2 checkpoint: evaluate the whole CroCNet pipeline too")
+    ap.add_argument("--stage1", required=True, help="stage-1 checkpoint (best.pt / best.safetensors) or its run folder")
+    ap.add_argument("--stage2", help="stage-2 checkpoint or run folder: evaluate the whole CroCNet pipeline too")
     ap.add_argument("--data", required=True, help="dataset folder")
     ap.add_argument("--dataset", default="phantom", choices=DATASET_CHOICES, help="layout of --data (default phantom)")
     ap.add_argument("--views", nargs="+", default=["LA"], choices=("LA", "SA"), help="M&Ms-2 views (default LA)")
     ap.add_argument("--split-file", help="splits.json of a training run, to pick subjects with --split")
-    ap.add_argument("--split", default="test", help="test, pool or fold:K (the validation subjects of fold K)")
+    ap.add_argument("--split", default="test", help="with --split-file: test (default), pool or fold:K (the validation subjects of fold K)")
     ap.add_argument("--subjects", nargs="+", help="evaluate only these subjects")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--per-case", action="store_true", help="also print one line per case: Dice and HD95 per structure")
+    ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     ap.add_argument("--out", default="runs/evaluation", help="report folder (default runs/evaluation)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -100,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--data {args.data!r} does not exist")
         segmenter = Segmenter(args.stage1, args.stage2, device=args.device)
         records = select_subjects(load_records(cfg), args.split_file, args.split, args.subjects)
-        result = evaluate(records, segmenter, Path(args.out))
+        result = evaluate(records, segmenter, Path(args.out), progress=args.progress)
     except (ValueError, FileNotFoundError, DataError) as exc:
         print(f"crocnet evaluate: error: {exc}", file=sys.stderr)
         return 2
+    if args.per_case:
+        print(case_table(result["rows"], result["unit"]) + "\n")
     print(result["table"])
     print(f"\n{len(records)} images in {time.perf_counter() - t0:.0f} s; report in {args.out}/ (cases.csv, summary.json, table.md, overlays/)")
     return 0

@@ -28,7 +28,7 @@ class Segmentation:
 class Segmenter:
     """Load a stage-1 checkpoint (and optionally a stage-2 one) and segment records slice by slice."""
 
-    def __init__(self, stage1: str | Path, stage2: str | Path | None = None, device: str = "cpu", margin: int = 15,
+    def __init__(self, stage1: str | Path, stage2: str | Path | None = None, device: str = "cpu", margin: int | None = None,
                  batch_size: int = 8):
         self.device = torch.device(device)
         self.stage1, self.ckpt1 = load_model(stage1, self.device)
@@ -41,6 +41,8 @@ class Segmenter:
             if ckpt2.get("stage") != 2:
                 raise ValueError(f"{stage2} is a stage-{ckpt2.get('stage')} checkpoint; expected stage 2")
             crop = ckpt2["preprocess"]["image_size"]
+            if margin is None:
+                margin = ckpt2["preprocess"].get("margin", 15)
             self.pipeline = CroCNet(self.stage1, model2, crop_size=crop, margin=margin).eval()
         self.batch_size = batch_size
 

@@ -23,6 +23,7 @@ from .report import overlay_png
 
 
 def predict_file(segmenter: Segmenter, src: Path, dst: Path, probabilities: Path | None = None, overlay: Path | None = None):
+    """Segment one NIfTI file and write the labels (and optionally probabilities and an overlay); returns the Segmentation."""
     vol = read_nifti(src)
     data = np.asarray(vol.array, dtype=np.float32)
     if data.ndim == 2:
@@ -44,8 +45,8 @@ def predict_file(segmenter: Segmenter, src: Path, dst: Path, probabilities: Path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="crocnet predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (.pt or .safetensors)")
-    ap.add_argument("--stage2", help="stage-2 checkpoint: run the whole CroCNet pipeline")
+    ap.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (.pt or .safetensors) or its run folder")
+    ap.add_argument("--stage2", help="stage-2 checkpoint or run folder: run the whole CroCNet pipeline")
     ap.add_argument("--input", required=True, help="input NIfTI image")
     ap.add_argument("--output", required=True, help="output label NIfTI (uint8)")
     ap.add_argument("--probabilities", help="also write stage-1 probabilities (H, W, Z, 4) here")

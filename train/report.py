@@ -17,6 +17,7 @@ COLOURS = {1: (1.0, 0.2, 0.2), 2: (0.2, 1.0, 0.2), 3: (0.3, 0.5, 1.0)}
 
 
 def write_cases_csv(rows: list[dict], path: Path) -> Path:
+    """One CSV row per case and method (identifiers, then ``<structure>_<metric>`` columns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(rows[0])
     with path.open("w", newline="") as f:
@@ -27,6 +28,7 @@ def write_cases_csv(rows: list[dict], path: Path) -> Path:
 
 
 def summary(rows: list[dict], methods: list[str]) -> dict:
+    """Per method, :func:`crocnet.metrics.summarize` of every ``<structure>_<metric>`` column (mean, std, undefined ...)."""
     out: dict = {}
     for m in methods:
         mine = [r for r in rows if r["method"] == m]
@@ -35,24 +37,56 @@ def summary(rows: list[dict], methods: list[str]) -> dict:
     return out
 
 
-def _cell(stat: dict, digits: int) -> str:
+TABLE_ORDER = ("LV", "RV", "MYO")  # the paper's column order
+TABLE_NAMES = {"stage 1": "stage 1 (E-2AUNet)", "CroCNet": "CroCNet"}
+
+
+def _cell(stat: dict, digits: int, scale: float = 1.0) -> str:
     if math.isnan(stat["mean"]):
-        return f"n/a ({stat['n_undefined']} undef.)"
-    text = f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-    return text + (f" ({stat['n_undefined']} undef.)" if stat["n_undefined"] else "")
+        return "n/a"
+    text = f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+    return text + (f" ({stat['n_undefined']}†)" if stat["n_undefined"] else "")
+
+
+def _average(stats: dict, metric: str, scale: float, digits: int) -> str:
+    means = [stats[f"{s}_{metric}"]["mean"] for s in TABLE_ORDER]
+    if any(math.isnan(m) for m in means):
+        return "n/a"
+    return f"{np.mean(means) * scale:.{digits}f}"
 
 
 def table(summ: dict, unit: str) -> str:
-    """Markdown table shaped like the paper's Table 1: Dice and HD95 per structure, one row per method."""
-    head = "| method | cases | " + " | ".join(f"Dice {s}" for s in STRUCTURES) + " | " + " | ".join(f"HD95 {s} ({unit})" for s in STRUCTURES) + " |"
-    lines = [head, "|---|---:|" + "---:|" * 6]
+    """Markdown table shaped like the paper's Table 1: one row per method (stage 1, CroCNet), Dice (%) and
+    HD95 per structure (LV, RV, Myo) and their average; mean ± std over cases. A dagger counts the cases
+    where the HD95 is undefined (exactly one of prediction and truth empty); they are left out of its mean.
+    """
+    head = ("| method | cases | " + " | ".join(f"Dice {s} (%)" for s in TABLE_ORDER) + " | Dice avg (%) | "
+            + " | ".join(f"HD95 {s} ({unit})" for s in TABLE_ORDER) + f" | HD95 avg ({unit}) |")
+    lines = [head, "|---|---:|" + "---:|" * 8]
+    undefined = 0
     for m, stats in summ.items():
-        cells = [_cell(stats[f"{s}_dice"], 3) for s in STRUCTURES] + [_cell(stats[f"{s}_hd95"], 2) for s in STRUCTURES]
-        lines.append(f"| {m} | {stats['cases']} | " + " | ".join(cells) + " |")
+        cells = [_cell(stats[f"{s}_dice"], 2, 100) for s in TABLE_ORDER] + [_average(stats, "dice", 100, 2)]
+        cells += [_cell(stats[f"{s}_hd95"], 2) for s in TABLE_ORDER] + [_average(stats, "hd95", 1, 2)]
+        undefined += sum(stats[f"{s}_hd95"]["n_undefined"] for s in TABLE_ORDER)
+        lines.append(f"| {TABLE_NAMES.get(m, m)} | {stats['cases']} | " + " | ".join(cells) + " |")
+    if undefined:
+        lines.append("")
+        lines.append("(n†) = n cases with an undefined HD95 (a structure empty in the prediction or the truth only), left out of the mean.")
+    return "\n".join(lines)
+
+
+def case_table(rows: list[dict], unit: str) -> str:
+    """Plain-text per-case table: Dice and HD95 per structure (LV, MYO, RV), one line per case and method."""
+    lines = [f"{'case':<24} {'method':<8} " + " ".join(f"{'Dice ' + s:>9}" for s in STRUCTURES)
+             + " " + " ".join(f"{'HD95 ' + s:>9}" for s in STRUCTURES) + f"  (HD95 in {unit})"]
+    for r in rows:
+        lines.append(f"{r['case']:<24} {r['method']:<8} " + " ".join(f"{r[f'{s}_dice']:9.4f}" for s in STRUCTURES)
+                     + " " + " ".join(f"{r[f'{s}_hd95']:9.2f}" for s in STRUCTURES))
     return "\n".join(lines)
 
 
 def write_summary(summ: dict, extra: dict, path: Path) -> Path:
+    """``summary.json``: the summary plus ``extra`` (unit, counts)."""
     path.write_text(json.dumps({"summary": summ, **extra}, indent=2, default=float))
     return path
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -159,7 +160,7 @@ def run_stage2(cfg: TrainConfig, records, split: dict, out: Path) -> list[Path]:
         print(f"stage 2 fold {k}: {len(x)} training crops, {len(vx)} validation crops "
               f"(stage 1 missed the heart in {skipped + vskipped}: whole frame used)")
         run_dir = stage_dir / f"fold{k}"
-        fit(cfg, run_dir, x, y, vx, vy, STAGE1_CHANNELS, k, {"image_size": cfg.image_size, "frame": frame, "target_spacing": spacing})
+        fit(cfg, run_dir, x, y, vx, vy, STAGE1_CHANNELS, k, {"image_size": cfg.image_size, "frame": frame, "target_spacing": spacing, "margin": cfg.crop_margin})
         runs.append(run_dir)
     return runs
 
@@ -174,8 +175,24 @@ def run(cfg: TrainConfig) -> list[Path]:
         raise DataError(f"no images found in {cfg.data} for --dataset {cfg.dataset}")
     split = prepare_split(cfg, records, out)
     runs = run_stage1(cfg, records, split, out) if cfg.stage == 1 else run_stage2(cfg, records, split, out)
-    print(f"trained {len(runs)} fold(s) in {time.perf_counter() - t0:.0f} s: " + ", ".join(str(r) for r in runs))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process writes logs
+        print(training_summary(runs, time.perf_counter() - t0))
     return runs
+
+
+def training_summary(runs: list[Path], seconds: float) -> str:
+    """A few lines per fold from its ``log.jsonl``: epochs, best validation Dice (and where), last loss."""
+    lines = [f"trained {len(runs)} fold(s) in {seconds:.0f} s:"]
+    for run_dir in runs:
+        log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()]
+        scored = [r for r in log if "val_dice_mean" in r]
+        best = max(scored, key=lambda r: r["val_dice_mean"]) if scored else None
+        text = f"  {run_dir}: {len(log)} epochs, final train loss {log[-1]['train_loss']:.4f}" if log else f"  {run_dir}: no epochs"
+        if best:
+            per = ", ".join(f"{n} {best[f'val_dice_{n}']:.3f}" for n in STAGE1_CHANNELS if f"val_dice_{n}" in best)
+            text += f"; best validation Dice {best['val_dice_mean']:.4f} at epoch {best['epoch']} ({per})"
+        lines.append(text)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

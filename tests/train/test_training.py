@@ -41,7 +41,7 @@ def test_demo_quick_writes_the_whole_report(demo_run):
     assert len(list((report / "overlays").glob("*.png"))) == 2
     assert list(report.glob("curves-*.png"))
     table = (report / "table.md").read_text()
-    assert "stage 1" in table and "CroCNet" in table and "HD95 LV (mm)" in table
+    assert "stage 1" in table and "CroCNet" in table and "HD95 LV (mm)" in table and "Dice avg (%)" in table
     summary = json.loads((report / "summary.json").read_text())
     assert summary["summary"]["CroCNet"]["cases"] == summary["cases"] > 0
     for run in ("stage1-e2aunet/fold0", "stage1-e2aunet/fold1", "stage2-crocnet_specialists/fold0"):
@@ -167,3 +167,58 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     monkeypatch.undo()
     assert torch.load(path, weights_only=False) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_other_models_train_with_the_same_script_and_a_config_file(demo_run, tmp_path):
+    """The single-network ablation (stage 2, from a JSON config) and the MHSA baseline (stage 1)."""
+    cfg = tmp_path / "single.json"
+    cfg.write_text(json.dumps({"data": str(demo_run / "data"), "stage": 2, "model": "crocnet_single", "folds": 2,
+                               "test_fraction": 0.2, "fold": 0, "epochs": 1, "base_width": 4, "image_size": 32,
+                               "stage1_run": str(demo_run / "stage1-e2aunet"), "progress": False}))
+    assert train.main(["--config", str(cfg), "--out", str(demo_run)]) == 0
+    state = torch.load(demo_run / "stage2-crocnet_single/fold0/best.pt", weights_only=False)
+    assert state["model"] == "crocnet_single" and state["stage"] == 2 and state["preprocess"]["margin"] == 15
+    assert train.main(["--data", str(demo_run / "data"), "--stage", "1", "--model", "e2aunet_mhsa", "--fold", "0",
+                       "--epochs", "1", "--test-fraction", "0.2", "--out", str(tmp_path), *TINY]) == 0
+    assert torch.load(tmp_path / "stage1-e2aunet_mhsa/fold0/last.pt", weights_only=False)["model"] == "e2aunet_mhsa"
+    assert json.loads((tmp_path / "stage1-e2aunet_mhsa/fold0/config.json").read_text())["seed"] == 0
+
+
+def test_help_explains_every_flag(capsys):
+    for module in (train, evaluate, predict, demo):
+        with pytest.raises(SystemExit):
+            module.main(["-h"])
+        text = capsys.readouterr().out
+        assert "usage:" in text
+    with pytest.raises(SystemExit):
+        train.main(["-h"])
+    text = capsys.readouterr().out
+    for flag in ("--data", "--dataset", "--stage", "--model", "--fold", "--epochs", "--batch-size", "--image-size",
+                 "--device", "--out", "--resume", "--seed", "--config"):
+        assert flag in text, flag
+
+
+def test_evaluate_acdc_volumes_per_case_in_pixels(demo_run, acdc_h5, tmp_path, capsys):
+    argv = ["--stage1", str(demo_run / "stage1-e2aunet/fold0"), "--dataset", "acdc_h5", "--data", str(acdc_h5.parent),
+            "--subjects", "patient021", "--per-case", "--no-progress", "--out", str(tmp_path)]
+    assert evaluate.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "patient021_SA_ED" in out and "patient021_SA_ES" in out and "HD95 in px" in out and "HD95 LV (px)" in out
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "cases.csv").open()))
+    assert len(rows) == 2 and {r["view"] for r in rows} == {"SA"}
+    assert all(0.0 <= float(r["LV_dice"]) <= 1.0 for r in rows)
+
+
+def test_half_precision_safetensors_export_loads_and_predicts_the_same(demo_run, tmp_path):
+    src = demo_run / "stage1-e2aunet/fold0/best.pt"
+    dst = tmp_path / "half.safetensors"
+    assert ckpt_mod.main([str(src), str(dst), "--half"]) == 0
+    full, _ = ckpt_mod.load_model(src)
+    half, meta = ckpt_mod.load_model(dst)
+    assert meta["model"] == "e2aunet" and meta["preprocess"]["image_size"] == 32
+    assert dst.stat().st_size < (demo_run / "stage1-e2aunet/fold0/best.safetensors").stat().st_size * 0.6
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(half(x), full(x), rtol=0, atol=5e-2)
