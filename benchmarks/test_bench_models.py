@@ -1,5 +1,5 @@
 """Model level: an E2AUNet training step and inference with the fused op, the reference op, the MHSA UNet
-and the no-attention UNet (GPU: B = 8, 128², widths 32 → 512; CPU: B = 2, 64²)."""
+and the no-attention UNet (GPU: B = 8, 128², widths 32 → 512; CPU: B = 8, 64²)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from conftest import CUDA, DEVICE, run_benchmark
 
 from crocnet.models import E2AUNet
 
-B, SIDE = (8, 128) if CUDA else (2, 64)
+B, SIDE = (8, 128) if CUDA else (8, 64)
 VARIANTS = {
     "e2aunet_fused": dict(attention="e2a", backend="auto"),
     "e2aunet_reference_op": dict(attention="e2a", backend="torch"),

@@ -15,8 +15,8 @@ def test_benchmark_suites_run_and_report(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "benchmarks"),
            "--benchmark-only", "--benchmark-min-rounds=1", f"--benchmark-json={out}",
-           "-k", "test_cross or (test_core and 32-128) or (test_token_sweep and 2-16-64) or (test_e2aunet and noattn-inference)"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+           "-k", "test_cross or (test_core and 32-128) or (test_token_sweep and 8-16-64) or (test_e2aunet and noattn-inference)"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CROCNET_BENCH_ROUNDS": "1"}
     env.pop("TRITON_INTERPRET", None)
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -12,6 +12,7 @@ from crocnet.data import Record
 from crocnet.models import CroCNet, stage1_to_labels
 
 from .checkpoint import load_model
+from .report import MODEL_NAMES
 from .samples import normalise, plan_transform
 
 
@@ -44,7 +45,15 @@ class Segmenter:
             if margin is None:
                 margin = ckpt2["preprocess"].get("margin", 15)
             self.pipeline = CroCNet(self.stage1, model2, crop_size=crop, margin=margin).eval()
+            self.ckpt2 = ckpt2
         self.batch_size = batch_size
+
+    def method_names(self) -> dict[str, str]:
+        """Row names for the report: ``stage 1 (E-2AUNet)``, ``CroCNet (specialists)`` ..."""
+        names = {"stage 1": f"stage 1 ({MODEL_NAMES.get(self.ckpt1['model'], self.ckpt1['model'])})"}
+        if self.pipeline is not None:
+            names["CroCNet"] = f"CroCNet ({MODEL_NAMES.get(self.ckpt2['model'], self.ckpt2['model'])})"
+        return names
 
     @torch.inference_mode()
     def segment(self, record: Record) -> Segmentation:

@@ -38,7 +38,8 @@ def summary(rows: list[dict], methods: list[str]) -> dict:
 
 
 TABLE_ORDER = ("LV", "RV", "MYO")  # the paper's column order
-TABLE_NAMES = {"stage 1": "stage 1 (E-2AUNet)", "CroCNet": "CroCNet"}
+MODEL_NAMES = {"e2aunet": "E-2AUNet", "e2aunet_mhsa": "MHSA-UNet", "e2aunet_noattn": "UNet, no attention",
+               "crocnet_specialists": "specialists", "crocnet_single": "single network"}
 
 
 def _cell(stat: dict, digits: int, scale: float = 1.0) -> str:
@@ -55,7 +56,7 @@ def _average(stats: dict, metric: str, scale: float, digits: int) -> str:
     return f"{np.mean(means) * scale:.{digits}f}"
 
 
-def table(summ: dict, unit: str) -> str:
+def table(summ: dict, unit: str, names: dict[str, str] | None = None) -> str:
     """Markdown table shaped like the paper's Table 1: one row per method (stage 1, CroCNet), Dice (%) and
     HD95 per structure (LV, RV, Myo) and their average; mean ± std over cases. A dagger counts the cases
     where the HD95 is undefined (exactly one of prediction and truth empty); they are left out of its mean.
@@ -68,7 +69,7 @@ def table(summ: dict, unit: str) -> str:
         cells = [_cell(stats[f"{s}_dice"], 2, 100) for s in TABLE_ORDER] + [_average(stats, "dice", 100, 2)]
         cells += [_cell(stats[f"{s}_hd95"], 2) for s in TABLE_ORDER] + [_average(stats, "hd95", 1, 2)]
         undefined += sum(stats[f"{s}_hd95"]["n_undefined"] for s in TABLE_ORDER)
-        lines.append(f"| {TABLE_NAMES.get(m, m)} | {stats['cases']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {(names or {}).get(m, m)} | {stats['cases']} | " + " | ".join(cells) + " |")
     if undefined:
         lines.append("")
         lines.append("(n†) = n cases with an undefined HD95 (a structure empty in the prediction or the truth only), left out of the mean.")

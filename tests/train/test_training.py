@@ -41,7 +41,7 @@ def test_demo_quick_writes_the_whole_report(demo_run):
     assert len(list((report / "overlays").glob("*.png"))) == 2
     assert list(report.glob("curves-*.png"))
     table = (report / "table.md").read_text()
-    assert "stage 1" in table and "CroCNet" in table and "HD95 LV (mm)" in table and "Dice avg (%)" in table
+    assert "stage 1 (E-2AUNet)" in table and "CroCNet (specialists)" in table and "HD95 LV (mm)" in table and "Dice avg (%)" in table
     summary = json.loads((report / "summary.json").read_text())
     assert summary["summary"]["CroCNet"]["cases"] == summary["cases"] > 0
     for run in ("stage1-e2aunet/fold0", "stage1-e2aunet/fold1", "stage2-crocnet_specialists/fold0"):
