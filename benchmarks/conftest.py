@@ -39,6 +39,15 @@ def dtype_for_device():
     return torch.bfloat16 if CUDA else torch.float32
 
 
+#: (test id, reason) of every benchmark skipped in this session: CPU caps, out of memory, failed parity
+SKIPPED: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and isinstance(report.longrepr, tuple):
+        SKIPPED.append((report.nodeid.split("::", 1)[-1], str(report.longrepr[2]).removeprefix("Skipped: ")))
+
+
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     import crocnet
 
@@ -57,6 +66,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     except Exception:  # pragma: no cover
         info["triton"] = None
     output_json["crocnet"] = info
+    output_json["skipped"] = [{"test": t, "reason": r} for t, r in SKIPPED]
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,9 @@ def table(data: dict) -> str:
                      f"{_fmt_time(b['stats']['iqr'])} | {_fmt_bytes(e.get('memory_bytes'))} | {gbs} |")
     measure = {b.get("extra_info", {}).get("memory_measure") for b in rows} - {None}
     lines += ["", f"Memory measure: {', '.join(sorted(measure)) or 'n/a'} (see benchmarks/README.md)."]
+    skipped = data.get("skipped", [])
+    if skipped:
+        lines += ["", f"Not run ({len(skipped)}):", ""] + [f"- `{s['test']}`: {s['reason']}" for s in skipped]
     return "\n".join(lines)
 
 

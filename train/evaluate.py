@@ -1,4 +1,4 @@
-"""``crocnet evaluate``: segment a dataset with a stage-1 checkpoint (and a stage-2 one for CroCNet) and
+r"""``crocnet evaluate``: segment a dataset with a stage-1 checkpoint (and a stage-2 one for CroCNet) and
 report Dice, HD and HD95 per structure on the native grid, in mm (pixels when the spacing is unknown).
 
 Writes ``OUT/cases.csv`` (one row per case and method), ``OUT/summary.json`` (mean, std, median and
@@ -8,8 +8,8 @@ stack for short-axis volumes (e.g. ACDC: per-volume 3D Dice, HD95 in pixels as n
 
     crocnet evaluate --stage1 runs/exp/stage1-e2aunet/fold0 --stage2 runs/exp/stage2-crocnet_specialists/fold0 \
         --data data/phantom --split-file runs/exp/splits.json --split test --out runs/exp/eval
-    crocnet evaluate --stage1 runs/acdc_stage1/stage1-e2aunet/fold0/best.pt --dataset acdc_h5 \
-        --data ../shared/data/acdc_h5 --split-file runs/acdc_stage1/splits.json --split fold:0 --per-case
+    crocnet evaluate --stage1 results/acdc/e2aunet/e2aunet-w8-acdc-fold0.safetensors --dataset acdc_h5 \
+        --data ../shared/data/acdc_h5 --split-file results/acdc/splits.json --split fold:0 --per-case
 """
 
 from __future__ import annotations
