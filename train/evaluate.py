@@ -77,7 +77,7 @@ def evaluate(records, segmenter: Segmenter, out: Path, progress: bool = True) ->
     summ = summary(rows, methods)
     unit = "mm" if spacing_known else "px"
     write_summary(summ, {"unit": unit, "fallback_slices": fallback, "cases": len(records)}, out / "summary.json")
-    text = table(summ, unit, segmenter.method_names())
+    text = table(summ, unit, segmenter.names)
     (out / "table.md").write_text(text + "\n")
     ranked = sorted(cases, key=lambda c: c[2])
     for tag, (record, pred, score) in (("worst", ranked[0]), ("best", ranked[-1])):

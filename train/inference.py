@@ -12,7 +12,7 @@ from crocnet.data import Record
 from crocnet.models import CroCNet, stage1_to_labels
 
 from .checkpoint import load_model
-from .report import MODEL_NAMES
+from .report import display_name
 from .samples import normalise, plan_transform
 
 
@@ -37,6 +37,7 @@ class Segmenter:
             raise ValueError(f"{stage1} is a stage-{self.ckpt1.get('stage')} checkpoint; expected stage 1")
         self.pre = self.ckpt1["preprocess"]
         self.pipeline = None
+        self.names = {"stage 1": f"stage 1 ({display_name(self.ckpt1['model'])})"}
         if stage2 is not None:
             model2, ckpt2 = load_model(stage2, self.device)
             if ckpt2.get("stage") != 2:
@@ -45,15 +46,8 @@ class Segmenter:
             if margin is None:
                 margin = ckpt2["preprocess"].get("margin", 15)
             self.pipeline = CroCNet(self.stage1, model2, crop_size=crop, margin=margin).eval()
-            self.ckpt2 = ckpt2
+            self.names["CroCNet"] = f"CroCNet ({display_name(ckpt2['model'])})"
         self.batch_size = batch_size
-
-    def method_names(self) -> dict[str, str]:
-        """Row names for the report: ``stage 1 (E-2AUNet)``, ``CroCNet (specialists)`` ..."""
-        names = {"stage 1": f"stage 1 ({MODEL_NAMES.get(self.ckpt1['model'], self.ckpt1['model'])})"}
-        if self.pipeline is not None:
-            names["CroCNet"] = f"CroCNet ({MODEL_NAMES.get(self.ckpt2['model'], self.ckpt2['model'])})"
-        return names
 
     @torch.inference_mode()
     def segment(self, record: Record) -> Segmentation:

@@ -42,6 +42,11 @@ MODEL_NAMES = {"e2aunet": "E-2AUNet", "e2aunet_mhsa": "MHSA-UNet", "e2aunet_noat
                "crocnet_specialists": "specialists", "crocnet_single": "single network"}
 
 
+def display_name(model: str) -> str:
+    """The name a report gives a registered model (``e2aunet`` → ``E-2AUNet``); unknown names unchanged."""
+    return MODEL_NAMES.get(model, model)
+
+
 def _cell(stat: dict, digits: int, scale: float = 1.0) -> str:
     if math.isnan(stat["mean"]):
         return "n/a"
