@@ -79,7 +79,7 @@ class CrossEfficientAdditiveAttention(nn.Module):
         weight = torch.stack([torch.stack([p.weight for p in row]) for row in self.proj])
         bias = torch.stack([torch.stack([p.bias for p in row]) for row in self.proj])
         y = cross_e2a(q, k, w_g, weight, bias, scale=self.scale_factor, token_norm=self.token_norm, backend=self.backend)
-        return tuple(self.final_for(s)(y[s]) for s in range(self.streams))
+        return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(y.unbind(0)))
 
     def load_crocnet_state_dict(self, state_dict: dict, strict: bool = True):
         """Load the authors' ``X_EfficientAdditiveAttnetion`` weights (keys ``to_query_lv``, ``Proj_lv1``, ...).

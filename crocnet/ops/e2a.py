@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from . import _checks
-from .naive import cross_e2a_naive
+from .naive import cross_e2a_naive, e2a_naive
 
 Tensor = torch.Tensor
 
@@ -193,8 +193,14 @@ def e2a(
     if w_g.numel() != dim or w_g.dim() > 2:
         raise ValueError(f"w_g must have shape ({dim}, 1) or ({dim},) to match q's width {dim}, got {tuple(w_g.shape)}")
     bias = None if proj_bias is None else proj_bias[None, None]
+    _checks.check_options(token_norm, backend, eps)
+    _checks.check_streams(q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias)
+    if _checks.resolve_backend(backend, q) == "torch":
+        # straight to the spec on (B, N, D): a stream axis would cost autograd a copy of every gradient
+        scale = dim**-0.5 if scale is None else float(scale)
+        return e2a_naive(q, k, w_g.reshape(-1), proj_weight, proj_bias, scale, token_norm, eps)
     y = cross_e2a(
         q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias,
         scale=scale, token_norm=token_norm, eps=eps, backend=backend,
     )
-    return y[0]
+    return y.squeeze(0)

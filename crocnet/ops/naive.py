@@ -46,8 +46,10 @@ def cross_e2a_naive(
     eps: float = 1e-12,
 ) -> torch.Tensor:
     """``y_s = Σ_t proj_{s,t}(G_s ⊙ k̂_t) + q̂_s`` for every stream s; returns ``(S, B, N, D)``."""
-    q_hat = F.normalize(q, dim=-1, eps=eps)
-    k_hat = F.normalize(k, dim=-1, eps=eps)
+    # unbind, not indexing: its backward stacks the streams' gradients once, where each ``q_hat[s]`` would
+    # allocate and zero-fill a gradient of the whole stack
+    q_hat = F.normalize(q, dim=-1, eps=eps).unbind(0)
+    k_hat = F.normalize(k, dim=-1, eps=eps).unbind(0)
     streams = q.shape[0]
     out = []
     for s in range(streams):
@@ -57,7 +59,7 @@ def cross_e2a_naive(
             bias = None if proj_bias is None else proj_bias[s, t]
             y = y + F.linear(g * k_hat[t], proj_weight[s, t], bias)
         out.append(y)
-    return torch.stack(out)
+    return out[0].unsqueeze(0) if streams == 1 else torch.stack(out)
 
 
 def e2a_naive(
