@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One call on a lent GPU for issue 8: the kernels at real sizes, then the benchmark suites, each under its
+# own time limit, results under $OUT (the device tool brings them back). Prepared ahead: a session has
+# ~15 minutes of device time, so this is sized for one call of ~9 minutes with room to rerun a part.
+#
+#   here, once:  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#                  --implementation cp --platform manylinux2014_x86_64 -d .whl nibabel   # not on the image
+#   device tool: run(command="bash tools/device_check.sh", carry=[".whl"], timeout_s=590)
+#   here, after: copy $OUT's bench-*.json to benchmarks/results/<device>-<date>-<suite>.json, run
+#                tools/bench_report.py on each, fill benchmarks/NOTES.md
+#
+# Environment: OUT (default runs/device), ONLY (space-separated subset of: env tests core unet cross models),
+# T_TESTS / T_E2A / T_CROSS / T_MODELS (seconds per step).
+set -u
+OUT=${OUT:-runs/device}
+mkdir -p "$OUT"
+ONLY=${ONLY:-"env tests core unet cross models"}
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+declare -A STATUS
+FAILED=0
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+    || { echo "install failed:"; tail -20 "$OUT/install.log"; exit 1; }
+
+step() {  # step NAME SECONDS CMD...: run with a time limit (SIGINT first, so pytest still writes its JSON)
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    timeout -s INT -k 20 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    STATUS[$name]="rc=$rc, $((SECONDS - t0)) s"
+    [ "$rc" -eq 0 ] || FAILED=1
+    echo "== $name: ${STATUS[$name]}"
+    tail -n 4 "$OUT/$name.log"
+}
+
+if want env; then
+    { nvidia-smi; nvidia-smi -q -d CLOCK; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"; } >"$OUT/env.txt" 2>&1
+    head -n 15 "$OUT/env.txt"
+fi
+bench() {  # bench NAME SECONDS FILE [-k EXPR]
+    local name=$1 limit=$2 file=$3; shift 3
+    step "$name" "$limit" python3 -m pytest "$file" --benchmark-only -q -p no:cacheprovider \
+        --benchmark-json "$OUT/bench-$name.json" "$@"
+    [ -s "$OUT/bench-$name.json" ] && python3 tools/bench_report.py "$OUT/bench-$name.json" >/dev/null 2>&1
+}
+want tests && step gpu-tests "${T_TESTS:-150}" python3 -m pytest -m gpu tests/ops tests/nn tests/models -q -p no:cacheprovider
+want core && bench core "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "test_core"
+want unet && bench unet "${T_E2A:-150}" benchmarks/test_bench_e2a.py -k "not test_core"
+want cross && bench cross "${T_CROSS:-60}" benchmarks/test_bench_cross.py
+want models && bench models "${T_MODELS:-90}" benchmarks/test_bench_models.py
+
+echo
+echo "== summary"
+for k in "${!STATUS[@]}"; do echo "$k: ${STATUS[$k]}"; done
+for f in "$OUT"/bench-*.md; do [ -f "$f" ] && { echo "-- $f"; grep -E "^\| (core|unet|cross3|e2aunet)" "$f" | head -n 30; }; done
+exit $FAILED
