@@ -114,6 +114,13 @@ def _autocast(q, k, proj_weight, proj_bias):
     return q, k, proj_weight, proj_bias
 
 
+def _triton_e2a(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps) -> Tensor:
+    """The kernels on validated ``(S, B, N, D)`` stacks."""
+    q, k, proj_weight, proj_bias = _autocast(q, k, proj_weight, proj_bias)
+    y, _, _, _ = _e2a_forward(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps)
+    return y
+
+
 def cross_e2a(
     q: Tensor,
     k: Tensor,
@@ -149,9 +156,7 @@ def cross_e2a(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if _checks.resolve_backend(backend, q) == "torch":
         return cross_e2a_naive(q, k, w_g.reshape(q.shape[0], -1), proj_weight, proj_bias, scale, token_norm, eps)
-    q, k, proj_weight, proj_bias = _autocast(q, k, proj_weight, proj_bias)
-    y, _, _, _ = _e2a_forward(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps)
-    return y
+    return _triton_e2a(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps)
 
 
 def e2a(
@@ -195,12 +200,9 @@ def e2a(
     bias = None if proj_bias is None else proj_bias[None, None]
     _checks.check_options(token_norm, backend, eps)
     _checks.check_streams(q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias)
+    scale = dim**-0.5 if scale is None else float(scale)
     if _checks.resolve_backend(backend, q) == "torch":
         # straight to the spec on (B, N, D): a stream axis would cost autograd a copy of every gradient
-        scale = dim**-0.5 if scale is None else float(scale)
         return e2a_naive(q, k, w_g.reshape(-1), proj_weight, proj_bias, scale, token_norm, eps)
-    y = cross_e2a(
-        q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias,
-        scale=scale, token_norm=token_norm, eps=eps, backend=backend,
-    )
+    y = _triton_e2a(q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias, scale, token_norm, eps)
     return y.squeeze(0)

@@ -59,7 +59,7 @@ def cross_e2a_naive(
             bias = None if proj_bias is None else proj_bias[s, t]
             y = y + F.linear(g * k_hat[t], proj_weight[s, t], bias)
         out.append(y)
-    return out[0].unsqueeze(0) if streams == 1 else torch.stack(out)
+    return torch.stack(out)
 
 
 def e2a_naive(
