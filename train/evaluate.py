@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from crocnet.data import DataError
 from crocnet.metrics import segmentation_metrics
+from crocnet.postprocess import POSTPROCESS_MODES
 
 from .config import DATASET_CHOICES, TrainConfig
 from .inference import Segmenter
@@ -76,7 +77,8 @@ def evaluate(records, segmenter: Segmenter, out: Path, progress: bool = True) ->
     write_cases_csv(rows, out / "cases.csv")
     summ = summary(rows, methods)
     unit = "mm" if spacing_known else "px"
-    write_summary(summ, {"unit": unit, "fallback_slices": fallback, "cases": len(records)}, out / "summary.json")
+    write_summary(summ, {"unit": unit, "fallback_slices": fallback, "cases": len(records), "postprocess": segmenter.postprocess},
+                  out / "summary.json")
     text = table(summ, unit, segmenter.names)
     (out / "table.md").write_text(text + "\n")
     ranked = sorted(cases, key=lambda c: c[2])
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test", help="with --split-file: test (default), pool or fold:K (the validation subjects of fold K)")
     ap.add_argument("--subjects", nargs="+", help="evaluate only these subjects")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--postprocess", default="none", choices=POSTPROCESS_MODES,
+                    help="remove islands: keep the largest component of the heart, of each structure, or both (default none)")
     ap.add_argument("--per-case", action="store_true", help="also print one line per case: Dice and HD95 per structure")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     ap.add_argument("--out", default="runs/evaluation", help="report folder (default runs/evaluation)")
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(data=args.data, dataset=args.dataset, views=tuple(args.views))
         if not Path(args.data).exists():
             raise FileNotFoundError(f"--data {args.data!r} does not exist")
-        segmenter = Segmenter(args.stage1, args.stage2, device=args.device)
+        segmenter = Segmenter(args.stage1, args.stage2, device=args.device, postprocess=args.postprocess)
         records = select_subjects(load_records(cfg), args.split_file, args.split, args.subjects)
         result = evaluate(records, segmenter, Path(args.out), progress=args.progress)
     except (ValueError, FileNotFoundError, DataError) as exc:

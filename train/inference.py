@@ -10,6 +10,7 @@ import torch
 
 from crocnet.data import Record
 from crocnet.models import CroCNet, stage1_to_labels
+from crocnet.postprocess import POSTPROCESS_MODES, postprocess_labels
 
 from .checkpoint import load_model
 from .report import display_name
@@ -27,10 +28,18 @@ class Segmentation:
 
 
 class Segmenter:
-    """Load a stage-1 checkpoint (and optionally a stage-2 one) and segment records slice by slice."""
+    """Load a stage-1 checkpoint (and optionally a stage-2 one) and segment records slice by slice.
+
+    ``postprocess`` (one of :data:`crocnet.postprocess.POSTPROCESS_MODES`, default ``"none"``) removes
+    islands from the stage-1 and the final label volumes once they are assembled on the native grid
+    (:func:`crocnet.postprocess.postprocess_labels`); the probabilities are left as the network gave them.
+    """
 
     def __init__(self, stage1: str | Path, stage2: str | Path | None = None, device: str = "cpu", margin: int | None = None,
-                 batch_size: int = 8):
+                 batch_size: int = 8, postprocess: str = "none"):
+        if postprocess not in POSTPROCESS_MODES:
+            raise ValueError(f"postprocess must be one of {POSTPROCESS_MODES}, got {postprocess!r}")
+        self.postprocess = postprocess
         self.device = torch.device(device)
         self.stage1, self.ckpt1 = load_model(stage1, self.device)
         if self.ckpt1.get("stage", 1) != 1:
@@ -74,4 +83,7 @@ class Segmenter:
                 stage1[:, :, z] = t.invert(l1[i].to(torch.uint8).cpu().numpy(), "label")
                 labels[:, :, z] = t.invert(final[i].to(torch.uint8).cpu().numpy(), "label")
                 probs[:, :, z] = np.moveaxis(t.invert(p1[i].float().cpu().numpy(), "probabilities"), 0, -1)
+        if self.postprocess != "none":
+            stage1 = postprocess_labels(stage1, self.postprocess)
+            labels = postprocess_labels(labels, self.postprocess)
         return Segmentation(labels, stage1, probs, fallback)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from crocnet.data import DataError, Record, read_nifti, write_nifti
+from crocnet.postprocess import POSTPROCESS_MODES
 
 from .inference import Segmenter
 from .report import overlay_png
@@ -52,12 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probabilities", help="also write stage-1 probabilities (H, W, Z, 4) here")
     ap.add_argument("--overlay", help="also write an overlay PNG here")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--postprocess", default="none", choices=POSTPROCESS_MODES,
+                    help="remove islands: keep the largest component of the heart, of each structure, or both (default none)")
     args = ap.parse_args(argv)
     try:
         src = Path(args.input)
         if not src.is_file():
             raise FileNotFoundError(f"--input {args.input!r} not found")
-        segmenter = Segmenter(args.checkpoint, args.stage2, device=args.device)
+        segmenter = Segmenter(args.checkpoint, args.stage2, device=args.device, postprocess=args.postprocess)
         seg = predict_file(segmenter, src, Path(args.output),
                            Path(args.probabilities) if args.probabilities else None,
                            Path(args.overlay) if args.overlay else None)

@@ -209,6 +209,9 @@ def test_evaluate_acdc_volumes_per_case_in_pixels(demo_run, acdc_h5, tmp_path, c
     rows = list(csv.DictReader((tmp_path / "cases.csv").open()))
     assert len(rows) == 2 and {r["view"] for r in rows} == {"SA"}
     assert all(0.0 <= float(r["LV_dice"]) <= 1.0 for r in rows)
+    assert json.loads((tmp_path / "summary.json").read_text())["postprocess"] == "none"
+    assert evaluate.main(argv[:-1] + [str(tmp_path / "pp"), "--postprocess", "both"]) == 0
+    assert json.loads((tmp_path / "pp" / "summary.json").read_text())["postprocess"] == "both"
 
 
 def test_half_precision_safetensors_export_loads_and_predicts_the_same(demo_run, tmp_path):
