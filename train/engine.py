@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 
 from crocnet.data import Augment
 
+from crocnet.models import merge_binary_maps, stage1_to_labels
+
 from .checkpoint import atomic_save, atomic_write_text, build_model, export_safetensors
 from .config import TrainConfig
 from .losses import segmentation_loss
@@ -109,13 +111,26 @@ def milestones(cfg: TrainConfig) -> list[int]:
     return sorted({max(1, round(f * cfg.epochs)) for f in cfg.lr_milestones})
 
 
-def hard_dice_per_channel(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Dice of ``sigmoid(logits) > 0.5`` pooled over the batch, per channel: ``(C,)``; NaN where both empty."""
-    p = logits > 0
-    t = target > 0.5
-    inter = (p & t).sum((0, 2, 3)).double()
-    denom = (p.sum((0, 2, 3)) + t.sum((0, 2, 3))).double()
-    return torch.where(denom > 0, 2 * inter / denom, torch.full_like(denom, float("nan")))
+def decode_labels(probs: torch.Tensor) -> torch.Tensor:
+    """Probabilities (or one-hot targets) ``(B, K, H, W)`` → labels ``(B, H, W)``, by the rule inference uses:
+    K = 4 (stage 1: LV, MYO, RV, background): :func:`~crocnet.models.stage1_to_labels` (argmax);
+    K = 3 (stage 2: LV, MYO, RV binary maps): :func:`~crocnet.models.merge_binary_maps` (threshold 0.5)."""
+    if probs.shape[1] == 4:
+        return stage1_to_labels(probs)
+    if probs.shape[1] == 3:
+        return merge_binary_maps(probs)
+    raise ValueError(f"expected 4 (stage 1) or 3 (stage 2) channels, got {tuple(probs.shape)}")
+
+
+def label_dice(pred: torch.Tensor, truth: torch.Tensor, structures: int = 3) -> torch.Tensor:
+    """Dice of label maps ``(B, H, W)`` per structure 1..``structures``, pooled over the batch: ``(structures,)``;
+    NaN where the structure is absent from both."""
+    out = []
+    for value in range(1, structures + 1):
+        p, t = pred == value, truth == value
+        denom = float(p.sum() + t.sum())
+        out.append(2 * float((p & t).sum()) / denom if denom else float("nan"))
+    return torch.tensor(out, dtype=torch.float64)
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
@@ -156,8 +171,10 @@ def fit(
 ) -> dict:
     """Train one model on ``inputs (M, C, S, S)`` / ``targets (M, K, S, S)``; returns the final checkpoint dict.
 
-    ``channel_names`` names the target channels scored on validation (the others, e.g. stage 1's
-    background, count in the loss only).
+    ``channel_names`` names the structures (LV, MYO, RV) scored on validation: the pooled Dice of the labels
+    inference would output (:func:`evaluate_tensors`), which also picks the ``best`` checkpoint. (Scoring
+    each sigmoid channel on its own, as this loop once did, can rate a model well whose RV channel also
+    fires on the LV: the argmax at inference then labels the LV as RV.)
     """
     device = resolve_device(cfg.device)
     ddp = init_distributed(device)
@@ -269,15 +286,16 @@ def fit(
 
 @torch.no_grad()
 def evaluate_tensors(model, inputs, targets, device, cfg: TrainConfig, amp: bool = False) -> tuple[float, np.ndarray]:
-    """Mean loss and pooled hard Dice per target channel of ``model`` on tensors, in eval mode."""
+    """Mean loss of ``model`` on tensors, in eval mode, and the pooled Dice per structure (LV, MYO, RV) of the
+    labels inference would output (:func:`decode_labels` of the model's probabilities) against the targets'."""
     model.eval()
-    losses, logits_all = [], []
+    losses, preds = [], []
     for idx in torch.arange(len(inputs)).split(max(1, cfg.batch_size)):
         x, y = inputs[idx].to(device), targets[idx].to(device).float()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         losses.append(segmentation_loss(logits, y, cfg.loss).item() * len(idx))
-        logits_all.append(logits.float().cpu())
+        preds.append(decode_labels(model.activation(logits.float())).cpu())
     model.train()
-    dice = hard_dice_per_channel(torch.cat(logits_all), targets.float()).numpy()
-    return sum(losses) / len(inputs), dice
+    dice = label_dice(torch.cat(preds), decode_labels(targets.float()))
+    return sum(losses) / len(inputs), dice.numpy()
