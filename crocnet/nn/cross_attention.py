@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import cross_e2a
-from ..ops._checks import BACKENDS
+from ..ops import cross_e2a, cross_e2a_streams
+from ..ops._checks import BACKENDS, resolve_backend
 from ..ops.naive import TOKEN_NORMS
 
 #: Stream names of the authors' ``X_EfficientAdditiveAttnetion``, in their order.
@@ -73,8 +73,18 @@ class CrossEfficientAdditiveAttention(nn.Module):
         for s, x in enumerate(xs[1:], start=1):
             if x.shape != shape:
                 raise ValueError(f"every stream must have the shape of stream 0 {tuple(shape)}, got {tuple(x.shape)} for stream {s}")
-        q = torch.stack([lin(x) for lin, x in zip(self.to_query, xs)])
-        k = torch.stack([lin(x) for lin, x in zip(self.to_key, xs)])
+        if 0 in shape:
+            raise ValueError(f"streams must be non-empty in every axis (batch, tokens, {self.in_dims}), got {tuple(shape)}")
+        for s, x in enumerate(xs):
+            if not x.is_floating_point():
+                raise TypeError(f"streams must be floating-point tensors, got {x.dtype} for stream {s}")
+        qs = [lin(x) for lin, x in zip(self.to_query, xs)]
+        ks = [lin(x) for lin, x in zip(self.to_key, xs)]
+        if resolve_backend(self.backend, qs[0]) == "torch":  # per stream, nothing stacked
+            ys = cross_e2a_streams(qs, ks, [w.reshape(-1) for w in self.w_g], [[p.weight for p in row] for row in self.proj],
+                                   [[p.bias for p in row] for row in self.proj], self.scale_factor, self.token_norm)
+            return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(ys))
+        q, k = torch.stack(qs), torch.stack(ks)
         w_g = torch.stack([w.reshape(-1) for w in self.w_g])
         weight = torch.stack([torch.stack([p.weight for p in row]) for row in self.proj])
         bias = torch.stack([torch.stack([p.bias for p in row]) for row in self.proj])

@@ -11,6 +11,8 @@ Shapes: ``q, k`` are ``(S, B, N, D)`` stacks of S streams (E2A is the case S = 1
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +37,36 @@ def global_query(q_hat: torch.Tensor, w_g: torch.Tensor, scale: float, token_nor
     return torch.sum(a_hat * q_hat, dim=-2, keepdim=True)
 
 
+def cross_e2a_streams(
+    qs: Sequence[torch.Tensor],
+    ks: Sequence[torch.Tensor],
+    w_gs: Sequence[torch.Tensor],
+    proj_weights: Sequence[Sequence[torch.Tensor]],
+    proj_biases: Sequence[Sequence[torch.Tensor | None]] | None,
+    scale: float,
+    token_norm: str = "l2",
+    eps: float = 1e-12,
+) -> list[torch.Tensor]:
+    """The S-stream spec on per-stream tensors, as the authors write it: ``qs[s], ks[s]`` ``(B, N, D)``,
+    ``w_gs[s]`` ``(D,)``, ``proj_weights[s][t]`` ``(D, D)``, ``proj_biases[s][t]`` ``(D,)`` (or ``None``);
+    returns the S outputs ``y_s = Σ_t proj_{s,t}(G_s ⊙ k̂_t) + q̂_s``, each ``(B, N, D)``.
+
+    Nothing is stacked: modules that hold one tensor per stream call this on the PyTorch path, where
+    stacking the streams' activations for :func:`cross_e2a_naive` would copy each of them once more.
+    """
+    q_hat = [F.normalize(q, dim=-1, eps=eps) for q in qs]
+    k_hat = [F.normalize(k, dim=-1, eps=eps) for k in ks]
+    out = []
+    for s in range(len(qs)):
+        g = global_query(q_hat[s], w_gs[s], scale, token_norm, eps)
+        y = q_hat[s]
+        for t in range(len(ks)):
+            bias = None if proj_biases is None else proj_biases[s][t]
+            y = y + F.linear(g * k_hat[t], proj_weights[s][t], bias)
+        out.append(y)
+    return out
+
+
 def cross_e2a_naive(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -46,20 +78,12 @@ def cross_e2a_naive(
     eps: float = 1e-12,
 ) -> torch.Tensor:
     """``y_s = Σ_t proj_{s,t}(G_s ⊙ k̂_t) + q̂_s`` for every stream s; returns ``(S, B, N, D)``."""
-    # unbind, not indexing: its backward stacks the streams' gradients once, where each ``q_hat[s]`` would
+    # unbind, not indexing: its backward stacks the streams' gradients once, where each ``q[s]`` would
     # allocate and zero-fill a gradient of the whole stack
-    q_hat = F.normalize(q, dim=-1, eps=eps).unbind(0)
-    k_hat = F.normalize(k, dim=-1, eps=eps).unbind(0)
-    streams = q.shape[0]
-    out = []
-    for s in range(streams):
-        g = global_query(q_hat[s], w_g[s], scale, token_norm, eps)
-        y = q_hat[s]
-        for t in range(streams):
-            bias = None if proj_bias is None else proj_bias[s, t]
-            y = y + F.linear(g * k_hat[t], proj_weight[s, t], bias)
-        out.append(y)
-    return torch.stack(out)
+    biases = None if proj_bias is None else [row.unbind(0) for row in proj_bias.unbind(0)]
+    ys = cross_e2a_streams(q.unbind(0), k.unbind(0), w_g.unbind(0), [row.unbind(0) for row in proj_weight.unbind(0)],
+                           biases, scale, token_norm, eps)
+    return torch.stack(ys)
 
 
 def e2a_naive(

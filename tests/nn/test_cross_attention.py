@@ -93,6 +93,23 @@ def test_other_stream_counts(streams):
     assert len(outs) == streams and all(o.shape == (2, 5, 16) for o in outs)
 
 
+@pytest.mark.parametrize(
+    "shapes, dtype, error, message",
+    [
+        ([(0, 4, 8)] * 3, torch.float32, ValueError, r"non-empty in every axis \(batch, tokens, 8\), got \(0, 4, 8\)"),
+        ([(2, 0, 8)] * 3, torch.float32, ValueError, r"non-empty .* got \(2, 0, 8\)"),
+        ([(2, 4, 8), (2, 4, 8), (2, 5, 8)], torch.float32, ValueError, r"shape of stream 0 \(2, 4, 8\), got \(2, 5, 8\) for stream 2"),
+        ([(2, 4, 7)] * 3, torch.float32, ValueError, r"\(B, N, 8\), got \(2, 4, 7\)"),
+        ([(2, 4, 8)] * 2, torch.float32, ValueError, "expected 3 streams, got 2"),
+        ([(2, 4, 8)] * 3, torch.int64, TypeError, "floating-point tensors, got torch.int64 for stream 0"),
+    ],
+)
+def test_module_bad_inputs_are_clear_errors(shapes, dtype, error, message):
+    m = CrossEfficientAdditiveAttention(8, 16)
+    with pytest.raises(error, match=message):
+        m(*[torch.zeros(s, dtype=dtype) for s in shapes])
+
+
 def test_loader_names_the_missing_key():
     ref = AuthorsCrossAttention(8, 16)
     sd = ref.state_dict()
