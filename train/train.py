@@ -40,8 +40,6 @@ def load_records(cfg: TrainConfig):
     root = Path(cfg.data)
     if cfg.dataset in ("phantom", "mnm2"):
         return load_dataset("mnm2", root, views=cfg.views)
-    if cfg.dataset == "acdc_h5" and (root / "volumes").is_dir():
-        root = root / "volumes"
     return load_dataset(cfg.dataset, root)
 
 

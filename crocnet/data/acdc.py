@@ -69,10 +69,19 @@ def find_patients(root: str | Path) -> dict[str, Path]:
 
 
 def find_h5_volumes(root: str | Path) -> dict[str, list[tuple[int, Path]]]:
-    """HDF5 volumes by patient, ``{"patient021": [(1, path), (13, path)], ...}``, frames in order."""
+    """HDF5 volumes by patient, ``{"patient021": [(1, path), (13, path)], ...}``, frames in order.
+
+    ``root`` is the folder of ``.h5`` files or the dataset folder above it, whose ``volumes/`` (WSL4MIS)
+    or ``data/`` (SSL4MIS) subfolder holds them.
+    """
     root = Path(root)
     if not root.is_dir():
         raise MissingFileError(f"{root}: ACDC HDF5 folder not found")
+    if not any(root.glob("*.h5")):
+        for sub in ("volumes", "data"):
+            if any((root / sub).glob("*.h5")):
+                root = root / sub
+                break
     by_patient: dict[str, list[tuple[int, Path]]] = {}
     for path in sorted(root.glob("*.h5")):
         match = _H5_NAME.match(path.name)
@@ -144,7 +153,7 @@ def load_acdc_h5(root: str | Path, subjects: Iterable[str] | None = None) -> lis
     """Read SSL4MIS/WSL4MIS ACDC volumes ``patientNNN_frameFF.h5`` into records with remapped labels.
 
     Args:
-        root: the folder of ``.h5`` volumes (e.g. ``acdc_h5/volumes``).
+        root: the folder of ``.h5`` volumes (e.g. ``acdc_h5/volumes``), or the folder above it.
         subjects: restrict to these patients (``"patient021"``); ``None`` reads all.
 
     Returns:

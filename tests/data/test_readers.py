@@ -93,6 +93,8 @@ def test_acdc_h5_remaps_labels_and_has_no_spacing(acdc_h5):
     assert counts[1] == raw_counts[3] and counts[3] == raw_counts[1] and counts[2] == raw_counts[2]
     assert raw_counts[1] != raw_counts[3]  # the check above is not vacuous
     assert list_subjects("acdc_h5", acdc_h5)[0] == "patient021"
+    above = load_acdc_h5(acdc_h5.parent, subjects=["patient021"])  # the dataset folder holding volumes/
+    assert [r.name for r in above] == [r.name for r in records]
 
 
 # -------------------------------------------------------------------------------------- phantom output
