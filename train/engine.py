@@ -24,7 +24,6 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from crocnet.data import Augment
-
 from crocnet.models import merge_binary_maps, stage1_to_labels
 
 from .checkpoint import atomic_save, atomic_write_text, build_model, export_safetensors
