@@ -24,6 +24,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from crocnet.data import Augment
+from crocnet.metrics import dice as mask_dice
 from crocnet.models import merge_binary_maps, stage1_to_labels
 
 from .checkpoint import atomic_save, atomic_write_text, build_model, export_safetensors
@@ -127,8 +128,7 @@ def label_dice(pred: torch.Tensor, truth: torch.Tensor, structures: int = 3) -> 
     out = []
     for value in range(1, structures + 1):
         p, t = pred == value, truth == value
-        denom = float(p.sum() + t.sum())
-        out.append(2 * float((p & t).sum()) / denom if denom else float("nan"))
+        out.append(mask_dice(p, t) if bool((p | t).any()) else float("nan"))  # NaN, not metrics' 1.0: nanmean skips it
     return torch.tensor(out, dtype=torch.float64)
 
 
