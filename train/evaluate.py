@@ -4,7 +4,8 @@ report Dice, HD and HD95 per structure on the native grid, in mm (pixels when th
 Writes ``OUT/cases.csv`` (one row per case and method), ``OUT/summary.json`` (mean, std, median and
 undefined counts), ``OUT/table.md`` (Table-1 style, stage 1 and CroCNet side by side) and
 ``OUT/overlays/`` (best and worst cases). Metrics are per image: 2D for long-axis images, 3D over the
-stack for short-axis volumes (e.g. ACDC: per-volume 3D Dice, HD95 in pixels as no spacing is stored)::
+stack for short-axis volumes (e.g. ACDC: per-volume 3D Dice, HD95 in pixels as no spacing is stored).
+Several ``--stage1`` checkpoints are evaluated as one ensemble; ``--tta`` averages over flips::
 
     crocnet evaluate --stage1 runs/exp/stage1-e2aunet/fold0 --stage2 runs/exp/stage2-crocnet_specialists/fold0 \
         --data data/phantom --split-file runs/exp/splits.json --split test --out runs/exp/eval
@@ -77,7 +78,8 @@ def evaluate(records, segmenter: Segmenter, out: Path, progress: bool = True) ->
     write_cases_csv(rows, out / "cases.csv")
     summ = summary(rows, methods)
     unit = "mm" if spacing_known else "px"
-    write_summary(summ, {"unit": unit, "fallback_slices": fallback, "cases": len(records), "postprocess": segmenter.postprocess},
+    write_summary(summ, {"unit": unit, "fallback_slices": fallback, "cases": len(records), "postprocess": segmenter.postprocess,
+                         "tta": segmenter.tta},
                   out / "summary.json")
     text = table(summ, unit, segmenter.names)
     (out / "table.md").write_text(text + "\n")
@@ -91,7 +93,8 @@ def evaluate(records, segmenter: Segmenter, out: Path, progress: bool = True) ->
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="crocnet evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage1", required=True, help="stage-1 checkpoint (best.pt / best.safetensors) or its run folder")
+    ap.add_argument("--stage1", required=True, nargs="+",
+                    help="stage-1 checkpoint (best.pt / best.safetensors) or its run folder; several: an ensemble (their probabilities averaged)")
     ap.add_argument("--stage2", help="stage-2 checkpoint or run folder: evaluate the whole CroCNet pipeline too")
     ap.add_argument("--data", required=True, help="dataset folder")
     ap.add_argument("--dataset", default="phantom", choices=DATASET_CHOICES, help="layout of --data (default phantom)")
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--postprocess", default="none", choices=POSTPROCESS_MODES,
                     help="remove islands: keep the largest component of the heart, of each structure, or both (default none)")
+    ap.add_argument("--tta", action="store_true", help="test-time augmentation: average the probabilities over the four flips (4x the time)")
     ap.add_argument("--per-case", action="store_true", help="also print one line per case: Dice and HD95 per structure")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     ap.add_argument("--out", default="runs/evaluation", help="report folder (default runs/evaluation)")
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(data=args.data, dataset=args.dataset, views=tuple(args.views))
         if not Path(args.data).exists():
             raise FileNotFoundError(f"--data {args.data!r} does not exist")
-        segmenter = Segmenter(args.stage1, args.stage2, device=args.device, postprocess=args.postprocess)
+        segmenter = Segmenter(args.stage1, args.stage2, device=args.device, postprocess=args.postprocess, tta=args.tta)
         records = select_subjects(load_records(cfg), args.split_file, args.split, args.subjects)
         result = evaluate(records, segmenter, Path(args.out), progress=args.progress)
     except (ValueError, FileNotFoundError, DataError) as exc:

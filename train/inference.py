@@ -1,7 +1,9 @@
-"""Segment records with trained checkpoints: stage 1 alone, or the whole CroCNet pipeline, on the native grid."""
+"""Segment records with trained checkpoints: stage 1 alone (one model or an ensemble), or the whole CroCNet
+pipeline, on the native grid."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import numpy as np
 import torch
 
 from crocnet.data import Record
-from crocnet.models import CroCNet, stage1_to_labels
+from crocnet.models import CroCNet, FlipTTA, merge_binary_maps, stage1_to_labels
 from crocnet.postprocess import POSTPROCESS_MODES, postprocess_labels
 
 from .checkpoint import load_model
@@ -28,62 +30,83 @@ class Segmentation:
 
 
 class Segmenter:
-    """Load a stage-1 checkpoint (and optionally a stage-2 one) and segment records slice by slice.
+    """Load stage-1 checkpoint(s) (and optionally a stage-2 one) and segment records slice by slice.
 
-    ``postprocess`` (one of :data:`crocnet.postprocess.POSTPROCESS_MODES`, default ``"none"``) removes
-    islands from the stage-1 and the final label volumes once they are assembled on the native grid
-    (:func:`crocnet.postprocess.postprocess_labels`); the probabilities are left as the network gave them.
+    Every slice is resampled to each network's frame (the preprocessing its checkpoint records); the
+    probabilities, not the labels, are taken back to the native grid (bilinear) and decoded there: stage 1
+    by argmax over LV, MYO, RV and background, CroCNet by thresholding the pasted stage-2 maps
+    (:func:`~crocnet.models.merge_binary_maps`).
+
+    Args:
+        stage1: a stage-1 checkpoint (``.pt``, ``.safetensors`` or run folder), or several: an ensemble
+            whose native-grid probabilities are averaged (each member keeps its own input size). An
+            ensemble is for stage 1 alone; CroCNet takes one stage-1 model.
+        stage2: a stage-2 checkpoint: also run the whole CroCNet pipeline (``labels``).
+        margin: the crop margin in frame pixels (default: the one stage 2 was trained with).
+        postprocess: one of :data:`crocnet.postprocess.POSTPROCESS_MODES` (default ``"none"``): remove
+            islands from the stage-1 and the final label volumes once they are assembled on the native
+            grid (:func:`crocnet.postprocess.postprocess_labels`); the probabilities are left as they are.
+        tta: wrap every network in :class:`~crocnet.models.FlipTTA` (mean over the four flips; four
+            times the inference cost).
     """
 
-    def __init__(self, stage1: str | Path, stage2: str | Path | None = None, device: str = "cpu", margin: int | None = None,
-                 batch_size: int = 8, postprocess: str = "none"):
+    def __init__(self, stage1: str | Path | Sequence[str | Path], stage2: str | Path | None = None, device: str = "cpu",
+                 margin: int | None = None, batch_size: int = 8, postprocess: str = "none", tta: bool = False):
         if postprocess not in POSTPROCESS_MODES:
             raise ValueError(f"postprocess must be one of {POSTPROCESS_MODES}, got {postprocess!r}")
-        self.postprocess = postprocess
+        paths = [stage1] if isinstance(stage1, (str, Path)) else list(stage1)
+        if not paths:
+            raise ValueError("need at least one stage-1 checkpoint")
+        if stage2 is not None and len(paths) > 1:
+            raise ValueError(f"CroCNet takes one stage-1 checkpoint, got {len(paths)}: evaluate an ensemble without --stage2")
+        self.postprocess, self.tta, self.batch_size = postprocess, tta, batch_size
         self.device = torch.device(device)
-        self.stage1, self.ckpt1 = load_model(stage1, self.device)
-        if self.ckpt1.get("stage", 1) != 1:
-            raise ValueError(f"{stage1} is a stage-{self.ckpt1.get('stage')} checkpoint; expected stage 1")
-        self.pre = self.ckpt1["preprocess"]
+        self.members = []  # (model, preprocessing) per stage-1 checkpoint
+        for path in paths:
+            model, ckpt = load_model(path, self.device)
+            if ckpt.get("stage", 1) != 1:
+                raise ValueError(f"{path} is a stage-{ckpt.get('stage')} checkpoint; expected stage 1")
+            self.members.append((FlipTTA(model) if tta else model, ckpt["preprocess"], ckpt["model"]))
+        kinds = sorted({display_name(m[2]) for m in self.members})
+        self.names = {"stage 1": f"stage 1 ({', '.join(kinds)})" if len(paths) == 1
+                      else f"stage 1 (ensemble of {len(paths)}: {', '.join(kinds)})"}
         self.pipeline = None
-        self.names = {"stage 1": f"stage 1 ({display_name(self.ckpt1['model'])})"}
         if stage2 is not None:
             model2, ckpt2 = load_model(stage2, self.device)
             if ckpt2.get("stage") != 2:
                 raise ValueError(f"{stage2} is a stage-{ckpt2.get('stage')} checkpoint; expected stage 2")
-            crop = ckpt2["preprocess"]["image_size"]
             if margin is None:
                 margin = ckpt2["preprocess"].get("margin", 15)
-            self.pipeline = CroCNet(self.stage1, model2, crop_size=crop, margin=margin).eval()
+            self.pipeline = CroCNet(self.members[0][0], FlipTTA(model2) if tta else model2,
+                                    crop_size=ckpt2["preprocess"]["image_size"], margin=margin).eval()
             self.names["CroCNet"] = f"CroCNet ({display_name(ckpt2['model'])})"
-        self.batch_size = batch_size
 
     @torch.inference_mode()
     def segment(self, record: Record) -> Segmentation:
         H, W, Z = record.image.shape
         labels = np.zeros((H, W, Z), np.uint8)
-        stage1 = np.zeros((H, W, Z), np.uint8)
         probs = np.zeros((H, W, Z, 4), np.float32)
-        fallback = 0
-        transforms = [plan_transform((H, W), record.in_plane_spacing, self.pre["image_size"], self.pre["target_spacing"])
-                      for _ in range(Z)]
-        frames = torch.stack([torch.from_numpy(t.apply(normalise(record.image[:, :, z]), "image")) for z, t in enumerate(transforms)])
-        for start in range(0, Z, self.batch_size):
-            x = frames[start : start + self.batch_size, None].float().to(self.device)
-            p1 = self.stage1.predict(x)
-            l1 = stage1_to_labels(p1)
-            if self.pipeline is not None:
-                out = self.pipeline(x)
-                final, fallback = out.labels, fallback + int(out.fallback.sum())
-            else:
-                final = l1
-            for i in range(x.shape[0]):
-                t = transforms[start + i]
-                z = start + i
-                stage1[:, :, z] = t.invert(l1[i].to(torch.uint8).cpu().numpy(), "label")
-                labels[:, :, z] = t.invert(final[i].to(torch.uint8).cpu().numpy(), "label")
-                probs[:, :, z] = np.moveaxis(t.invert(p1[i].float().cpu().numpy(), "probabilities"), 0, -1)
+        fell = np.zeros(Z, bool)  # slices where stage 1 found no heart: CroCNet keeps the stage-1 labels
+        for model, pre, _ in self.members:
+            t = plan_transform((H, W), record.in_plane_spacing, pre["image_size"], pre["target_spacing"])
+            frames = torch.stack([torch.from_numpy(t.apply(normalise(record.image[:, :, z]), "image")) for z in range(Z)])
+            for start in range(0, Z, self.batch_size):
+                x = frames[start : start + self.batch_size, None].float().to(self.device)
+                p1 = model.predict(x).float()
+                probs[:, :, start : start + x.shape[0]] += np.moveaxis(t.invert(p1.cpu().numpy(), "probabilities"), (0, 1), (2, 3))
+                if self.pipeline is None:
+                    continue
+                out = self.pipeline.refine(x, stage1_to_labels(p1))
+                fell[start : start + x.shape[0]] = out.fallback.cpu().numpy()
+                native2 = torch.from_numpy(t.invert(out.probabilities.float().cpu().numpy(), "probabilities"))
+                labels[:, :, start : start + x.shape[0]] = merge_binary_maps(native2, self.pipeline.threshold).permute(1, 2, 0).numpy()
+        probs /= len(self.members)
+        stage1 = stage1_to_labels(torch.from_numpy(probs).permute(2, 3, 0, 1)).permute(1, 2, 0).numpy().astype(np.uint8)
+        if self.pipeline is None:
+            labels = stage1.copy()
+        else:
+            labels[:, :, fell] = stage1[:, :, fell]
         if self.postprocess != "none":
             stage1 = postprocess_labels(stage1, self.postprocess)
             labels = postprocess_labels(labels, self.postprocess)
-        return Segmentation(labels, stage1, probs, fallback)
+        return Segmentation(labels, stage1, probs, int(fell.sum()))

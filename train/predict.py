@@ -46,7 +46,8 @@ def predict_file(segmenter: Segmenter, src: Path, dst: Path, probabilities: Path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="crocnet predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (.pt or .safetensors) or its run folder")
+    ap.add_argument("--checkpoint", required=True, nargs="+",
+                    help="stage-1 checkpoint (.pt or .safetensors) or its run folder; several: an ensemble (their probabilities averaged)")
     ap.add_argument("--stage2", help="stage-2 checkpoint or run folder: run the whole CroCNet pipeline")
     ap.add_argument("--input", required=True, help="input NIfTI image")
     ap.add_argument("--output", required=True, help="output label NIfTI (uint8)")
@@ -55,12 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--postprocess", default="none", choices=POSTPROCESS_MODES,
                     help="remove islands: keep the largest component of the heart, of each structure, or both (default none)")
+    ap.add_argument("--tta", action="store_true", help="test-time augmentation: average the probabilities over the four flips (4x the time)")
     args = ap.parse_args(argv)
     try:
         src = Path(args.input)
         if not src.is_file():
             raise FileNotFoundError(f"--input {args.input!r} not found")
-        segmenter = Segmenter(args.checkpoint, args.stage2, device=args.device, postprocess=args.postprocess)
+        segmenter = Segmenter(args.checkpoint, args.stage2, device=args.device, postprocess=args.postprocess, tta=args.tta)
         seg = predict_file(segmenter, src, Path(args.output),
                            Path(args.probabilities) if args.probabilities else None,
                            Path(args.overlay) if args.overlay else None)

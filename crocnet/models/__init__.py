@@ -19,6 +19,7 @@ from .pipeline import (
 )
 from .smp import add_e2a_to_smp_unet
 from .specialists import SpecialistNets
+from .tta import FlipTTA
 
 MODEL_NAMES = ("e2aunet", "e2aunet_mhsa", "e2aunet_noattn", "crocnet_specialists", "crocnet_single")
 
@@ -37,6 +38,7 @@ __all__ = [
     "stage2_inputs",
     "label_masks",
     "merge_binary_maps",
+    "FlipTTA",
     "MultiHeadSelfAttention",
     "MHSABlock2d",
     "add_e2a_to_smp_unet",

@@ -20,12 +20,16 @@ class CroCNetOutput:
         stage1_labels: ``(B, H, W)`` int64, the stage-1 label map (same convention).
         boxes: per image, the crop box on the input grid, or ``None`` where stage 1 found no heart.
         fallback: ``(B,)`` bool, True where stage 1 found no heart and ``labels`` is ``stage1_labels``.
+        probabilities: ``(B, 3, H, W)``, the stage-2 probabilities (LV, MYO, RV) pasted on the input grid,
+            0 outside the box and for fallback images; resample these (bilinear) rather than ``labels`` to
+            take the result to another grid, then :func:`merge_binary_maps`.
     """
 
     labels: torch.Tensor
     stage1_labels: torch.Tensor
     boxes: list[CropBox | None]
     fallback: torch.Tensor
+    probabilities: torch.Tensor
 
 
 def label_masks(labels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -127,14 +131,28 @@ class CroCNet(nn.Module):
     def forward(self, image: torch.Tensor) -> CroCNetOutput:
         if image.dim() != 4:
             raise ValueError(f"expected images (B, C, H, W), got {tuple(image.shape)}")
+        return self.refine(image, stage1_to_labels(self.stage1_probabilities(image)))
+
+    def refine(self, image: torch.Tensor, stage1_labels: torch.Tensor, margin: int | None = None) -> CroCNetOutput:
+        """Steps 2–4 on given stage-1 labels ``(B, H, W)`` of ``image (B, C, H, W)``: crop, stage 2, paste back.
+
+        With the stage-1 labels taken to the native grid, this runs stage 2 on native-resolution crops
+        (``margin`` in native pixels; default ``self.margin``)."""
+        if image.dim() != 4 or stage1_labels.shape != (image.shape[0], *image.shape[-2:]):
+            raise ValueError(
+                f"expected images (B, C, H, W) and stage-1 labels (B, H, W) on the same grid, got "
+                f"{tuple(image.shape)} and {tuple(stage1_labels.shape)}"
+            )
         H, W = image.shape[-2:]
-        stage1_labels = stage1_to_labels(self.stage1_probabilities(image))
-        boxes = heart_boxes(stage1_labels != 0, self.margin, self.connectivity)
+        boxes = heart_boxes(stage1_labels != 0, self.margin if margin is None else margin, self.connectivity)
         found = [i for i, box in enumerate(boxes) if box is not None]
         labels = stage1_labels.clone()
+        pasted = image.new_zeros((image.shape[0], 3, H, W), dtype=torch.float32)
         if found:
             kept = [boxes[i] for i in found]
             probs = self.stage2.predict(stage2_inputs(image[found], stage1_labels[found], kept, self.crop_size))
-            labels[found] = merge_binary_maps(paste_back(probs, kept, (H, W)), self.threshold)
+            pasted[found] = paste_back(probs, kept, (H, W)).float()
+            labels[found] = merge_binary_maps(pasted[found], self.threshold)
         fallback = torch.tensor([box is None for box in boxes], dtype=torch.bool, device=image.device)
-        return CroCNetOutput(labels=labels, stage1_labels=stage1_labels, boxes=boxes, fallback=fallback)
+        return CroCNetOutput(labels=labels, stage1_labels=stage1_labels, boxes=boxes, fallback=fallback,
+                             probabilities=pasted)

@@ -104,6 +104,20 @@ def test_crop_removes_outliers_and_keeps_the_heart():
     assert agree > 0.98, agree
     assert (out.labels[0, 50:, :] == 0).all()  # the outlier is gone
     assert torch.equal(out.labels[1], labels[1])
+    assert out.probabilities.shape == (2, 3, 60, 80)
+    assert torch.equal(merge_binary_maps(out.probabilities[:1]), out.labels[:1])
+    assert (out.probabilities[0, :, :15] == 0).all() and (out.probabilities[1] == 0).all()  # outside the box, fallback
+
+
+def test_refine_runs_stage2_on_given_labels_of_any_grid():
+    labels = torch.zeros(1, 90, 120, dtype=torch.int64)
+    labels[0, 30:60, 40:70] = 3
+    model = CroCNet(OracleStage1(labels[:, :9, :12]), MaskEcho(), crop_size=48, margin=5)  # stage 1 is not run
+    out = model.refine(torch.randn(1, 1, 90, 120), labels, margin=10)
+    assert out.boxes == [CropBox(20, 30, 70, 80)] and not out.fallback.any()
+    assert (out.labels == labels).float().mean() > 0.99
+    with pytest.raises(ValueError, match="same grid"):
+        model.refine(torch.randn(1, 1, 90, 120), labels[:, :80])
 
 
 def test_no_heart_falls_back_to_stage1():

@@ -21,13 +21,6 @@ TINY = ["--base-width", "4", "--image-size", "32", "--folds", "2", "--no-progres
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    assert demo.main(["--quick", "--out", str(out), "--no-progress"]) == 0
-    return out
-
-
-@pytest.fixture(scope="session")
 def phantoms(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantoms")
     write_phantoms(root, subjects=4, seed=3)
@@ -134,6 +127,18 @@ def test_evaluate_and_predict_errors(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not be read"):
         ckpt_mod.read_checkpoint(bad)
+
+
+def test_evaluate_an_ensemble_with_tta(demo_run, tmp_path, capsys):
+    fold0, fold1 = demo_run / "stage1-e2aunet/fold0", demo_run / "stage1-e2aunet/fold1"
+    common = ["--data", str(demo_run / "data"), "--split-file", str(demo_run / "splits.json"), "--no-progress"]
+    assert evaluate.main(["--stage1", str(fold0), str(fold1), "--tta", "--out", str(tmp_path / "ens"), *common]) == 0
+    assert "stage 1 (ensemble of 2: E-2AUNet)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "ens" / "summary.json").read_text())
+    assert summary["tta"] is True and summary["cases"] > 0
+    argv = ["--stage1", str(fold0), str(fold1), "--stage2", str(demo_run / "stage2-crocnet_specialists/fold0"), *common]
+    assert evaluate.main(argv) == 2
+    assert "CroCNet takes one stage-1 checkpoint, got 2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("view", ["LA", "SA"])

@@ -1,0 +1,116 @@
+"""Segmenter: native-grid decoding of resampled probabilities, CroCNet's fallback, ensembles of stage-1 models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crocnet.data import Record
+from crocnet.models import CroCNet, merge_binary_maps, stage1_to_labels
+from crocnet.train.inference import Segmenter
+from crocnet.train.samples import normalise, plan_transform
+
+
+class SoftDisc(nn.Module):
+    """Stage 1 'predicting' a disc of LV with soft edges in every image whose mean is positive, else background."""
+
+    size_divisor = 1
+
+    def __init__(self, radius: float = 0.22):
+        super().__init__()
+        self.radius = radius
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        r = ((yy - 0.45 * h) ** 2 + (xx - 0.55 * w) ** 2).sqrt()
+        lv = torch.sigmoid((self.radius * h - r) / 0.8).expand(x.shape[0], h, w)
+        lv = lv * (x.mean(dim=(1, 2, 3)) > 0).float()[:, None, None]
+        zero = torch.zeros_like(lv)
+        return torch.stack([lv, zero, zero, 1 - lv], dim=1)
+
+
+class BlurMasks(nn.Module):
+    """Stage 2 returning its input masks blurred: soft probability maps."""
+
+    size_divisor = 1
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x[:, 1:], 5, stride=1, padding=2, count_include_pad=False)
+
+
+def frame(size: int) -> dict:
+    return {"image_size": size, "target_spacing": None}
+
+
+def soft_disc_segmenter(demo_run, members) -> Segmenter:
+    """A Segmenter whose networks are replaced by the hand-made ones above (the demo's checkpoints only load)."""
+    seg = Segmenter(demo_run / "stage1-e2aunet/fold0", demo_run / "stage2-crocnet_specialists/fold0")
+    seg.members = members
+    seg.pipeline = CroCNet(members[0][0], BlurMasks(), crop_size=32, margin=3)
+    return seg
+
+
+def record(image: np.ndarray) -> Record:
+    return Record(image=image, label=None, spacing=None, affine=None, subject="s", phase=None, view="SA", dataset="acdc_h5")
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    image = np.random.default_rng(0).random((80, 72, 3), dtype=np.float32) + 1.0
+    image[:, :, 1] = -1.0  # no heart here: stage 1 finds nothing, CroCNet falls back
+    return image
+
+
+def test_native_labels_are_decoded_from_resampled_probabilities(demo_run, image):
+    seg = soft_disc_segmenter(demo_run, [(SoftDisc(), frame(32), "e2aunet")])
+    out = seg.segment(record(image))
+    assert out.labels.shape == out.stage1.shape == (80, 72, 3) and out.probabilities.shape == (80, 72, 3, 4)
+    assert out.fallback_slices == 1
+
+    native = torch.from_numpy(out.probabilities).permute(2, 3, 0, 1)
+    np.testing.assert_array_equal(out.stage1, stage1_to_labels(native).permute(1, 2, 0).numpy())
+    assert (out.stage1[:, :, 0] == 1).sum() > 100 and (out.stage1[:, :, 1] == 0).all()
+
+    t = plan_transform((80, 72), None, 32, None)
+    frames = torch.stack([torch.from_numpy(t.apply(normalise(image[:, :, z]), "image")) for z in range(3)])[:, None]
+    with torch.inference_mode():
+        pasted = seg.pipeline(frames.float()).probabilities
+    for z in (0, 2):
+        expected = merge_binary_maps(torch.from_numpy(t.invert(pasted[z].numpy(), "probabilities"))[None])[0]
+        np.testing.assert_array_equal(out.labels[:, :, z], expected.numpy())
+    np.testing.assert_array_equal(out.labels[:, :, 1], out.stage1[:, :, 1])
+
+    # a label map upsampled 2.5x by nearest neighbours is blocky; the decoded disc is round: its area is
+    # that of the soft disc's 0.5 contour, π (0.22 · 32 · 2.5)², within 2 %
+    area = (out.stage1[:, :, 0] == 1).sum()
+    assert abs(area / (np.pi * (0.22 * 32 * 2.5) ** 2) - 1) < 0.02, area
+
+
+def test_an_ensemble_averages_native_probabilities_of_members_of_any_input_size(demo_run, image):
+    a, b = (SoftDisc(0.22), frame(32), "e2aunet"), (SoftDisc(0.3), frame(48), "e2aunet_noattn")
+    pa = soft_disc_segmenter(demo_run, [a]).segment(record(image)).probabilities
+    pb = soft_disc_segmenter(demo_run, [b]).segment(record(image)).probabilities
+    seg = soft_disc_segmenter(demo_run, [a, b])
+    seg.pipeline = None
+    out = seg.segment(record(image))
+    np.testing.assert_allclose(out.probabilities, (pa + pb) / 2, rtol=1e-6, atol=1e-7)
+    native = torch.from_numpy(out.probabilities).permute(2, 3, 0, 1)
+    np.testing.assert_array_equal(out.stage1, stage1_to_labels(native).permute(1, 2, 0).numpy())
+    np.testing.assert_array_equal(out.labels, out.stage1)
+    assert (out.stage1 == 1).sum() > (pa[..., 0] > 0.5).sum()  # the larger disc pulls the average out
+
+
+def test_ensemble_of_checkpoints(demo_run, image):
+    one = demo_run / "stage1-e2aunet/fold0/best.pt"
+    single = Segmenter(one).segment(record(image))
+    twice = Segmenter([one, demo_run / "stage1-e2aunet/fold0/best.safetensors"])
+    assert twice.names["stage 1"] == "stage 1 (ensemble of 2: E-2AUNet)"
+    np.testing.assert_allclose(twice.segment(record(image)).probabilities, single.probabilities, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one stage-1 checkpoint"):
+        Segmenter([one, one], demo_run / "stage2-crocnet_specialists/fold0")
+    with pytest.raises(ValueError, match="at least one"):
+        Segmenter([])
