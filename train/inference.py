@@ -61,7 +61,7 @@ class Segmenter:
             raise ValueError(f"CroCNet takes one stage-1 checkpoint, got {len(paths)}: evaluate an ensemble without --stage2")
         self.postprocess, self.tta, self.batch_size = postprocess, tta, batch_size
         self.device = torch.device(device)
-        self.members = []  # (model, preprocessing) per stage-1 checkpoint
+        self.members = []  # (model, preprocessing, model name) per stage-1 checkpoint
         for path in paths:
             model, ckpt = load_model(path, self.device)
             if ckpt.get("stage", 1) != 1:
