@@ -61,13 +61,15 @@ class Segmenter:
             raise ValueError(f"CroCNet takes one stage-1 checkpoint, got {len(paths)}: evaluate an ensemble without --stage2")
         self.postprocess, self.tta, self.batch_size = postprocess, tta, batch_size
         self.device = torch.device(device)
-        self.members = []  # (model, preprocessing, model name) per stage-1 checkpoint
+        self.members = []  # (model, preprocessing) per stage-1 checkpoint
+        kinds = set()
         for path in paths:
             model, ckpt = load_model(path, self.device)
             if ckpt.get("stage", 1) != 1:
                 raise ValueError(f"{path} is a stage-{ckpt.get('stage')} checkpoint; expected stage 1")
-            self.members.append((FlipTTA(model) if tta else model, ckpt["preprocess"], ckpt["model"]))
-        kinds = sorted({display_name(m[2]) for m in self.members})
+            self.members.append((FlipTTA(model) if tta else model, ckpt["preprocess"]))
+            kinds.add(display_name(ckpt["model"]))
+        kinds = sorted(kinds)
         self.names = {"stage 1": f"stage 1 ({', '.join(kinds)})" if len(paths) == 1
                       else f"stage 1 (ensemble of {len(paths)}: {', '.join(kinds)})"}
         self.pipeline = None
@@ -87,7 +89,7 @@ class Segmenter:
         labels = np.zeros((H, W, Z), np.uint8)
         probs = np.zeros((H, W, Z, 4), np.float32)
         fell = np.zeros(Z, bool)  # slices where stage 1 found no heart: CroCNet keeps the stage-1 labels
-        for model, pre, _ in self.members:
+        for model, pre in self.members:
             t = plan_transform((H, W), record.in_plane_spacing, pre["image_size"], pre["target_spacing"])
             frames = torch.stack([torch.from_numpy(t.apply(normalise(record.image[:, :, z]), "image")) for z in range(Z)])
             for start in range(0, Z, self.batch_size):

@@ -133,18 +133,16 @@ class CroCNet(nn.Module):
             raise ValueError(f"expected images (B, C, H, W), got {tuple(image.shape)}")
         return self.refine(image, stage1_to_labels(self.stage1_probabilities(image)))
 
-    def refine(self, image: torch.Tensor, stage1_labels: torch.Tensor, margin: int | None = None) -> CroCNetOutput:
-        """Steps 2–4 on given stage-1 labels ``(B, H, W)`` of ``image (B, C, H, W)``: crop, stage 2, paste back.
-
-        With the stage-1 labels taken to the native grid, this runs stage 2 on native-resolution crops
-        (``margin`` in native pixels; default ``self.margin``)."""
+    def refine(self, image: torch.Tensor, stage1_labels: torch.Tensor) -> CroCNetOutput:
+        """Steps 2–4 on given stage-1 labels ``(B, H, W)`` of ``image (B, C, H, W)``: crop, stage 2, paste back
+        (for callers that already have the stage-1 output, so stage 1 is not run twice)."""
         if image.dim() != 4 or stage1_labels.shape != (image.shape[0], *image.shape[-2:]):
             raise ValueError(
                 f"expected images (B, C, H, W) and stage-1 labels (B, H, W) on the same grid, got "
                 f"{tuple(image.shape)} and {tuple(stage1_labels.shape)}"
             )
         H, W = image.shape[-2:]
-        boxes = heart_boxes(stage1_labels != 0, self.margin if margin is None else margin, self.connectivity)
+        boxes = heart_boxes(stage1_labels != 0, self.margin, self.connectivity)
         found = [i for i, box in enumerate(boxes) if box is not None]
         labels = stage1_labels.clone()
         pasted = image.new_zeros((image.shape[0], 3, H, W), dtype=torch.float32)

@@ -112,8 +112,8 @@ def test_crop_removes_outliers_and_keeps_the_heart():
 def test_refine_runs_stage2_on_given_labels_of_any_grid():
     labels = torch.zeros(1, 90, 120, dtype=torch.int64)
     labels[0, 30:60, 40:70] = 3
-    model = CroCNet(OracleStage1(labels[:, :9, :12]), MaskEcho(), crop_size=48, margin=5)  # stage 1 is not run
-    out = model.refine(torch.randn(1, 1, 90, 120), labels, margin=10)
+    model = CroCNet(OracleStage1(labels[:, :9, :12]), MaskEcho(), crop_size=48, margin=10)  # stage 1 is not run
+    out = model.refine(torch.randn(1, 1, 90, 120), labels)
     assert out.boxes == [CropBox(20, 30, 70, 80)] and not out.fallback.any()
     assert (out.labels == labels).float().mean() > 0.99
     with pytest.raises(ValueError, match="same grid"):

@@ -66,7 +66,7 @@ def image() -> np.ndarray:
 
 
 def test_native_labels_are_decoded_from_resampled_probabilities(demo_run, image):
-    seg = soft_disc_segmenter(demo_run, [(SoftDisc(), frame(32), "e2aunet")])
+    seg = soft_disc_segmenter(demo_run, [(SoftDisc(), frame(32))])
     out = seg.segment(record(image))
     assert out.labels.shape == out.stage1.shape == (80, 72, 3) and out.probabilities.shape == (80, 72, 3, 4)
     assert out.fallback_slices == 1
@@ -91,7 +91,7 @@ def test_native_labels_are_decoded_from_resampled_probabilities(demo_run, image)
 
 
 def test_an_ensemble_averages_native_probabilities_of_members_of_any_input_size(demo_run, image):
-    a, b = (SoftDisc(0.22), frame(32), "e2aunet"), (SoftDisc(0.3), frame(48), "e2aunet_noattn")
+    a, b = (SoftDisc(0.22), frame(32)), (SoftDisc(0.3), frame(48))
     pa = soft_disc_segmenter(demo_run, [a]).segment(record(image)).probabilities
     pb = soft_disc_segmenter(demo_run, [b]).segment(record(image)).probabilities
     seg = soft_disc_segmenter(demo_run, [a, b])
