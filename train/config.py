@@ -22,6 +22,7 @@ class TrainConfig:
     model: str | None = None  # default: e2aunet (stage 1), crocnet_specialists (stage 2)
     base_width: int | None = None  # default: the model's (32 for stage 1, 16 for stage 2)
     depth: int = 4
+    attention_levels: tuple[int, ...] | None = None  # stage 1: levels with an attention block (default: all)
     fold: str = "0"  # "k" or "all"
     folds: int = 5
     split_seed: int = 0
@@ -62,6 +63,8 @@ class TrainConfig:
             kwargs["base_width"] = self.base_width
         if self.stage == 1:
             kwargs.update(in_chans=1, num_classes=4)
+            if self.attention_levels is not None:
+                kwargs["attention_levels"] = list(self.attention_levels)
         else:
             kwargs.update(in_chans=4)
             if self.resolved_model() == "crocnet_single":
@@ -91,6 +94,11 @@ class TrainConfig:
             raise ValueError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
         if self.image_size % (2**self.depth):
             raise ValueError(f"--image-size must be a multiple of 2**depth = {2**self.depth}, got {self.image_size}")
+        if self.attention_levels is not None:
+            if self.stage != 1:
+                raise ValueError("--attention-levels applies to stage-1 models only")
+            if not all(0 <= lv <= self.depth for lv in self.attention_levels):
+                raise ValueError(f"--attention-levels must lie in 0..depth = 0..{self.depth}, got {list(self.attention_levels)}")
         if self.loss not in ("dice", "dice_ce"):
             raise ValueError(f"--loss must be 'dice' or 'dice_ce', got {self.loss!r}")
         if not Path(self.data).exists():
@@ -132,6 +140,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", help=f"stage 1: {', '.join(STAGE1_MODELS)}; stage 2: {', '.join(STAGE2_MODELS)}")
     ap.add_argument("--base-width", type=int, help="width of the first stage (default: the model's, 32 / 16)")
     ap.add_argument("--depth", type=int, help="number of down-samplings (default 4)")
+    ap.add_argument(
+        "--attention-levels", type=int, nargs="+",
+        help="stage 1: U-Net levels (0 = full resolution .. depth) that carry the attention block (default: all)",
+    )
     ap.add_argument("--fold", help="cross-validation fold to train, 0..folds-1, or 'all' (default 0)")
     ap.add_argument("--folds", type=int, help="number of cross-validation folds, by subject (default 5)")
     ap.add_argument("--split-seed", type=int, help="seed of the subject-level fold assignment (default 0)")
@@ -163,8 +175,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
-    for key in ("views", "lr_milestones"):
-        if key in values:
+    for key in ("views", "lr_milestones", "attention_levels"):
+        if values.get(key) is not None:
             values[key] = tuple(values[key])
     if "fold" in values:
         values["fold"] = str(values["fold"])

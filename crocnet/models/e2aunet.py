@@ -114,6 +114,10 @@ class E2AUNet(nn.Module):
         layer_scale_init_value: initial layer scale of the attention and MLP branches.
         head_activation: ``"sigmoid"`` or ``"softmax"``, used by :meth:`activation` (never in ``forward``).
         head_dim: MHSA head width (``attention="mhsa"`` only).
+        attention_levels: the levels (0 … depth, full resolution first) whose encoder and decoder stages
+            carry the attention block; the others have none. ``None`` (default): every level, as in the
+            paper. E.g. ``(2, 3, 4)`` keeps attention off the two finest maps (``H·W`` and ``H·W/4``
+            tokens), where MHSA's N² cost is highest (TransUNet-style hybrids).
         token_norm, backend: passed to every E2A (see :class:`~crocnet.nn.EfficientAdditiveAttention`);
             ``backend="auto"`` runs the Triton kernels on CUDA and PyTorch on CPU.
     """
@@ -132,6 +136,7 @@ class E2AUNet(nn.Module):
         head_dim: int = 32,
         token_norm: str = "l2",
         backend: str = "auto",
+        attention_levels: tuple[int, ...] | list[int] | None = None,
     ):
         super().__init__()
         if head_activation not in HEAD_ACTIVATIONS:
@@ -139,25 +144,31 @@ class E2AUNet(nn.Module):
         if depth < 0 or base_width < 2:
             raise ValueError(f"need depth >= 0 and base_width >= 2, got depth={depth}, base_width={base_width}")
         self.in_chans, self.num_classes, self.depth = in_chans, num_classes, depth
+        levels = tuple(range(depth + 1)) if attention_levels is None else tuple(sorted(set(attention_levels)))
+        if any(not isinstance(lv, int) or not 0 <= lv <= depth for lv in levels):
+            raise ValueError(f"attention_levels must be integers in 0..depth = 0..{depth}, got {attention_levels!r}")
+        self.attention_levels = levels
         self.attention, self.head_activation = attention, head_activation
         self.widths = tuple(base_width * 2**level for level in range(depth + 1))
         self.num_features = base_width
         dpr = drop_path_rates(drop_path_rate, 2 * depth + 1)
 
-        def block(dim: int, rate: float) -> nn.Module:
+        def block(level: int, rate: float) -> nn.Module:
+            if level not in levels:
+                return nn.Identity()
             return attention_block(
-                attention, dim, drop_path=rate, mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value,
+                attention, self.widths[level], drop_path=rate, mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value,
                 head_dim=head_dim, token_norm=token_norm, backend=backend,
             )
 
         w = self.widths
         self.stem = ConvBlock2d(in_chans, w[0], mid_chs=w[0] // 2)
         self.encoder = nn.ModuleList(
-            EncoderStage(w[max(level - 1, 0)], w[level], block(w[level], dpr[level]), downsample=level > 0)
+            EncoderStage(w[max(level - 1, 0)], w[level], block(level, dpr[level]), downsample=level > 0)
             for level in range(depth + 1)
         )
         self.decoder = nn.ModuleList(
-            DecoderStage(w[level + 1], w[level], block(w[level], dpr[2 * depth - level]))
+            DecoderStage(w[level + 1], w[level], block(level, dpr[2 * depth - level]))
             for level in reversed(range(depth))
         )
         self.head = nn.Conv2d(w[0], num_classes, 1)

@@ -39,6 +39,29 @@ def test_baseline_blocks():
     assert not any(isinstance(m, (E2ABlock2d, MHSABlock2d)) for m in plain.modules())
 
 
+@pytest.mark.parametrize("attention, block", [("e2a", E2ABlock2d), ("mhsa", MHSABlock2d)])
+def test_attention_levels_place_blocks_only_on_those_levels(attention, block):
+    model = E2AUNet(base_width=8, depth=3, attention=attention, attention_levels=[3, 2])
+    assert model.attention_levels == (2, 3)
+    encoder = [isinstance(stage.attn, block) for stage in model.encoder]
+    decoder = [isinstance(stage.attn, block) for stage in model.decoder]  # levels depth-1 … 0
+    assert encoder == [False, False, True, True] and decoder == [True, False, False]
+    assert model.encoder[2].attn.local_representation.dwconv.in_channels == 32  # the level's own width
+    full = E2AUNet(base_width=8, depth=3, attention=attention)
+    assert full.attention_levels == (0, 1, 2, 3)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in full.parameters())
+    assert model(torch.randn(2, 1, 16, 24)).shape == (2, 4, 16, 24)
+    none = E2AUNet(base_width=8, depth=3, attention=attention, attention_levels=[])
+    plain = E2AUNet(base_width=8, depth=3, attention="none")
+    assert none.state_dict().keys() == plain.state_dict().keys()
+
+
+@pytest.mark.parametrize("levels", [[4], [-1], [0, 1.5]])
+def test_attention_levels_out_of_range(levels):
+    with pytest.raises(ValueError, match=r"attention_levels must be integers in 0..depth = 0..3"):
+        E2AUNet(base_width=8, depth=3, attention_levels=levels)
+
+
 def test_encoder_maps():
     model = E2AUNet(base_width=8, depth=3)
     features = model.forward_encoder(torch.randn(1, 1, 32, 16))

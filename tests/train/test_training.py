@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from crocnet.data import write_phantoms
+from crocnet.models import MHSABlock2d
 from crocnet.train import checkpoint as ckpt_mod
 from crocnet.train import demo, evaluate, predict, train
 
@@ -103,6 +104,7 @@ def test_ddp_two_cpu_processes(phantoms, tmp_path):
         (["--stage", "2"], "--stage 2 needs --stage1-run"),
         (["--model", "crocnet_single"], "stage 1 trains one of e2aunet, e2aunet_mhsa, e2aunet_noattn"),
         (["--image-size", "50"], "--image-size must be a multiple of 2**depth = 16, got 50"),
+        (["--attention-levels", "1", "5"], "--attention-levels must lie in 0..depth = 0..4, got [1, 5]"),
     ],
 )
 def test_bad_arguments_are_clear_errors(phantoms, argv, message, capsys):
@@ -187,6 +189,14 @@ def test_other_models_train_with_the_same_script_and_a_config_file(demo_run, tmp
                        "--epochs", "1", "--test-fraction", "0.2", "--out", str(tmp_path), *TINY]) == 0
     assert torch.load(tmp_path / "stage1-e2aunet_mhsa/fold0/last.pt", weights_only=False)["model"] == "e2aunet_mhsa"
     assert json.loads((tmp_path / "stage1-e2aunet_mhsa/fold0/config.json").read_text())["seed"] == 0
+    # the hybrid baseline: attention on the coarse levels only, rebuilt from the checkpoint alone
+    out = tmp_path / "hybrid"
+    assert train.main(["--data", str(demo_run / "data"), "--stage", "1", "--model", "e2aunet_mhsa", "--fold", "0",
+                       "--attention-levels", "2", "3", "--depth", "3", "--epochs", "1", "--test-fraction", "0.2",
+                       "--out", str(out), *TINY]) == 0
+    model, _ = ckpt_mod.load_model(out / "stage1-e2aunet_mhsa/fold0/best.safetensors")
+    assert model.attention_levels == (2, 3) and isinstance(model.encoder[0].attn, torch.nn.Identity)
+    assert isinstance(model.encoder[3].attn, MHSABlock2d)
 
 
 def test_help_explains_every_flag(capsys):
