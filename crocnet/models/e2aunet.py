@@ -157,8 +157,8 @@ class E2AUNet(nn.Module):
             if level not in levels:
                 return nn.Identity()
             return attention_block(
-                attention, self.widths[level], drop_path=rate, mlp_ratio=mlp_ratio, layer_scale_init_value=layer_scale_init_value,
-                head_dim=head_dim, token_norm=token_norm, backend=backend,
+                attention, self.widths[level], drop_path=rate, mlp_ratio=mlp_ratio,
+                layer_scale_init_value=layer_scale_init_value, head_dim=head_dim, token_norm=token_norm, backend=backend,
             )
 
         w = self.widths
