@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "splits": ("crocnet.data.splits", "write subject-level split and k-fold lists as JSON"),
     "train": ("crocnet.train.train", "train a stage-1 or stage-2 model (one fold or all)"),
     "evaluate": ("crocnet.train.evaluate", "evaluate checkpoints: per-case CSV, summary JSON, Table-1 style table"),
+    "compare": ("crocnet.train.compare", "paired comparison of two evaluations: differences, bootstrap CI, Wilcoxon test"),
     "predict": ("crocnet.train.predict", "segment NIfTI files with a checkpoint"),
 }
 

@@ -5,12 +5,15 @@ Writes ``OUT/cases.csv`` (one row per case and method), ``OUT/summary.json`` (me
 undefined counts), ``OUT/table.md`` (Table-1 style, stage 1 and CroCNet side by side) and
 ``OUT/overlays/`` (best and worst cases). Metrics are per image: 2D for long-axis images, 3D over the
 stack for short-axis volumes (e.g. ACDC: per-volume 3D Dice, HD95 in pixels as no spacing is stored).
-Several ``--stage1`` checkpoints are evaluated as one ensemble; ``--tta`` averages over flips::
+Several ``--stage1`` checkpoints are evaluated as one ensemble; ``--tta`` averages over flips; ``--split cv``
+scores a whole cross-validation out of fold (each fold's checkpoint on its own validation subjects)::
 
     crocnet evaluate --stage1 runs/exp/stage1-e2aunet/fold0 --stage2 runs/exp/stage2-crocnet_specialists/fold0 \
         --data data/phantom --split-file runs/exp/splits.json --split test --out runs/exp/eval
     crocnet evaluate --stage1 results/acdc/e2aunet/e2aunet-w8-acdc-fold0.safetensors --dataset acdc_h5 \
         --data ../shared/data/acdc_h5 --split-file results/acdc/splits.json --split fold:0 --per-case
+    crocnet evaluate --stage1 runs/exp/stage1-e2aunet --split cv --data data/phantom \
+        --split-file runs/exp/splits.json --out runs/exp/eval-cv
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from crocnet.postprocess import POSTPROCESS_MODES
 
 from .config import DATASET_CHOICES, TrainConfig
 from .inference import Segmenter
-from .report import METRICS, STRUCTURES, case_table, overlay_png, summary, table, write_cases_csv, write_summary
+from .report import METRICS, STRUCTURES, case_table, fold_table, overlay_png, summary, table, write_cases_csv, write_summary
 from .train import load_records
 
 
@@ -54,12 +57,12 @@ def select_subjects(records, split_file: str | None, split: str | None, subjects
     return chosen
 
 
-def evaluate(records, segmenter: Segmenter, out: Path, progress: bool = True) -> dict:
-    """Segment and score ``records``; write the report files into ``out``; return summary, table, rows."""
+def score(records, segmenter: Segmenter, progress: bool = True, desc: str = "evaluating", extra: dict | None = None):
+    """Segment and score ``records``: one row per case and method (``extra`` columns first), the final
+    prediction and mean Dice of each case (for the overlays), and the stage-1 fallback slice count."""
     methods = ["stage 1"] + (["CroCNet"] if segmenter.pipeline is not None else [])
     rows, cases, fallback = [], [], 0
-    spacing_known = all(r.spacing is not None for r in records)
-    for record in tqdm(records, desc="evaluating", unit="image", disable=not progress):
+    for record in tqdm(records, desc=desc, unit="image", disable=not progress):
         if record.label is None:
             raise DataError(f"{record.source or record.name}: no label map to evaluate against")
         seg = segmenter.segment(record)
@@ -67,28 +70,92 @@ def evaluate(records, segmenter: Segmenter, out: Path, progress: bool = True) ->
         preds = {"stage 1": seg.stage1, "CroCNet": seg.labels}
         for m in methods:
             scores = segmentation_metrics(preds[m], record.label, record.spacing)
-            row = {"case": record.name, "subject": record.subject, "phase": record.phase, "view": record.view,
-                   "vendor": record.vendor, "dataset": record.dataset, "method": m}
+            row = {**(extra or {}), "case": record.name, "subject": record.subject, "phase": record.phase,
+                   "view": record.view, "vendor": record.vendor, "dataset": record.dataset, "method": m}
             for s in STRUCTURES:
                 for k in METRICS:
                     row[f"{s}_{k}"] = scores[s][k]
             rows.append(row)
         cases.append((record, preds[methods[-1]], np.nanmean([rows[-1][f"{s}_dice"] for s in STRUCTURES])))
+    return methods, rows, cases, fallback
+
+
+def _write_report(out: Path, methods, rows, cases, unit: str, extra: dict, names: dict, appendix: str = ""):
+    """``cases.csv``, ``summary.json`` (the summary, ``unit``, ``cases`` and ``extra``), ``table.md`` (the
+    Table-1 style table, then ``appendix``) and the overlays of the worst and best case."""
     out.mkdir(parents=True, exist_ok=True)
     write_cases_csv(rows, out / "cases.csv")
     summ = summary(rows, methods)
-    unit = "mm" if spacing_known else "px"
-    write_summary(summ, {"unit": unit, "fallback_slices": fallback, "cases": len(records), "postprocess": segmenter.postprocess,
-                         "tta": segmenter.tta},
-                  out / "summary.json")
-    text = table(summ, unit, segmenter.names)
+    write_summary(summ, {"unit": unit, "cases": len(cases), **extra}, out / "summary.json")
+    text = table(summ, unit, names) + appendix
     (out / "table.md").write_text(text + "\n")
     ranked = sorted(cases, key=lambda c: c[2])
-    for tag, (record, pred, score) in (("worst", ranked[0]), ("best", ranked[-1])):
+    for tag, (record, pred, score_) in (("worst", ranked[0]), ("best", ranked[-1])):
         z = int(np.argmax((record.label > 0).sum((0, 1)))) if record.label.any() else record.image.shape[2] // 2
         overlay_png(record.image[:, :, z], record.label[:, :, z], pred[:, :, z], out / "overlays" / f"{tag}_{record.name}.png",
-                    f"{tag}: {record.name} ({methods[-1]}, mean Dice {score:.3f})")
+                    f"{tag}: {record.name} ({methods[-1]}, mean Dice {score_:.3f})")
+    return summ, text
+
+
+def _unit(records) -> str:
+    return "mm" if all(r.spacing is not None for r in records) else "px"
+
+
+def evaluate(records, segmenter: Segmenter, out: Path, progress: bool = True) -> dict:
+    """Segment and score ``records``; write the report files into ``out``; return summary, table, rows."""
+    methods, rows, cases, fallback = score(records, segmenter, progress)
+    unit = _unit(records)
+    summ, text = _write_report(out, methods, rows, cases, unit,
+                               {"fallback_slices": fallback, "postprocess": segmenter.postprocess, "tta": segmenter.tta},
+                               segmenter.names)
     return {"summary": summ, "table": text, "unit": unit, "fallback_slices": fallback, "rows": rows}
+
+
+def fold_checkpoints(paths: list[str], n_folds: int) -> list[Path]:
+    """One stage-1 checkpoint per fold, fold 0 first: ``paths`` itself, or the ``fold0`` … ``fold<n-1>``
+    run folders inside a single stage folder (``runs/exp/stage1-e2aunet``)."""
+    if len(paths) == 1 and Path(paths[0]).is_dir() and (Path(paths[0]) / "fold0").is_dir():
+        found = [Path(paths[0]) / f"fold{k}" for k in range(n_folds)]
+        missing = [p.name for p in found if not p.is_dir()]
+        if missing:
+            raise ValueError(f"--split cv: {paths[0]} has no {', '.join(missing)} (the split file has {n_folds} folds)")
+        return found
+    if len(paths) != n_folds:
+        raise ValueError(f"--split cv needs one --stage1 checkpoint per fold ({n_folds} in the split file, fold 0 first) "
+                         f"or the stage folder holding fold0 … fold{n_folds - 1}; got {len(paths)}")
+    return [Path(p) for p in paths]
+
+
+def evaluate_cross_validation(records, split_file: str, stage1: list[str], out: Path, progress: bool = True,
+                              **segmenter_kwargs) -> dict:
+    """Out-of-fold evaluation: the checkpoint of fold k segments the validation subjects of fold k, and the
+    report pools every fold (each subject scored once, by the one model that did not train on it).
+
+    Writes the same files as :func:`evaluate` (``cases.csv`` gains a ``fold`` column) plus a per-fold table
+    in ``table.md`` and ``folds`` (each fold's summary) in ``summary.json``.
+    """
+    folds = json.loads(Path(split_file).read_text())["folds"]
+    paths = fold_checkpoints(stage1, len(folds))
+    rows, cases, fallback, per_fold, names = [], [], 0, [], set()
+    for k, (fold, path) in enumerate(zip(folds, paths)):
+        val = set(fold["val"])
+        mine = [r for r in records if r.subject in val]
+        if not mine:
+            raise ValueError(f"none of the {len(fold['val'])} validation subjects of fold {k} is in the data")
+        segmenter = Segmenter(path, **segmenter_kwargs)
+        names.add(segmenter.names["stage 1"])
+        methods, r, c, f = score(mine, segmenter, progress, desc=f"fold {k}", extra={"fold": k})
+        rows += r
+        cases += c
+        fallback += f
+        per_fold.append({"fold": k, "checkpoint": str(path), "cases": len(mine), "summary": summary(r, methods)})
+    unit = _unit(records)
+    label = f"{', '.join(sorted(names))}, {len(folds)} folds out-of-fold"
+    extra = {"fallback_slices": fallback, "postprocess": segmenter.postprocess, "tta": segmenter.tta,
+             "cross_validation": True, "folds": per_fold}
+    summ, text = _write_report(out, methods, rows, cases, unit, extra, {"stage 1": label},
+                               "\n\nPer fold:\n\n" + fold_table(per_fold, unit))
+    return {"summary": summ, "table": text, "unit": unit, "fallback_slices": fallback, "rows": rows, "folds": per_fold}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="phantom", choices=DATASET_CHOICES, help="layout of --data (default phantom)")
     ap.add_argument("--views", nargs="+", default=["LA"], choices=("LA", "SA"), help="M&Ms-2 views (default LA)")
     ap.add_argument("--split-file", help="splits.json of a training run, to pick subjects with --split")
-    ap.add_argument("--split", default="test", help="with --split-file: test (default), pool or fold:K (the validation subjects of fold K)")
+    ap.add_argument("--split", default="test",
+                    help="with --split-file: test (default), pool, fold:K (the validation subjects of fold K) or cv "
+                         "(every fold, each by its own checkpoint: --stage1 takes one per fold, fold 0 first, or the "
+                         "stage folder holding fold0 ...; the report pools them, out of fold)")
     ap.add_argument("--subjects", nargs="+", help="evaluate only these subjects")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--postprocess", default="none", choices=POSTPROCESS_MODES,
@@ -115,16 +185,26 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(data=args.data, dataset=args.dataset, views=tuple(args.views))
         if not Path(args.data).exists():
             raise FileNotFoundError(f"--data {args.data!r} does not exist")
-        segmenter = Segmenter(args.stage1, args.stage2, device=args.device, postprocess=args.postprocess, tta=args.tta)
-        records = select_subjects(load_records(cfg), args.split_file, args.split, args.subjects)
-        result = evaluate(records, segmenter, Path(args.out), progress=args.progress)
+        if args.split == "cv":
+            if not args.split_file:
+                raise ValueError("--split cv needs --split-file (the splits.json the folds were trained on)")
+            if args.stage2 or args.subjects:
+                raise ValueError("--split cv evaluates stage 1 over every fold; --stage2 and --subjects work with one fold (--split fold:K)")
+            records = select_subjects(load_records(cfg), args.split_file, "pool", None)
+            result = evaluate_cross_validation(records, args.split_file, args.stage1, Path(args.out), progress=args.progress,
+                                               device=args.device, postprocess=args.postprocess, tta=args.tta)
+        else:
+            segmenter = Segmenter(args.stage1, args.stage2, device=args.device, postprocess=args.postprocess, tta=args.tta)
+            records = select_subjects(load_records(cfg), args.split_file, args.split, args.subjects)
+            result = evaluate(records, segmenter, Path(args.out), progress=args.progress)
     except (ValueError, FileNotFoundError, DataError) as exc:
         print(f"crocnet evaluate: error: {exc}", file=sys.stderr)
         return 2
     if args.per_case:
         print(case_table(result["rows"], result["unit"]) + "\n")
     print(result["table"])
-    print(f"\n{len(records)} images in {time.perf_counter() - t0:.0f} s; report in {args.out}/ (cases.csv, summary.json, table.md, overlays/)")
+    n_images = len({row["case"] for row in result["rows"]})
+    print(f"\n{n_images} images in {time.perf_counter() - t0:.0f} s; report in {args.out}/ (cases.csv, summary.json, table.md, overlays/)")
     return 0
 
 

@@ -81,6 +81,25 @@ def table(summ: dict, unit: str, names: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def fold_table(per_fold: list[dict], unit: str, method: str = "stage 1") -> str:
+    """Markdown table of a cross-validation: one row per fold (mean Dice (%) per structure and their average,
+    mean HD95), then the mean ± std of those fold means."""
+    head = ("| fold | cases | " + " | ".join(f"Dice {s} (%)" for s in TABLE_ORDER) + f" | Dice avg (%) | HD95 avg ({unit}) |")
+    lines = [head, "|---:|---:|" + "---:|" * 5]
+    cols = []
+    for f in per_fold:
+        stats = f["summary"][method]
+        values = [stats[f"{s}_dice"]["mean"] * 100 for s in TABLE_ORDER]
+        values += [float(np.mean(values)), float(np.mean([stats[f"{s}_hd95"]["mean"] for s in TABLE_ORDER]))]
+        cols.append(values)
+        lines.append(f"| {f['fold']} | {f['cases']} | " + " | ".join("n/a" if math.isnan(v) else f"{v:.2f}" for v in values) + " |")
+    arr = np.array(cols)
+    sds = arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
+    spread = " | ".join("n/a" if math.isnan(m) else f"{m:.2f} ± {sd:.2f}" for m, sd in zip(arr.mean(0), sds))
+    lines.append(f"| mean ± std of folds | {sum(f['cases'] for f in per_fold)} | {spread} |")
+    return "\n".join(lines)
+
+
 def case_table(rows: list[dict], unit: str) -> str:
     """Plain-text per-case table: Dice and HD95 per structure (LV, MYO, RV), one line per case and method."""
     lines = [f"{'case':<24} {'method':<8} " + " ".join(f"{'Dice ' + s:>9}" for s in STRUCTURES)

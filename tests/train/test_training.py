@@ -16,7 +16,7 @@ import torch
 from crocnet.data import write_phantoms
 from crocnet.models import MHSABlock2d
 from crocnet.train import checkpoint as ckpt_mod
-from crocnet.train import demo, evaluate, predict, train
+from crocnet.train import compare, demo, evaluate, predict, train
 
 TINY = ["--base-width", "4", "--image-size", "32", "--folds", "2", "--no-progress", "--batch-size", "4"]
 
@@ -200,7 +200,7 @@ def test_other_models_train_with_the_same_script_and_a_config_file(demo_run, tmp
 
 
 def test_help_explains_every_flag(capsys):
-    for module in (train, evaluate, predict, demo):
+    for module in (train, evaluate, compare, predict, demo):
         with pytest.raises(SystemExit):
             module.main(["-h"])
         text = capsys.readouterr().out
@@ -240,3 +240,50 @@ def test_half_precision_safetensors_export_loads_and_predicts_the_same(demo_run,
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(half(x), full(x), rtol=0, atol=5e-2)
+
+
+def test_evaluate_a_cross_validation_out_of_fold(demo_run, tmp_path, capsys):
+    """``--split cv``: fold k's checkpoint scores fold k's validation subjects; the pooled rows are exactly
+    the rows of the per-fold evaluations, every pool subject once."""
+    stage = demo_run / "stage1-e2aunet"
+    common = ["--data", str(demo_run / "data"), "--split-file", str(demo_run / "splits.json"), "--no-progress"]
+    assert evaluate.main(["--stage1", str(stage), "--split", "cv", "--out", str(tmp_path / "cv"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "2 folds out-of-fold" in out and "mean ± std of folds" in out
+    import csv
+
+    pooled = list(csv.DictReader((tmp_path / "cv" / "cases.csv").open()))
+    splits = json.loads((demo_run / "splits.json").read_text())
+    assert sorted({r["subject"] for r in pooled}) == sorted(splits["pool"])
+    for k in range(2):
+        assert evaluate.main(["--stage1", str(stage / f"fold{k}"), "--split", f"fold:{k}", "--out", str(tmp_path / f"f{k}"),
+                              *common]) == 0
+        single = list(csv.DictReader((tmp_path / f"f{k}" / "cases.csv").open()))
+        mine = [r for r in pooled if r["fold"] == str(k)]
+        assert [r["case"] for r in mine] == [r["case"] for r in single]
+        for a, b in zip(mine, single):
+            assert a["LV_dice"] == b["LV_dice"] and a["RV_hd95"] == b["RV_hd95"]
+        assert {r["subject"] for r in mine} == set(splits["folds"][k]["val"])
+    summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
+    assert summary["cross_validation"] is True and [f["fold"] for f in summary["folds"]] == [0, 1]
+    assert summary["cases"] == len(pooled) == sum(f["cases"] for f in summary["folds"])
+    # the same with the checkpoints listed one by one
+    files = [str(stage / f"fold{k}" / "best.safetensors") for k in range(2)]
+    assert evaluate.main(["--stage1", *files, "--split", "cv", "--out", str(tmp_path / "cv2"), *common]) == 0
+    assert (tmp_path / "cv2" / "cases.csv").read_text() == (tmp_path / "cv" / "cases.csv").read_text()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["FOLD0"], "--split cv needs one --stage1 checkpoint per fold (2 in the split file, fold 0 first)"),
+    (["STAGE", "--stage2", "STAGE"], "--split cv evaluates stage 1 over every fold"),
+    (["STAGE", "--no-split-file"], "--split cv needs --split-file"),
+])
+def test_cross_validation_errors(demo_run, tmp_path, capsys, extra, message):
+    stage = demo_run / "stage1-e2aunet"
+    argv = ["--data", str(demo_run / "data"), "--split", "cv", "--no-progress", "--out", str(tmp_path)]
+    if "--no-split-file" not in extra:
+        argv += ["--split-file", str(demo_run / "splits.json")]
+    extra = [str(stage / "fold0") if e == "FOLD0" else str(stage) if e == "STAGE" else e for e in extra if e != "--no-split-file"]
+    assert evaluate.main(["--stage1", *extra[:1], *argv, *extra[1:]]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,81 @@
+"""``crocnet compare``: paired per-case differences of two evaluation reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from crocnet.train import compare as cmp
+from crocnet.train.report import METRICS, STRUCTURES, write_cases_csv
+
+
+def _rows(dice: dict[str, list[float]], hd95: float = 2.0, order=None) -> list[dict]:
+    n = len(dice["LV"])
+    rows = []
+    for i in order if order is not None else range(n):
+        row = {"case": f"p{i // 2:03d}_{'ED' if i % 2 == 0 else 'ES'}", "subject": f"p{i // 2:03d}", "method": "stage 1"}
+        for s in STRUCTURES:
+            for k in METRICS:
+                row[f"{s}_{k}"] = dice[s][i] if k == "dice" else hd95
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def base():
+    rng = np.random.default_rng(0)
+    return {s: list(rng.uniform(0.7, 0.95, 12)) for s in STRUCTURES}
+
+
+def test_a_constant_gain_is_found_exactly_and_pairing_ignores_row_order(base, tmp_path):
+    better = {s: [v + 0.01 for v in base[s]] for s in STRUCTURES}
+    write_cases_csv(_rows(base), tmp_path / "a.csv")
+    write_cases_csv(_rows(better, order=list(range(11, -1, -1))), tmp_path / "b.csv")  # reversed rows
+    rows = cmp.compare(cmp.read_cases(tmp_path / "a.csv"), cmp.read_cases(tmp_path / "b.csv"), "dice")
+    assert [r["structure"] for r in rows] == ["LV", "RV", "MYO", "avg"]
+    for r in rows:
+        assert r["cases"] == 12 and r["wins"] == 12 and r["losses"] == 0
+        assert r["diff"] == pytest.approx(1.0, abs=1e-9)
+        assert r["ci"][0] == pytest.approx(1.0, abs=1e-9) and r["ci"][1] == pytest.approx(1.0, abs=1e-9)
+        assert r["p"] < 0.001  # 12 wins out of 12: exact two-sided p = 2 / 2**12
+
+
+def test_identical_reports_tie_and_a_real_difference_matches_scipy(base, tmp_path):
+    a = cmp.read_cases(write_cases_csv(_rows(base), tmp_path / "a.csv"))
+    same = cmp.compare(a, a, "dice")
+    assert all(r["p"] == 1.0 and r["ties"] == 12 and r["diff"] == 0.0 for r in same)
+    rng = np.random.default_rng(1)
+    noisy = {s: [v + e for v, e in zip(base[s], rng.normal(0.005, 0.02, 12))] for s in STRUCTURES}
+    b = cmp.read_cases(write_cases_csv(_rows(noisy), tmp_path / "b.csv"))
+    lv = cmp.compare(a, b, "dice")[0]
+    d = (np.array(noisy["LV"]) - np.array(base["LV"])) * 100
+    assert lv["diff"] == pytest.approx(d.mean()) and lv["p"] == pytest.approx(wilcoxon(d).pvalue)
+    assert lv["ci"][0] < d.mean() < lv["ci"][1] and lv["wins"] == int((d > 0).sum())
+
+
+def test_hd95_lower_is_better_and_undefined_cases_are_left_out(base, tmp_path):
+    a = _rows(base, hd95=3.0)
+    b = _rows(base, hd95=2.0)
+    b[0]["LV_hd95"] = float("nan")
+    rows = cmp.compare(cmp.read_cases(write_cases_csv(a, tmp_path / "a.csv")),
+                       cmp.read_cases(write_cases_csv(b, tmp_path / "b.csv")), "hd95")
+    assert rows[0]["cases"] == 11 and rows[0]["undefined"] == 1 and rows[0]["wins"] == 11
+    assert rows[1]["diff"] == pytest.approx(-1.0) and rows[1]["undefined"] == 0
+
+
+def test_cli_writes_json_and_rejects_different_case_sets(base, tmp_path, capsys):
+    write_cases_csv(_rows(base), tmp_path / "a.csv")
+    write_cases_csv(_rows({s: v[:10] for s, v in base.items()}), tmp_path / "b.csv")
+    assert cmp.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]) == 2
+    assert "the reports must cover the same cases: 2 only in the first" in capsys.readouterr().err
+    assert cmp.main([str(tmp_path / "a.csv"), str(tmp_path / "none.csv")]) == 2
+    assert "none.csv not found" in capsys.readouterr().err
+    assert cmp.main([str(tmp_path / "a.csv"), str(tmp_path / "a.csv"), "--out", str(tmp_path / "c.json")]) == 0
+    assert "12 paired cases; B − A on the dice average: +0.00" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert set(saved["metrics"]) == {"dice", "hd95"} and saved["metrics"]["dice"][3]["structure"] == "avg"
+    with pytest.raises(ValueError, match="no rows for method 'CroCNet'"):
+        cmp.read_cases(tmp_path / "a.csv", "CroCNet")
