@@ -87,7 +87,8 @@ def compare(a: dict[str, dict], b: dict[str, dict], metric: str = "dice", n_boot
 def comparison_table(rows: list[dict], metric: str, name_a: str, name_b: str) -> str:
     """Markdown table of :func:`compare`'s rows."""
     unit = " (%)" if metric == "dice" else ""
-    lines = [f"| {metric}{unit} | cases | A: {name_a} | B: {name_b} | B − A | 95 % CI (bootstrap by subject) | Wilcoxon p | B better / worse / tied |",
+    lines = [f"| {metric}{unit} | cases | A: {name_a} | B: {name_b} | B − A | 95 % CI (bootstrap by subject) | Wilcoxon p "
+             "| B better / worse / tied |",
              "|---|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
         cases = f"{r['cases']}" + (f" ({r['undefined']} undefined)" if r["undefined"] else "")
