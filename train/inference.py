@@ -68,7 +68,7 @@ class Segmenter:
             if ckpt.get("stage", 1) != 1:
                 raise ValueError(f"{path} is a stage-{ckpt.get('stage')} checkpoint; expected stage 1")
             self.members.append((FlipTTA(model) if tta else model, ckpt["preprocess"]))
-            kinds.add(display_name(ckpt["model"]))
+            kinds.add(display_name(ckpt["model"], ckpt.get("model_kwargs")))
         kinds = sorted(kinds)
         self.names = {"stage 1": f"stage 1 ({', '.join(kinds)})" if len(paths) == 1
                       else f"stage 1 (ensemble of {len(paths)}: {', '.join(kinds)})"}

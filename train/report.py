@@ -42,9 +42,17 @@ MODEL_NAMES = {"e2aunet": "E-2AUNet", "e2aunet_mhsa": "MHSA-UNet", "e2aunet_noat
                "crocnet_specialists": "specialists", "crocnet_single": "single network"}
 
 
-def display_name(model: str) -> str:
-    """The name a report gives a registered model (``e2aunet`` → ``E-2AUNet``); unknown names unchanged."""
-    return MODEL_NAMES.get(model, model)
+def display_name(model: str, kwargs: dict | None = None) -> str:
+    """The name a report gives a registered model (``e2aunet`` → ``E-2AUNet``; unknown names unchanged),
+    with the attention levels when ``kwargs`` restrict them (``E-2AUNet, attention on levels 2-4``)."""
+    name = MODEL_NAMES.get(model, model)
+    levels = (kwargs or {}).get("attention_levels")
+    if levels is not None:
+        levels = sorted(levels)
+        contiguous = len(levels) > 2 and levels == list(range(levels[0], levels[-1] + 1))
+        span = f"{levels[0]}-{levels[-1]}" if contiguous else ", ".join(map(str, levels))
+        name += f", attention on levels {span}" if levels else ", no attention block"
+    return name
 
 
 def _cell(stat: dict, digits: int, scale: float = 1.0) -> str:

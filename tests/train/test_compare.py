@@ -79,3 +79,13 @@ def test_cli_writes_json_and_rejects_different_case_sets(base, tmp_path, capsys)
     assert set(saved["metrics"]) == {"dice", "hd95"} and saved["metrics"]["dice"][3]["structure"] == "avg"
     with pytest.raises(ValueError, match="no rows for method 'CroCNet'"):
         cmp.read_cases(tmp_path / "a.csv", "CroCNet")
+
+
+def test_report_names_say_which_levels_carry_attention():
+    from crocnet.train.report import display_name
+
+    assert display_name("e2aunet") == "E-2AUNet"
+    assert display_name("e2aunet", {"attention_levels": [4, 2, 3]}) == "E-2AUNet, attention on levels 2-4"
+    assert display_name("e2aunet_mhsa", {"attention_levels": [1, 3]}) == "MHSA-UNet, attention on levels 1, 3"
+    assert display_name("e2aunet", {"attention_levels": []}) == "E-2AUNet, no attention block"
+    assert display_name("my_net", {"depth": 4}) == "my_net"
