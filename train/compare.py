@@ -8,6 +8,10 @@ whole cross-validation) and, per structure and for the structure average, pairs 
 metric is undefined (NaN) in either report is left out of that row and counted::
 
     crocnet compare results/acdc/cv_e2aunet_noattn/cases.csv results/acdc/cv_e2aunet_l234/cases.csv
+    crocnet compare results/acdc/crocnet_l234/cases.csv results/acdc/crocnet_l234/cases.csv --method-b CroCNet
+
+Each test treats the two trained models as given: training-seed variance is not in it (train another seed to
+see that); the Wilcoxon test also counts the ED and ES volumes of a patient as independent.
 """
 
 from __future__ import annotations
@@ -104,17 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metric", nargs="+", default=["dice", "hd95"], choices=("dice", "hd", "hd95"),
                     help="metrics to compare (default dice hd95)")
     ap.add_argument("--method", default="stage 1", help="the method column to compare: 'stage 1' (default) or 'CroCNet'")
+    ap.add_argument("--method-b", help="B's method column, when it differs from A's (CroCNet against its own stage 1: "
+                                       "the same cases.csv twice, --method-b CroCNet)")
     ap.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     ap.add_argument("--out", help="also write the comparison as JSON here")
     args = ap.parse_args(argv)
     try:
-        a, b = read_cases(args.a, args.method), read_cases(args.b, args.method)
+        a, b = read_cases(args.a, args.method), read_cases(args.b, args.method_b or args.method)
         results = {m: compare(a, b, m, args.bootstrap, args.seed) for m in args.metric}
     except (ValueError, FileNotFoundError) as exc:
         print(f"crocnet compare: error: {exc}", file=sys.stderr)
         return 2
     name_a, name_b = Path(args.a).parent.name or args.a, Path(args.b).parent.name or args.b
+    if args.method_b and args.method_b != args.method:
+        name_a, name_b = f"{name_a} ({args.method})", f"{name_b} ({args.method_b})"
     for m, rows in results.items():
         print(comparison_table(rows, m, name_a, name_b) + "\n")
     key = "dice" if "dice" in results else args.metric[0]
@@ -123,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
           f"95 % CI [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}], Wilcoxon p = {d['p']:.3g}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"a": args.a, "b": args.b, "method": args.method, "bootstrap": args.bootstrap,
+        Path(args.out).write_text(json.dumps({"a": args.a, "b": args.b, "method": args.method,
+                                              "method_b": args.method_b or args.method, "bootstrap": args.bootstrap,
                                               "seed": args.seed, "metrics": results}, indent=2))
     return 0
 

@@ -89,3 +89,14 @@ def test_report_names_say_which_levels_carry_attention():
     assert display_name("e2aunet_mhsa", {"attention_levels": [1, 3]}) == "MHSA-UNet, attention on levels 1, 3"
     assert display_name("e2aunet", {"attention_levels": []}) == "E-2AUNet, no attention block"
     assert display_name("my_net", {"depth": 4}) == "my_net"
+
+
+def test_cli_compares_two_methods_of_one_report(base, tmp_path, capsys):
+    rows = _rows(base)
+    second = [{**r, "method": "CroCNet", **{f"{s}_dice": r[f"{s}_dice"] - 0.02 for s in STRUCTURES}} for r in rows]
+    write_cases_csv(rows + second, tmp_path / "cases.csv")
+    path = str(tmp_path / "cases.csv")
+    assert cmp.main([path, path, "--method-b", "CroCNet", "--metric", "dice"]) == 0
+    out = capsys.readouterr().out
+    assert f"A: {tmp_path.name} (stage 1) | B: {tmp_path.name} (CroCNet)" in out
+    assert "B − A on the dice average: -2.00" in out and "| avg | 12 |" in out
