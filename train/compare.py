@@ -79,12 +79,11 @@ def compare(a: dict[str, dict], b: dict[str, dict], metric: str = "dice", n_boot
             out.append({**row, "a": float("nan"), "b": float("nan"), "diff": float("nan"), "ci": (float("nan"),) * 2,
                         "p": float("nan"), "wins": 0, "losses": 0, "ties": 0})
             continue
-        better = d > 0 if metric == "dice" else d < 0
-        worse = d < 0 if metric == "dice" else d > 0
+        gain = d if metric == "dice" else -d  # positive where B is better (higher Dice, lower distance)
         p = 1.0 if not np.any(d) else float(wilcoxon(d).pvalue)
         out.append({**row, "a": float(va[ok].mean()), "b": float(vb[ok].mean()), "diff": float(d.mean()),
                     "ci": _bootstrap_mean(d, subjects[ok], n_boot, seed), "p": p,
-                    "wins": int(better.sum()), "losses": int(worse.sum()), "ties": int((d == 0).sum())})
+                    "wins": int((gain > 0).sum()), "losses": int((gain < 0).sum()), "ties": int((d == 0).sum())})
     return out
 
 
