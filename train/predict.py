@@ -31,8 +31,7 @@ def predict_file(segmenter: Segmenter, src: Path, dst: Path, probabilities: Path
         data = data[:, :, None]
     if data.ndim != 3:
         raise DataError(f"{src}: expected a 2D image (H, W) or (H, W, 1) or a stack (H, W, Z), got shape {data.shape}")
-    record = Record(image=data, label=None, spacing=vol.spacing, affine=vol.affine, subject=src.name, phase=None,
-                    view=None, dataset="nifti", source=src, header=vol.header)
+    record = Record.from_nifti(vol, data, None, subject=src.name, phase=None, view=None, dataset="nifti")
     seg = segmenter.segment(record)
     labels = seg.labels.reshape(np.asarray(vol.array).shape)
     write_nifti(dst, labels.astype(np.uint8), vol.affine, vol.header)

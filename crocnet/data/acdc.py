@@ -131,18 +131,15 @@ def load_acdc(
             label_path = folder / f"{patient}_frame{frame:02d}_gt.nii.gz" if labels else None
             volume, image, label = read_image_and_label(image_path, label_path, ACDC_TO_PROJECT)
             records.append(
-                Record(
-                    image=image,
-                    label=label,
-                    spacing=volume.spacing,
-                    affine=volume.affine,
+                Record.from_nifti(
+                    volume,
+                    image,
+                    label,
                     subject=patient,
                     phase=phase,
                     view="SA",
                     dataset="acdc",
                     disease=info.get("Group") or None,
-                    source=image_path,
-                    header=volume.header,
                     info={"frame": f"{frame:02d}", **{k: info[k] for k in info if k not in ("ED", "ES", "Group")}},
                 )
             )

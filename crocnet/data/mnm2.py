@@ -120,19 +120,16 @@ def read_subject(
             label_path = subject_dir / f"{subject}_{view}_{phase}_gt.nii.gz" if labels else None
             volume, image, label = read_image_and_label(image_path, label_path)
             records.append(
-                Record(
-                    image=image,
-                    label=label,
-                    spacing=volume.spacing,
-                    affine=volume.affine,
+                Record.from_nifti(
+                    volume,
+                    image,
+                    label,
                     subject=subject,
                     phase=phase,
                     view=view,
                     dataset="mnm2",
                     vendor=information.get("VENDOR") or None,
                     disease=information.get("DISEASE") or None,
-                    source=image_path,
-                    header=volume.header,
                     info={k: information[k] for k in ("SCANNER", "FIELD") if information.get(k)},
                 )
             )

@@ -138,18 +138,8 @@ def load_nnunet_raw(
         label_path = label_dir / f"{case}{ending}" if with_labels else None
         volume, image, label = read_image_and_label(image_path, label_path, lookup)
         records.append(
-            Record(
-                image=image,
-                label=label,
-                spacing=volume.spacing,
-                affine=volume.affine,
-                subject=subject,
-                phase=phase,
-                view=view,
-                dataset="nnunet",
-                source=image_path,
-                header=volume.header,
-                info={"case": case},
+            Record.from_nifti(
+                volume, image, label, subject=subject, phase=phase, view=view, dataset="nnunet", info={"case": case}
             )
         )
     return records

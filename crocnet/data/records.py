@@ -61,6 +61,17 @@ class Record:
     header: object | None = field(default=None, repr=False)
     info: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def from_nifti(cls, volume, image: np.ndarray, label: np.ndarray | None, **metadata) -> "Record":
+        """A record whose geometry (spacing, affine, header) and ``source`` come from a read NIfTI volume.
+
+        ``volume`` is the :class:`~crocnet.data.nifti.NiftiVolume` the image was read from; ``metadata`` gives
+        the other fields (``subject``, ``phase``, ``view``, ``dataset`` and optionally ``vendor``,
+        ``disease``, ``info``).
+        """
+        return cls(image=image, label=label, spacing=volume.spacing, affine=volume.affine, source=volume.path,
+                   header=volume.header, **metadata)
+
     @property
     def name(self) -> str:
         """A case name unique within a dataset, e.g. ``"001_LA_ED"``."""
