@@ -113,15 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     ap.add_argument("--out", help="also write the comparison as JSON here")
     args = ap.parse_args(argv)
+    method_b = args.method_b or args.method
     try:
-        a, b = read_cases(args.a, args.method), read_cases(args.b, args.method_b or args.method)
+        a, b = read_cases(args.a, args.method), read_cases(args.b, method_b)
         results = {m: compare(a, b, m, args.bootstrap, args.seed) for m in args.metric}
     except (ValueError, FileNotFoundError) as exc:
         print(f"crocnet compare: error: {exc}", file=sys.stderr)
         return 2
     name_a, name_b = Path(args.a).parent.name or args.a, Path(args.b).parent.name or args.b
-    if args.method_b and args.method_b != args.method:
-        name_a, name_b = f"{name_a} ({args.method})", f"{name_b} ({args.method_b})"
+    if method_b != args.method:
+        name_a, name_b = f"{name_a} ({args.method})", f"{name_b} ({method_b})"
     for m, rows in results.items():
         print(comparison_table(rows, m, name_a, name_b) + "\n")
     key = "dice" if "dice" in results else args.metric[0]
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"a": args.a, "b": args.b, "method": args.method,
-                                              "method_b": args.method_b or args.method, "bootstrap": args.bootstrap,
+                                              "method_b": method_b, "bootstrap": args.bootstrap,
                                               "seed": args.seed, "metrics": results}, indent=2))
     return 0
 
