@@ -6,7 +6,8 @@ undefined counts), ``OUT/table.md`` (Table-1 style, stage 1 and CroCNet side by 
 ``OUT/overlays/`` (best and worst cases). Metrics are per image: 2D for long-axis images, 3D over the
 stack for short-axis volumes (e.g. ACDC: per-volume 3D Dice, HD95 in pixels as no spacing is stored).
 Several ``--stage1`` checkpoints are evaluated as one ensemble; ``--tta`` averages over flips; ``--split cv``
-scores a whole cross-validation out of fold (each fold's checkpoint on its own validation subjects)::
+scores a whole cross-validation out of fold (each fold's checkpoint on its own validation subjects; with
+``--stage2``, each fold's whole CroCNet too; several stage folders: each fold's ensemble)::
 
     crocnet evaluate --stage1 runs/exp/stage1-e2aunet/fold0 --stage2 runs/exp/stage2-crocnet_specialists/fold0 \
         --data data/phantom --split-file runs/exp/splits.json --split test --out runs/exp/eval
@@ -14,6 +15,8 @@ scores a whole cross-validation out of fold (each fold's checkpoint on its own v
         --data ../shared/data/acdc_h5 --split-file results/acdc/splits.json --split fold:0 --per-case
     crocnet evaluate --stage1 runs/exp/stage1-e2aunet --split cv --data data/phantom \
         --split-file runs/exp/splits.json --out runs/exp/eval-cv
+    crocnet evaluate --stage1 runs/exp/stage1-e2aunet --stage2 runs/exp/stage2-crocnet_specialists --split cv \
+        --data data/phantom --split-file runs/exp/splits.json --out runs/exp/eval-cv-crocnet
 """
 
 from __future__ import annotations
@@ -111,50 +114,60 @@ def evaluate(records, segmenter: Segmenter, out: Path, progress: bool = True) ->
     return {"summary": summ, "table": text, "unit": unit, "fallback_slices": fallback, "rows": rows}
 
 
-def fold_checkpoints(paths: list[str], n_folds: int) -> list[Path]:
-    """One stage-1 checkpoint per fold, fold 0 first: ``paths`` itself, or the ``fold0`` … ``fold<n-1>``
-    run folders inside a single stage folder (``runs/exp/stage1-e2aunet``)."""
-    if len(paths) == 1 and Path(paths[0]).is_dir() and (Path(paths[0]) / "fold0").is_dir():
-        found = [Path(paths[0]) / f"fold{k}" for k in range(n_folds)]
-        missing = [p.name for p in found if not p.is_dir()]
-        if missing:
-            raise ValueError(f"--split cv: {paths[0]} has no {', '.join(missing)} (the split file has {n_folds} folds)")
-        return found
+def fold_checkpoints(paths: list[str], n_folds: int, flag: str = "--stage1") -> list[list[Path]]:
+    """The checkpoints of each fold, fold 0 first: one per fold (``paths`` itself), or the ``fold0`` …
+    ``fold<n-1>`` run folders inside stage folders (``runs/exp/stage1-e2aunet``); several stage folders make
+    each fold an ensemble of their fold-k models. ``flag`` names the option in errors."""
+    stages = [Path(p) for p in paths if (Path(p) / "fold0").is_dir()]
+    if stages and len(stages) == len(paths):
+        for stage in stages:
+            missing = [f"fold{k}" for k in range(n_folds) if not (stage / f"fold{k}").is_dir()]
+            if missing:
+                raise ValueError(f"--split cv: {flag} {stage} has no {', '.join(missing)} (the split file has {n_folds} folds)")
+        return [[stage / f"fold{k}" for stage in stages] for k in range(n_folds)]
     if len(paths) != n_folds:
-        raise ValueError(f"--split cv needs one --stage1 checkpoint per fold ({n_folds} in the split file, fold 0 first) "
-                         f"or the stage folder holding fold0 … fold{n_folds - 1}; got {len(paths)}")
-    return [Path(p) for p in paths]
+        raise ValueError(f"--split cv needs one {flag} checkpoint per fold ({n_folds} in the split file, fold 0 first) "
+                         f"or stage folders holding fold0 … fold{n_folds - 1}; got {len(paths)}")
+    return [[Path(p)] for p in paths]
 
 
 def evaluate_cross_validation(records, split_file: str, stage1: list[str], out: Path, progress: bool = True,
-                              **segmenter_kwargs) -> dict:
+                              stage2: list[str] | None = None, **segmenter_kwargs) -> dict:
     """Out-of-fold evaluation: the checkpoint of fold k segments the validation subjects of fold k, and the
-    report pools every fold (each subject scored once, by the one model that did not train on it).
+    report pools every fold (each subject scored once, by the one model that did not train on it). With
+    ``stage2`` (one stage-2 checkpoint per fold, or their stage folder) the whole CroCNet of fold k (its
+    stage 1 and its stage 2) is scored too, next to its stage 1.
 
     Writes the same files as :func:`evaluate` (``cases.csv`` gains a ``fold`` column) plus a per-fold table
-    in ``table.md`` and ``folds`` (each fold's summary) in ``summary.json``.
+    per method in ``table.md`` and ``folds`` (each fold's summary) in ``summary.json``.
     """
     folds = json.loads(Path(split_file).read_text())["folds"]
     paths = fold_checkpoints(stage1, len(folds))
-    rows, cases, fallback, per_fold, names = [], [], 0, [], set()
-    for k, (fold, path) in enumerate(zip(folds, paths)):
+    paths2 = fold_checkpoints(stage2, len(folds), "--stage2") if stage2 else [[None]] * len(folds)
+    if len(paths2[0]) > 1:
+        raise ValueError(f"--split cv: CroCNet takes one stage-2 model per fold, got {len(paths2[0])} stage folders")
+    rows, cases, fallback, per_fold, names = [], [], 0, [], {}
+    for k, (fold, members, (path2,)) in enumerate(zip(folds, paths, paths2)):
         val = set(fold["val"])
         mine = [r for r in records if r.subject in val]
         if not mine:
             raise ValueError(f"none of the {len(fold['val'])} validation subjects of fold {k} is in the data")
-        segmenter = Segmenter(path, **segmenter_kwargs)
-        names.add(segmenter.names["stage 1"])
+        segmenter = Segmenter(members, path2, **segmenter_kwargs)
+        for method, name in segmenter.names.items():
+            names.setdefault(method, set()).add(name)
         methods, r, c, f = score(mine, segmenter, progress, desc=f"fold {k}", extra={"fold": k})
         rows += r
         cases += c
         fallback += f
-        per_fold.append({"fold": k, "checkpoint": str(path), "cases": len(mine), "summary": summary(r, methods)})
+        checkpoint = str(members[0]) if len(members) == 1 else [str(m) for m in members]
+        per_fold.append({"fold": k, "checkpoint": checkpoint, **({"stage2": str(path2)} if path2 else {}),
+                         "cases": len(mine), "summary": summary(r, methods)})
     unit = _unit(records)
-    label = f"{', '.join(sorted(names))}, {len(folds)} folds out-of-fold"
+    labels = {m: f"{', '.join(sorted(n))}, {len(folds)} folds out-of-fold" for m, n in names.items()}
     extra = {"fallback_slices": fallback, "postprocess": segmenter.postprocess, "tta": segmenter.tta,
              "cross_validation": True, "folds": per_fold}
-    summ, text = _write_report(out, methods, rows, cases, unit, extra, {"stage 1": label},
-                               "\n\nPer fold:\n\n" + fold_table(per_fold, unit))
+    appendix = "".join(f"\n\nPer fold{', ' + m if len(methods) > 1 else ''}:\n\n" + fold_table(per_fold, unit, m) for m in methods)
+    summ, text = _write_report(out, methods, rows, cases, unit, extra, labels, appendix)
     return {"summary": summ, "table": text, "unit": unit, "fallback_slices": fallback, "rows": rows, "folds": per_fold}
 
 
@@ -162,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="crocnet evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage1", required=True, nargs="+",
                     help="stage-1 checkpoint (best.pt / best.safetensors) or its run folder; several: an ensemble (their probabilities averaged)")
-    ap.add_argument("--stage2", help="stage-2 checkpoint or run folder: evaluate the whole CroCNet pipeline too")
+    ap.add_argument("--stage2", nargs="+",
+                    help="stage-2 checkpoint or run folder: evaluate the whole CroCNet pipeline too (with --split cv: "
+                         "one per fold, fold 0 first, or the stage folder holding fold0 ...)")
     ap.add_argument("--data", required=True, help="dataset folder")
     ap.add_argument("--dataset", default="phantom", choices=DATASET_CHOICES, help="layout of --data (default phantom)")
     ap.add_argument("--views", nargs="+", default=["LA"], choices=("LA", "SA"), help="M&Ms-2 views (default LA)")
@@ -170,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test",
                     help="with --split-file: test (default), pool, fold:K (the validation subjects of fold K) or cv "
                          "(every fold, each by its own checkpoint: --stage1 takes one per fold, fold 0 first, or the "
-                         "stage folder holding fold0 ...; the report pools them, out of fold)")
+                         "stage folder holding fold0 ... (several: each fold an ensemble of their fold-k models); the "
+                         "report pools them, out of fold)")
     ap.add_argument("--subjects", nargs="+", help="evaluate only these subjects")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--postprocess", default="none", choices=POSTPROCESS_MODES,
@@ -188,13 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.split == "cv":
             if not args.split_file:
                 raise ValueError("--split cv needs --split-file (the splits.json the folds were trained on)")
-            if args.stage2 or args.subjects:
-                raise ValueError("--split cv evaluates stage 1 over every fold; --stage2 and --subjects work with one fold (--split fold:K)")
+            if args.subjects:
+                raise ValueError("--split cv evaluates every fold's validation subjects; --subjects works with one fold (--split fold:K)")
             records = select_subjects(load_records(cfg), args.split_file, "pool", None)
             result = evaluate_cross_validation(records, args.split_file, args.stage1, Path(args.out), progress=args.progress,
-                                               device=args.device, postprocess=args.postprocess, tta=args.tta)
+                                               stage2=args.stage2, device=args.device, postprocess=args.postprocess, tta=args.tta)
         else:
-            segmenter = Segmenter(args.stage1, args.stage2, device=args.device, postprocess=args.postprocess, tta=args.tta)
+            if args.stage2 and len(args.stage2) > 1:
+                raise ValueError(f"--stage2 takes one checkpoint (one per fold only with --split cv), got {len(args.stage2)}")
+            segmenter = Segmenter(args.stage1, args.stage2[0] if args.stage2 else None, device=args.device,
+                                  postprocess=args.postprocess, tta=args.tta)
             records = select_subjects(load_records(cfg), args.split_file, args.split, args.subjects)
             result = evaluate(records, segmenter, Path(args.out), progress=args.progress)
     except (ValueError, FileNotFoundError, DataError) as exc:

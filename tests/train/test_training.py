@@ -271,12 +271,21 @@ def test_evaluate_a_cross_validation_out_of_fold(demo_run, tmp_path, capsys):
     files = [str(stage / f"fold{k}" / "best.safetensors") for k in range(2)]
     assert evaluate.main(["--stage1", *files, "--split", "cv", "--out", str(tmp_path / "cv2"), *common]) == 0
     assert (tmp_path / "cv2" / "cases.csv").read_text() == (tmp_path / "cv" / "cases.csv").read_text()
+    # several stage folders: each fold an ensemble of their fold-k models (here one model twice: the mean of
+    # two equal probability maps is the map itself, so the rows stay exactly the same)
+    assert evaluate.main(["--stage1", str(stage), str(stage), "--split", "cv", "--out", str(tmp_path / "cv3"), *common]) == 0
+    assert "ensemble of 2" in capsys.readouterr().out
+    assert (tmp_path / "cv3" / "cases.csv").read_text() == (tmp_path / "cv" / "cases.csv").read_text()
+    folds = json.loads((tmp_path / "cv3" / "summary.json").read_text())["folds"]
+    assert [f["checkpoint"] for f in folds] == [[str(stage / f"fold{k}")] * 2 for k in range(2)]
     capsys.readouterr()
 
 
 @pytest.mark.parametrize("extra, message", [
     (["FOLD0"], "--split cv needs one --stage1 checkpoint per fold (2 in the split file, fold 0 first)"),
-    (["STAGE", "--stage2", "STAGE"], "--split cv evaluates stage 1 over every fold"),
+    (["STAGE", "--stage2", "S2FOLD0"], "--split cv needs one --stage2 checkpoint per fold (2 in the split file, fold 0 first)"),
+    (["STAGE", "--stage2", "S2STAGE"], "--split cv: --stage2 S2STAGE has no fold1 (the split file has 2 folds)"),
+    (["STAGE", "--subjects", "x"], "--subjects works with one fold"),
     (["STAGE", "--no-split-file"], "--split cv needs --split-file"),
 ])
 def test_cross_validation_errors(demo_run, tmp_path, capsys, extra, message):
@@ -284,6 +293,42 @@ def test_cross_validation_errors(demo_run, tmp_path, capsys, extra, message):
     argv = ["--data", str(demo_run / "data"), "--split", "cv", "--no-progress", "--out", str(tmp_path)]
     if "--no-split-file" not in extra:
         argv += ["--split-file", str(demo_run / "splits.json")]
-    extra = [str(stage / "fold0") if e == "FOLD0" else str(stage) if e == "STAGE" else e for e in extra if e != "--no-split-file"]
+    s2 = demo_run / "stage2-crocnet_specialists"  # the demo trains stage 2 on fold 0 only
+    paths = {"FOLD0": stage / "fold0", "STAGE": stage, "S2FOLD0": s2 / "fold0", "S2STAGE": s2}
+    extra = [str(paths.get(e, e)) for e in extra if e != "--no-split-file"]
     assert evaluate.main(["--stage1", *extra[:1], *argv, *extra[1:]]) == 2
-    assert message in capsys.readouterr().err
+    assert message.replace("S2STAGE", str(s2)) in capsys.readouterr().err
+
+
+def test_evaluate_crocnet_cross_validation_matches_each_fold(demo_run, tmp_path, capsys):
+    """``--split cv --stage2``: fold k's stage 1 and stage 2 score fold k's validation subjects, both
+    methods; the rows equal a ``--split fold:K`` evaluation of that pair. (The demo has a stage 2 for
+    fold 0 only, so it stands in for fold 1's too: the pairing, not the training, is under test.)"""
+    stage, s2 = demo_run / "stage1-e2aunet", demo_run / "stage2-crocnet_specialists" / "fold0"
+    common = ["--data", str(demo_run / "data"), "--split-file", str(demo_run / "splits.json"), "--no-progress"]
+    assert evaluate.main(["--stage1", str(stage), "--stage2", str(s2), str(s2), "--split", "cv",
+                          "--out", str(tmp_path / "cv"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "Per fold, stage 1:" in out and "Per fold, CroCNet:" in out and "CroCNet (specialists), 2 folds out-of-fold" in out
+    import csv
+
+    pooled = list(csv.DictReader((tmp_path / "cv" / "cases.csv").open()))
+    assert {r["method"] for r in pooled} == {"stage 1", "CroCNet"}
+    k = 1
+    assert evaluate.main(["--stage1", str(stage / f"fold{k}"), "--stage2", str(s2), "--split", f"fold:{k}",
+                          "--out", str(tmp_path / "f1"), *common]) == 0
+    single = list(csv.DictReader((tmp_path / "f1" / "cases.csv").open()))
+    mine = [{key: v for key, v in r.items() if key != "fold"} for r in pooled if r["fold"] == str(k)]
+    assert mine == single and len(single) > 0
+    summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
+    assert [f["stage2"] for f in summary["folds"]] == [str(s2), str(s2)]
+    assert set(summary["folds"][0]["summary"]) == {"stage 1", "CroCNet"}
+    capsys.readouterr()
+
+
+def test_evaluate_takes_one_stage2_outside_cross_validation(demo_run, tmp_path, capsys):
+    s2 = str(demo_run / "stage2-crocnet_specialists" / "fold0")
+    argv = ["--stage1", str(demo_run / "stage1-e2aunet" / "fold0"), "--stage2", s2, s2, "--data", str(demo_run / "data"),
+            "--no-progress", "--out", str(tmp_path)]
+    assert evaluate.main(argv) == 2
+    assert "--stage2 takes one checkpoint (one per fold only with --split cv), got 2" in capsys.readouterr().err
