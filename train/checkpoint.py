@@ -71,6 +71,7 @@ def export_safetensors(checkpoint: dict, path: str | Path, dtype: torch.dtype | 
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         tensors[k] = v.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
@@ -78,13 +79,19 @@ def export_safetensors(checkpoint: dict, path: str | Path, dtype: torch.dtype | 
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the best checkpoint of a run folder (``best.pt``, ``best.safetensors``, ``fold0/...``)."""
+    """A checkpoint file, or the best checkpoint of a run folder (``best.pt``, ``best.safetensors``, ``fold0/...``),
+    or the one ``.safetensors`` file of a folder of exported weights (``results/acdc/cv_*/fold<k>/``)."""
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "best.safetensors", "fold0/best.pt", "fold0/best.safetensors"):
             if (path / name).is_file():
                 return path / name
-        raise FileNotFoundError(f"no checkpoint (best.pt, best.safetensors, fold0/best.pt) in the folder {str(path)!r}")
+        exported = sorted(path.glob("*.safetensors"))
+        if len(exported) == 1:
+            return exported[0]
+        found = f"; it has {len(exported)} .safetensors files: name one" if exported else ""
+        raise FileNotFoundError(f"no checkpoint (best.pt, best.safetensors, fold0/best.pt, or a single .safetensors file) "
+                                f"in the folder {str(path)!r}{found}")
     return path
 
 

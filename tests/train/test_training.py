@@ -242,6 +242,22 @@ def test_half_precision_safetensors_export_loads_and_predicts_the_same(demo_run,
         torch.testing.assert_close(half(x), full(x), rtol=0, atol=5e-2)
 
 
+def test_a_folder_of_exported_weights_resolves_to_its_one_safetensors_file(demo_run, tmp_path):
+    folder = tmp_path / "fold0"
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ckpt_mod.read_checkpoint(folder)
+    folder.mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint .* in the folder"):
+        ckpt_mod.resolve_checkpoint(folder)
+    folder.rmdir()  # the export makes the folder it writes into
+    assert ckpt_mod.main([str(demo_run / "stage1-e2aunet/fold0/best.pt"), str(folder / "unet-fold0-fp16.safetensors"), "--half"]) == 0
+    assert ckpt_mod.resolve_checkpoint(folder) == folder / "unet-fold0-fp16.safetensors"
+    assert ckpt_mod.load_model(folder)[1]["model"] == "e2aunet"
+    (folder / "other.safetensors").write_bytes((folder / "unet-fold0-fp16.safetensors").read_bytes())
+    with pytest.raises(FileNotFoundError, match="it has 2 .safetensors files: name one"):
+        ckpt_mod.resolve_checkpoint(folder)
+
+
 def test_evaluate_a_cross_validation_out_of_fold(demo_run, tmp_path, capsys):
     """``--split cv``: fold k's checkpoint scores fold k's validation subjects; the pooled rows are exactly
     the rows of the per-fold evaluations, every pool subject once."""
