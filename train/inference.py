@@ -3,6 +3,7 @@ pipeline, on the native grid."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,14 +63,14 @@ class Segmenter:
         self.postprocess, self.tta, self.batch_size = postprocess, tta, batch_size
         self.device = torch.device(device)
         self.members = []  # (model, preprocessing) per stage-1 checkpoint
-        kinds = set()
+        kinds = Counter()
         for path in paths:
             model, ckpt = load_model(path, self.device)
             if ckpt.get("stage", 1) != 1:
                 raise ValueError(f"{path} is a stage-{ckpt.get('stage')} checkpoint; expected stage 1")
             self.members.append((FlipTTA(model) if tta else model, ckpt["preprocess"]))
-            kinds.add(display_name(ckpt["model"], ckpt.get("model_kwargs")))
-        kinds = sorted(kinds)
+            kinds[display_name(ckpt["model"], ckpt.get("model_kwargs"))] += 1
+        kinds = [name if n == 1 else f"{n} × {name}" for name, n in sorted(kinds.items())]
         self.names = {"stage 1": f"stage 1 ({', '.join(kinds)})" if len(paths) == 1
                       else f"stage 1 (ensemble of {len(paths)}: {', '.join(kinds)})"}
         self.pipeline = None

@@ -108,7 +108,7 @@ def test_ensemble_of_checkpoints(demo_run, image):
     one = demo_run / "stage1-e2aunet/fold0/best.pt"
     single = Segmenter(one).segment(record(image))
     twice = Segmenter([one, demo_run / "stage1-e2aunet/fold0/best.safetensors"])
-    assert twice.names["stage 1"] == "stage 1 (ensemble of 2: E-2AUNet)"
+    assert twice.names["stage 1"] == "stage 1 (ensemble of 2: 2 × E-2AUNet)"
     np.testing.assert_allclose(twice.segment(record(image)).probabilities, single.probabilities, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="one stage-1 checkpoint"):
         Segmenter([one, one], demo_run / "stage2-crocnet_specialists/fold0")

@@ -135,7 +135,7 @@ def test_evaluate_an_ensemble_with_tta(demo_run, tmp_path, capsys):
     fold0, fold1 = demo_run / "stage1-e2aunet/fold0", demo_run / "stage1-e2aunet/fold1"
     common = ["--data", str(demo_run / "data"), "--split-file", str(demo_run / "splits.json"), "--no-progress"]
     assert evaluate.main(["--stage1", str(fold0), str(fold1), "--tta", "--out", str(tmp_path / "ens"), *common]) == 0
-    assert "stage 1 (ensemble of 2: E-2AUNet)" in capsys.readouterr().out
+    assert "stage 1 (ensemble of 2: 2 × E-2AUNet)" in capsys.readouterr().out
     summary = json.loads((tmp_path / "ens" / "summary.json").read_text())
     assert summary["tta"] is True and summary["cases"] > 0
     argv = ["--stage1", str(fold0), str(fold1), "--stage2", str(demo_run / "stage2-crocnet_specialists/fold0"), *common]
