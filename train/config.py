@@ -10,6 +10,7 @@ from pathlib import Path
 DATASET_CHOICES = ("mnm2", "acdc", "acdc_h5", "nnunet", "phantom")
 STAGE1_MODELS = ("e2aunet", "e2aunet_mhsa", "e2aunet_noattn")
 STAGE2_MODELS = ("crocnet_specialists", "crocnet_single")
+CROP_SOURCES = ("frame", "native")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class TrainConfig:
     image_size: int = 128
     target_spacing: float | None = None  # mm; None: fit the whole field of view into image_size
     crop_margin: int = 15
+    crop_from: str = "frame"  # stage 2: cut crops from the network frame or from the native image (the paper's)
     augment: bool = True
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
@@ -103,6 +105,10 @@ class TrainConfig:
             raise ValueError(f"--loss must be 'dice' or 'dice_ce', got {self.loss!r}")
         if not Path(self.data).exists():
             raise FileNotFoundError(f"--data {self.data!r} does not exist (for the synthetic default run `crocnet phantom --out {self.data}` first)")
+        if self.crop_from not in CROP_SOURCES:
+            raise ValueError(f"--crop-from must be one of {', '.join(CROP_SOURCES)}, got {self.crop_from!r}")
+        if self.stage == 1 and self.crop_from != "frame":
+            raise ValueError("--crop-from applies to stage 2 (the crops stage 2 trains on)")
         if self.stage == 2 and not self.stage1_run:
             raise ValueError("--stage 2 needs --stage1-run, the stage-1 run folder with out-of-fold predictions")
 
@@ -164,6 +170,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--resume", action="store_const", const=True, help="continue the run in --out from its last checkpoint")
     ap.add_argument("--seed", type=int, help="seed of weights, shuffling and augmentation (default 0)")
     ap.add_argument("--stage1-run", help="stage 2: the stage-1 run folder (its out-of-fold predictions make the crops)")
+    ap.add_argument(
+        "--crop-from", choices=CROP_SOURCES,
+        help="stage 2: cut the crops from the network frame of stage 1 (default) or from the native image, "
+             "at its full resolution, as the paper does (the margin is then in native pixels)",
+    )
     ap.add_argument("--val-every", type=int, help="validate every N epochs (and at the last) (default 1)")
     ap.add_argument("--max-train-batches", type=int, help="cap on training batches per epoch (smoke tests)")
     ap.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")

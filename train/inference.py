@@ -43,7 +43,9 @@ class Segmenter:
             whose native-grid probabilities are averaged (each member keeps its own input size). An
             ensemble is for stage 1 alone; CroCNet takes one stage-1 model.
         stage2: a stage-2 checkpoint: also run the whole CroCNet pipeline (``labels``).
-        margin: the crop margin in frame pixels (default: the one stage 2 was trained with).
+        margin: the crop margin in pixels of the grid cropped (default: the one stage 2 was trained with).
+            Stage 2 crops where it was trained to: the network frame of stage 1, or (checkpoints trained with
+            ``--crop-from native``) the native image, around the stage-1 labels decoded on the native grid.
         postprocess: one of :data:`crocnet.postprocess.POSTPROCESS_MODES` (default ``"none"``): remove
             islands from the stage-1 and the final label volumes once they are assembled on the native
             grid (:func:`crocnet.postprocess.postprocess_labels`); the probabilities are left as they are.
@@ -83,6 +85,7 @@ class Segmenter:
             self.pipeline = CroCNet(self.members[0][0], FlipTTA(model2) if tta else model2,
                                     crop_size=ckpt2["preprocess"]["image_size"], margin=margin).eval()
             self.names["CroCNet"] = f"CroCNet ({display_name(ckpt2['model'])})"
+        self.crop_from = ckpt2["preprocess"].get("crop_from", "frame") if stage2 is not None else None
 
     @torch.inference_mode()
     def segment(self, record: Record) -> Segmentation:
@@ -97,7 +100,7 @@ class Segmenter:
                 x = frames[start : start + self.batch_size, None].float().to(self.device)
                 p1 = model.predict(x).float()
                 probs[:, :, start : start + x.shape[0]] += np.moveaxis(t.invert(p1.cpu().numpy(), "probabilities"), (0, 1), (2, 3))
-                if self.pipeline is None:
+                if self.pipeline is None or self.crop_from == "native":
                     continue
                 out = self.pipeline.refine(x, stage1_to_labels(p1))
                 fell[start : start + x.shape[0]] = out.fallback.cpu().numpy()
@@ -107,6 +110,15 @@ class Segmenter:
         stage1 = stage1_to_labels(torch.from_numpy(probs).permute(2, 3, 0, 1)).permute(1, 2, 0).numpy().astype(np.uint8)
         if self.pipeline is None:
             labels = stage1.copy()
+        elif self.crop_from == "native":
+            images = np.stack([normalise(record.image[:, :, z]) for z in range(Z)])
+            s1 = torch.from_numpy(stage1).permute(2, 0, 1).long()
+            for start in range(0, Z, self.batch_size):
+                stop = min(start + self.batch_size, Z)
+                x = torch.from_numpy(images[start:stop, None]).to(self.device)
+                out = self.pipeline.refine(x, s1[start:stop].to(self.device))
+                fell[start:stop] = out.fallback.cpu().numpy()
+                labels[:, :, start:stop] = out.labels.permute(1, 2, 0).cpu().numpy()
         else:
             labels[:, :, fell] = stage1[:, :, fell]
         if self.postprocess != "none":

@@ -3,8 +3,9 @@
 Run folders: ``OUT/splits.json`` (subject-level test split and folds), ``OUT/stage1-<model>/fold<k>/`` and
 ``OUT/stage2-<model>/fold<k>/`` with ``config.json``, ``versions.json``, ``log.jsonl``, ``curves.png``,
 ``last.pt`` (resumable), ``best.pt`` and ``best.safetensors`` (weights + description). A stage-1 fold also
-writes ``oof.pt``: its predictions on its own validation subjects (a model that never trained on them),
-from which stage 2 makes its crops::
+writes ``oof.pt`` and ``oof_native.pt``: its predictions on its own validation subjects (a model that
+never trained on them) in the network frame and on the native grid, from which stage 2 makes its crops
+(``--crop-from frame``, the default, or ``native``: the paper's crop of the original image)::
 
     crocnet train --data data/phantom --stage 1 --fold all --epochs 100 --out runs/exp
     crocnet train --data data/phantom --stage 2 --fold 0 --stage1-run runs/exp/stage1-e2aunet --out runs/exp
@@ -24,14 +25,14 @@ from pathlib import Path
 
 import torch
 
-from crocnet.crop import CropBox, crop_and_resize, heart_boxes
+from crocnet.crop import CropBox, crop_and_resize, heart_box, heart_boxes
 from crocnet.data import DataError, kfold, load_dataset
 from crocnet.models import label_masks, stage1_targets, stage1_to_labels, stage2_inputs
 
 from .checkpoint import atomic_save, atomic_write_text, load_model
 from .config import TrainConfig, add_arguments, config_from_args
 from .engine import fit, resolve_device
-from .samples import build_slices, config_preprocess, slice_key
+from .samples import build_slices, config_preprocess, normalise, slice_key
 
 STAGE1_CHANNELS = ["LV", "MYO", "RV"]
 
@@ -97,36 +98,55 @@ def run_stage1(cfg: TrainConfig, records, split: dict, out: Path) -> list[Path]:
 
 @torch.inference_mode()
 def write_oof(run_dir: Path, slices, cfg: TrainConfig) -> Path:
-    """Predictions of this fold's best model on its validation slices (out of fold), in the network frame."""
+    """Out-of-fold predictions of this fold's best model on its validation slices: ``oof.pt`` (label maps
+    in the network frame) and ``oof_native.pt`` (on each slice's native grid)."""
     model, _ = load_model(run_dir / "best.pt", resolve_device(cfg.device))
-    preds = {}
+    frame, native = oof_predictions(model, slices)
+    atomic_save(native, run_dir / "oof_native.pt")
+    return atomic_save(frame, run_dir / "oof.pt")
+
+
+@torch.inference_mode()
+def oof_predictions(model, slices, batch_size: int = 16) -> tuple[dict, dict]:
+    """Stage-1 label maps of every slice, keyed by :func:`slice_key`: ``(S, S)`` in the network frame, and
+    ``(H, W)`` on the native grid, decoded there from the resampled probabilities as inference does."""
+    frame, native = {}, {}
     device = next(model.parameters()).device
-    for idx in torch.arange(len(slices)).split(16):
-        labels = stage1_to_labels(model.predict(slices.images[idx].to(device))).to(torch.uint8).cpu()
+    for idx in torch.arange(len(slices)).split(batch_size):
+        probs = model.predict(slices.images[idx].to(device)).float().cpu()
+        labels = stage1_to_labels(probs).to(torch.uint8)
         for i, row in enumerate(idx.tolist()):
             r, z = slices.keys[row]
-            preds[slice_key(slices.records[r], z)] = labels[i]
-    return atomic_save(preds, run_dir / "oof.pt")
+            key = slice_key(slices.records[r], z)
+            frame[key] = labels[i]
+            native[key] = stage1_to_labels(slices.transforms[row].invert(probs[i], "probabilities")[None])[0].to(torch.uint8)
+    return frame, native
 
 
-def read_oof(stage1_run: Path) -> dict:
+def read_oof(stage1_run: Path, crop_from: str = "frame") -> dict:
     stage1_run = Path(stage1_run)
-    files = sorted(stage1_run.glob("fold*/oof.pt"))
+    name = "oof.pt" if crop_from == "frame" else "oof_native.pt"
+    files = sorted(stage1_run.glob(f"fold*/{name}"))
     if not files:
-        raise FileNotFoundError(f"no out-of-fold predictions (fold*/oof.pt) under {stage1_run}; train stage 1 with --fold all first")
+        hint = ("train stage 1 with --fold all first" if crop_from == "frame" or not any(stage1_run.glob("fold*/oof.pt"))
+                else "this stage-1 run predates native-grid predictions: train its folds again, or use --crop-from frame")
+        raise FileNotFoundError(f"no out-of-fold predictions (fold*/{name}) under {stage1_run}; {hint}")
     preds = {}
     for f in files:
         preds.update(torch.load(f, map_location="cpu", weights_only=False))
     return preds
 
 
-def stage2_tensors(slices, oof: dict, crop: int, margin: int):
-    """Crops of the frame images and of the out-of-fold stage-1 masks (inputs) and of the truth (targets)."""
+def stage2_tensors(slices, oof: dict, crop: int, margin: int, crop_from: str = "frame"):
+    """Crops of the images and of the out-of-fold stage-1 masks (inputs) and of the truth (targets), cut
+    from the network frame or (``crop_from="native"``) from each slice's native image and labels."""
     keys = [slice_key(slices.records[r], z) for r, z in slices.keys]
     missing = sorted({k.split(":")[1] for k in keys if k not in oof})
     if missing:
         raise ValueError(f"no out-of-fold stage-1 prediction for {len(missing)} images (e.g. {missing[:3]}); "
                          f"the stage-1 run must cover every fold")
+    if crop_from == "native":
+        return _native_stage2_tensors(slices, oof, keys, crop, margin)
     s1 = torch.stack([oof[k].long() for k in keys])
     boxes = heart_boxes(s1 != 0, margin)
     # where stage 1 missed the heart, the whole frame is the crop (training still sees the image)
@@ -142,8 +162,31 @@ def stage2_tensors(slices, oof: dict, crop: int, margin: int):
     return x, y, missed
 
 
+def _native_stage2_tensors(slices, oof: dict, keys: list[str], crop: int, margin: int):
+    xs, ys, missed = [], [], 0
+    for row, (r, z) in enumerate(slices.keys):
+        record = slices.records[r]
+        if record.label is None or not record.label[:, :, z].any():
+            continue
+        s1 = oof[keys[row]].long()
+        if tuple(s1.shape) != record.image.shape[:2]:
+            raise ValueError(f"the native stage-1 prediction of {keys[row]} is {tuple(s1.shape)}, the image "
+                             f"{record.image.shape[:2]}: the stage-1 run was made from other data")
+        box = heart_box(s1.numpy() != 0, margin)
+        if box is None:  # stage 1 missed the heart: the whole image is the crop
+            missed += 1
+            box = CropBox(0, 0, *s1.shape)
+        image = torch.from_numpy(normalise(record.image[:, :, z]))[None, None]
+        label = torch.from_numpy(record.label[:, :, z].astype("int64"))[None]
+        xs.append(stage2_inputs(image, s1[None], [box], crop))
+        ys.append(crop_and_resize(label_masks(label), [box], crop, mode="nearest-exact"))
+    if not xs:
+        raise ValueError("no slice with a labelled heart to train stage 2 on")
+    return torch.cat(xs), torch.cat(ys), missed
+
+
 def run_stage2(cfg: TrainConfig, records, split: dict, out: Path) -> list[Path]:
-    oof = read_oof(Path(cfg.stage1_run))
+    oof = read_oof(Path(cfg.stage1_run), cfg.crop_from)
     s1_cfg = json.loads((Path(cfg.stage1_run) / "fold0" / "config.json").read_text()) if (Path(cfg.stage1_run) / "fold0" / "config.json").is_file() else {}
     frame = s1_cfg.get("image_size", cfg.image_size)
     spacing = s1_cfg.get("target_spacing", cfg.target_spacing)
@@ -153,12 +196,13 @@ def run_stage2(cfg: TrainConfig, records, split: dict, out: Path) -> list[Path]:
         fold = split["folds"][k]
         tr = build_slices([r for r in records if r.subject in set(fold["train"])], frame, spacing, labelled_only=True)
         va = build_slices([r for r in records if r.subject in set(fold["val"])], frame, spacing, labelled_only=True)
-        x, y, skipped = stage2_tensors(tr, oof, cfg.image_size, cfg.crop_margin)
-        vx, vy, vskipped = stage2_tensors(va, oof, cfg.image_size, cfg.crop_margin)
-        print(f"stage 2 fold {k}: {len(x)} training crops, {len(vx)} validation crops "
-              f"(stage 1 missed the heart in {skipped + vskipped}: whole frame used)")
+        x, y, skipped = stage2_tensors(tr, oof, cfg.image_size, cfg.crop_margin, cfg.crop_from)
+        vx, vy, vskipped = stage2_tensors(va, oof, cfg.image_size, cfg.crop_margin, cfg.crop_from)
+        print(f"stage 2 fold {k}: {len(x)} training crops, {len(vx)} validation crops from the {cfg.crop_from} "
+              f"images (stage 1 missed the heart in {skipped + vskipped}: whole image used)")
         run_dir = stage_dir / f"fold{k}"
-        fit(cfg, run_dir, x, y, vx, vy, STAGE1_CHANNELS, k, {"image_size": cfg.image_size, "frame": frame, "target_spacing": spacing, "margin": cfg.crop_margin})
+        fit(cfg, run_dir, x, y, vx, vy, STAGE1_CHANNELS, k, {"image_size": cfg.image_size, "frame": frame, "target_spacing": spacing, "margin": cfg.crop_margin,
+             "crop_from": cfg.crop_from})
         runs.append(run_dir)
     return runs
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crocnet.crop import crop_and_resize, heart_box
 from crocnet.data import Record
 from crocnet.models import CroCNet, merge_binary_maps, stage1_to_labels
 from crocnet.train.inference import Segmenter
@@ -114,3 +115,50 @@ def test_ensemble_of_checkpoints(demo_run, image):
         Segmenter([one, one], demo_run / "stage2-crocnet_specialists/fold0")
     with pytest.raises(ValueError, match="at least one"):
         Segmenter([])
+
+
+class Recorder(BlurMasks):
+    """BlurMasks that keeps every batch of stage-2 inputs it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.clone())
+        return super().predict(x)
+
+
+def test_native_crops_and_frame_crops_agree_where_the_frame_is_the_native_grid(demo_run):
+    image = np.random.default_rng(1).random((32, 32, 2), dtype=np.float32) + 1.0
+    segs = {}
+    for mode in ("frame", "native"):
+        segs[mode] = soft_disc_segmenter(demo_run, [(SoftDisc(), frame(32))])
+        segs[mode].crop_from = mode
+    a, b = (segs[m].segment(record(image)) for m in ("frame", "native"))
+    assert (a.labels == 1).sum() > 100
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.stage1, b.stage1)
+
+
+def test_native_crops_cut_the_native_image_around_the_native_stage1_labels(demo_run, image):
+    seg = soft_disc_segmenter(demo_run, [(SoftDisc(), frame(32))])
+    seg.crop_from = "native"
+    seg.pipeline.stage2 = Recorder()
+    out = seg.segment(record(image))
+    assert out.labels.shape == (80, 72, 3) and out.fallback_slices == 1
+    np.testing.assert_array_equal(out.labels[:, :, 1], out.stage1[:, :, 1])  # no heart: stage 1's labels
+
+    (x,) = seg.pipeline.stage2.inputs  # one batch, the two slices with a heart
+    assert x.shape == (2, 4, 32, 32)
+    for i, z in enumerate((0, 2)):
+        box = heart_box(out.stage1[:, :, z] != 0, margin=3)  # on the 80 x 72 native grid, 3 native pixels
+        assert box.bottom > 32 and box.right > 32
+        native = torch.from_numpy(normalise(image[:, :, z]))[None, None]
+        np.testing.assert_allclose(x[i, :1].numpy(), crop_and_resize(native, [box], (32, 32), mode="bilinear")[0].numpy(),
+                                   rtol=1e-6, atol=1e-6)
+        lv = torch.from_numpy((out.stage1[:, :, z] == 1).astype(np.float32))[None, None]
+        np.testing.assert_array_equal(x[i, 1].numpy(), crop_and_resize(lv, [box], (32, 32), mode="nearest-exact")[0, 0].numpy())
+    # stage 2 echoes blurred masks: the final LV is the native stage-1 disc, up to its blurred rim
+    lv_final, lv_stage1 = out.labels[:, :, 0] == 1, out.stage1[:, :, 0] == 1
+    assert 2 * (lv_final & lv_stage1).sum() / (lv_final.sum() + lv_stage1.sum()) > 0.97

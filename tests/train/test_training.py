@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from crocnet.data import write_phantoms
 from crocnet.models import MHSABlock2d
 from crocnet.train import checkpoint as ckpt_mod
 from crocnet.train import compare, demo, evaluate, predict, train
+from crocnet.train.inference import Segmenter
 
 TINY = ["--base-width", "4", "--image-size", "32", "--folds", "2", "--no-progress", "--batch-size", "4"]
 
@@ -348,3 +350,38 @@ def test_evaluate_takes_one_stage2_outside_cross_validation(demo_run, tmp_path, 
             "--no-progress", "--out", str(tmp_path)]
     assert evaluate.main(argv) == 2
     assert "--stage2 takes one checkpoint (one per fold only with --split cv), got 2" in capsys.readouterr().err
+
+
+def test_stage2_on_native_crops(demo_run, tmp_path, capsys):
+    """``--crop-from native`` (the paper's crop of the original image): stage 1 writes its out-of-fold labels
+    on the native grid too, stage 2 trains on crops of the native images, the checkpoint says so and
+    evaluation crops the same way; a stage-1 run without native predictions is a clear error."""
+    stage = demo_run / "stage1-e2aunet"
+    frame = torch.load(stage / "fold0/oof.pt", weights_only=False)
+    native = torch.load(stage / "fold0/oof_native.pt", weights_only=False)
+    assert native.keys() == frame.keys()
+    key = next(iter(native))
+    assert frame[key].shape == (32, 32) and native[key].shape[0] > 32 and native[key].dtype == torch.uint8
+
+    argv = ["--data", str(demo_run / "data"), "--stage", "2", "--stage1-run", str(stage), "--crop-from", "native",
+            "--fold", "0", "--epochs", "1", "--test-fraction", "0.2", "--out", str(tmp_path), *TINY]
+    assert train.main(argv) == 0
+    assert "validation crops from the native images" in capsys.readouterr().out
+    run = tmp_path / "stage2-crocnet_specialists/fold0"
+    assert torch.load(run / "best.pt", weights_only=False)["preprocess"]["crop_from"] == "native"
+    assert Segmenter(stage / "fold0", run).crop_from == "native"
+    assert Segmenter(stage / "fold0", demo_run / "stage2-crocnet_specialists/fold0").crop_from == "frame"
+    assert evaluate.main(["--stage1", str(stage / "fold0"), "--stage2", str(run), "--data", str(demo_run / "data"),
+                          "--split-file", str(demo_run / "splits.json"), "--split", "fold:0", "--no-progress",
+                          "--out", str(tmp_path / "eval")]) == 0
+    assert "CroCNet (specialists)" in capsys.readouterr().out
+
+    old = tmp_path / "old-stage1"
+    for k in range(2):
+        (old / f"fold{k}").mkdir(parents=True)
+        shutil.copy(stage / f"fold{k}/oof.pt", old / f"fold{k}/oof.pt")
+    argv[argv.index(str(stage))] = str(old)
+    assert train.main([*argv[:-len(TINY) - 2], "--out", str(tmp_path / "again"), *TINY]) == 2
+    assert "no out-of-fold predictions (fold*/oof_native.pt)" in capsys.readouterr().err
+    assert train.main(["--data", str(demo_run / "data"), "--crop-from", "native", *TINY]) == 2
+    assert "--crop-from applies to stage 2" in capsys.readouterr().err
