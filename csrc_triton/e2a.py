@@ -308,6 +308,12 @@ def _query_grad_kernel(
     st1 = tl.load(STAT + row * 2 + 1).to(ACC)
     wg = tl.load(WG + s * D + cols, mask=cmask, other=0.0).to(ACC)
 
+    # A row that fits one tile is reduced over its tokens right here, as autograd through the unfused form
+    # does: ‖a‖ (or the softmax max and sum) and Σ_n â_n·dâ_n instead of the saved statistics and G·dG.
+    # Equal in exact arithmetic; in floating point only this cancels exactly where the gradient through the
+    # token weights vanishes (N = 1: â = ±1), instead of leaving rounding noise amplified by 1/‖a‖.
+    one_tile = tl.cdiv(N, BLOCK_N) == 1
+
     acc_dwg = tl.zeros([BLOCK_D], dtype=ACC)
     acc_db = tl.zeros([BLOCK_D], dtype=ACC)
     start, end = _token_range(pid, P, N, BLOCK_N)
@@ -325,12 +331,18 @@ def _query_grad_kernel(
             a = tl.sum(qh * wg[None, :], axis=1) * scale
             dah = tl.sum(qh * dg[None, :], axis=1)
             if TOKEN_NORM == 0:
-                denom = tl.maximum(st0, eps)
+                norm_a = tl.where(one_tile, tl.sqrt(tl.sum(a * a, axis=0)), st0)  # padded rows: a = 0
+                denom = tl.maximum(norm_a, eps)
                 ah = a / denom
-                da = tl.where(st0 >= eps, (dah - ah * gdg) / denom, dah / eps)
+                ahdah = tl.where(one_tile, tl.sum(ah * dah, axis=0), gdg)
+                da = tl.where(norm_a >= eps, (dah - ah * ahdah) / denom, dah / eps)
             else:
-                ah = tl.where(rmask, tl.exp(a - st1) / st0, 0.0)
-                da = ah * (dah - gdg)
+                a = tl.where(rmask, a, float("-inf"))
+                m_a = tl.where(one_tile, tl.max(a, axis=0), st1)
+                e = tl.exp(a - m_a)
+                ah = e / tl.where(one_tile, tl.sum(e, axis=0), st0)
+                ahdah = tl.where(one_tile, tl.sum(ah * dah, axis=0), gdg)
+                da = ah * (dah - ahdah)
             da = tl.where(rmask, da, 0.0)
             dqh = dy + ah[:, None] * dg[None, :] + (scale * da)[:, None] * wg[None, :]
             acc_dwg += tl.sum(da[:, None] * qh, axis=0)

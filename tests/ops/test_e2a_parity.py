@@ -132,6 +132,24 @@ def test_triton_matches_torch_path_for_every_token_norm(token_norm):
         assert_matches(name, a, ref, torch.float64, grad=name != "y")
 
 
+
+@pytest.mark.parametrize("token_norm", ["l2", "softmax"])
+def test_token_weight_gradient_is_exactly_zero_for_one_token(token_norm):
+    """N = 1: the token weight is ±1 (l2) or 1 (softmax) whatever w_g is, so dL/dw_g is exactly 0. The kernel
+    reduces a row that fits one tile over its own tokens, as autograd does, so float32 rounding cannot
+    leave noise there, even with tiny scores (1/‖a‖ large), where recombining saved statistics did."""
+    dev = triton_device()
+    g = torch.Generator().manual_seed(0)
+    B, D = 3, 64
+    q, k = torch.randn(2, B, 1, D, generator=g).unbind(0)
+    w_g = torch.randn(D, 1, generator=g) * 1e-2
+    W, b = torch.randn(D, D, generator=g) / D**0.5, torch.randn(D, generator=g)
+    args = [t.to(dev).requires_grad_(True) for t in (q, k, w_g, W, b)]
+    y = e2a(*args, token_norm=token_norm, backend="triton")
+    y.backward(torch.randn(y.shape, generator=g).to(dev))
+    assert torch.count_nonzero(args[2].grad) == 0, args[2].grad.abs().max()
+    assert args[0].grad.abs().min() > 0  # q keeps its gradient through G and the residual
+
 def test_functional_op_matches_timm_module_math():
     """``e2a`` on timm's projections reproduces timm's forward before ``final``."""
     ref = timm_e2a(12, 32).double()
