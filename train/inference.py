@@ -93,9 +93,10 @@ class Segmenter:
         labels = np.zeros((H, W, Z), np.uint8)
         probs = np.zeros((H, W, Z, 4), np.float32)
         fell = np.zeros(Z, bool)  # slices where stage 1 found no heart: CroCNet keeps the stage-1 labels
+        images = np.stack([normalise(record.image[:, :, z]) for z in range(Z)])  # (Z, H, W), native grid
         for model, pre in self.members:
             t = plan_transform((H, W), record.in_plane_spacing, pre["image_size"], pre["target_spacing"])
-            frames = torch.stack([torch.from_numpy(t.apply(normalise(record.image[:, :, z]), "image")) for z in range(Z)])
+            frames = torch.stack([torch.from_numpy(t.apply(images[z], "image")) for z in range(Z)])
             for start in range(0, Z, self.batch_size):
                 x = frames[start : start + self.batch_size, None].float().to(self.device)
                 p1 = model.predict(x).float()
@@ -111,7 +112,6 @@ class Segmenter:
         if self.pipeline is None:
             labels = stage1.copy()
         elif self.crop_from == "native":
-            images = np.stack([normalise(record.image[:, :, z]) for z in range(Z)])
             s1 = torch.from_numpy(stage1).permute(2, 0, 1).long()
             for start in range(0, Z, self.batch_size):
                 stop = min(start + self.batch_size, Z)
