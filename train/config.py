@@ -39,7 +39,7 @@ class TrainConfig:
     image_size: int = 128
     target_spacing: float | None = None  # mm; None: fit the whole field of view into image_size
     crop_margin: int = 15
-    crop_from: str = "frame"  # stage 2: cut crops from the network frame or from the native image (the paper's)
+    crop_from: str | None = None  # stage 2: crops of the native image (default, the paper's) or of stage 1's frame
     augment: bool = True
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
@@ -105,10 +105,12 @@ class TrainConfig:
             raise ValueError(f"--loss must be 'dice' or 'dice_ce', got {self.loss!r}")
         if not Path(self.data).exists():
             raise FileNotFoundError(f"--data {self.data!r} does not exist (for the synthetic default run `crocnet phantom --out {self.data}` first)")
-        if self.crop_from not in CROP_SOURCES:
+        if self.crop_from is not None and self.crop_from not in CROP_SOURCES:
             raise ValueError(f"--crop-from must be one of {', '.join(CROP_SOURCES)}, got {self.crop_from!r}")
-        if self.stage == 1 and self.crop_from != "frame":
+        if self.stage == 1 and self.crop_from not in (None, "frame"):  # older stage-1 configs say "frame"
             raise ValueError("--crop-from applies to stage 2 (the crops stage 2 trains on)")
+        if self.stage == 2 and self.crop_from is None:
+            self.crop_from = "native"
         if self.stage == 2 and not self.stage1_run:
             raise ValueError("--stage 2 needs --stage1-run, the stage-1 run folder with out-of-fold predictions")
 
@@ -172,8 +174,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--stage1-run", help="stage 2: the stage-1 run folder (its out-of-fold predictions make the crops)")
     ap.add_argument(
         "--crop-from", choices=CROP_SOURCES,
-        help="stage 2: cut the crops from the network frame of stage 1 (default) or from the native image, "
-             "at its full resolution, as the paper does (the margin is then in native pixels)",
+        help="stage 2: cut the crops from the native image at its full resolution, as the paper does (default; "
+             "the margin is in native pixels), or from stage 1's network frame (the image resampled for stage 1)",
     )
     ap.add_argument("--val-every", type=int, help="validate every N epochs (and at the last) (default 1)")
     ap.add_argument("--max-train-batches", type=int, help="cap on training batches per epoch (smoke tests)")

@@ -3,8 +3,8 @@
 1. writes phantom subjects in the M&Ms-2 layout (long-axis ED and ES);
 2. holds out a test split by subject, and trains stage 1 (E-2AUNet) on every cross-validation fold,
    each fold predicting its own validation subjects (out-of-fold predictions);
-3. trains stage 2 (the weight-shared specialist networks with cross-E2A) on crops made from those
-   out-of-fold predictions;
+3. trains stage 2 (the weight-shared specialist networks with cross-E2A) on crops of the native images
+   around those out-of-fold predictions;
 4. evaluates stage 1 and CroCNet on the test subjects: ``REPORT/table.md``, ``cases.csv``,
    ``summary.json``, overlays, and the learning curves of every run.
 

@@ -174,7 +174,8 @@ def evaluate_cross_validation(records, split_file: str, stage1: list[str], out: 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="crocnet evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage1", required=True, nargs="+",
-                    help="stage-1 checkpoint (best.pt / best.safetensors) or its run folder; several: an ensemble (their probabilities averaged)")
+                    help="stage-1 checkpoint (best.pt / best.safetensors) or its run folder; several: an ensemble (their "
+                         "probabilities averaged; with --stage2 only for a stage 2 trained on native crops)")
     ap.add_argument("--stage2", nargs="+",
                     help="stage-2 checkpoint or run folder: evaluate the whole CroCNet pipeline too (with --split cv: "
                          "one per fold, fold 0 first, or the stage folder holding fold0 ...)")

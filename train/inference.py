@@ -40,8 +40,9 @@ class Segmenter:
 
     Args:
         stage1: a stage-1 checkpoint (``.pt``, ``.safetensors`` or run folder), or several: an ensemble
-            whose native-grid probabilities are averaged (each member keeps its own input size). An
-            ensemble is for stage 1 alone; CroCNet takes one stage-1 model.
+            whose native-grid probabilities are averaged (each member keeps its own input size). With a
+            stage 2 trained on native crops, CroCNet crops around the ensemble's labels; a stage 2 trained
+            on frame crops takes one stage-1 model (the frame is that model's).
         stage2: a stage-2 checkpoint: also run the whole CroCNet pipeline (``labels``).
         margin: the crop margin in pixels of the grid cropped (default: the one stage 2 was trained with).
             Stage 2 crops where it was trained to: the network frame of stage 1, or (checkpoints trained with
@@ -60,8 +61,6 @@ class Segmenter:
         paths = [stage1] if isinstance(stage1, (str, Path)) else list(stage1)
         if not paths:
             raise ValueError("need at least one stage-1 checkpoint")
-        if stage2 is not None and len(paths) > 1:
-            raise ValueError(f"CroCNet takes one stage-1 checkpoint, got {len(paths)}: evaluate an ensemble without --stage2")
         self.postprocess, self.tta, self.batch_size = postprocess, tta, batch_size
         self.device = torch.device(device)
         self.members = []  # (model, preprocessing) per stage-1 checkpoint
@@ -80,6 +79,10 @@ class Segmenter:
             model2, ckpt2 = load_model(stage2, self.device)
             if ckpt2.get("stage") != 2:
                 raise ValueError(f"{stage2} is a stage-{ckpt2.get('stage')} checkpoint; expected stage 2")
+            if len(paths) > 1 and ckpt2["preprocess"].get("crop_from", "frame") != "native":
+                raise ValueError(f"CroCNet with frame crops takes one stage-1 checkpoint, got {len(paths)}: {stage2} was "
+                                 f"trained on crops of stage 1's network frame; an ensemble needs a stage 2 trained "
+                                 f"with --crop-from native (or evaluate the ensemble without --stage2)")
             if margin is None:
                 margin = ckpt2["preprocess"].get("margin", 15)
             self.pipeline = CroCNet(self.members[0][0], FlipTTA(model2) if tta else model2,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from crocnet.crop import CropBox, crop_and_resize, heart_box, heart_boxes
+from crocnet.crop import CropBox, crop_and_resize, heart_box
 from crocnet.data import DataError, kfold, load_dataset
 from crocnet.models import label_masks, stage1_targets, stage1_to_labels, stage2_inputs
 
@@ -123,7 +123,7 @@ def oof_predictions(model, slices, batch_size: int = 16) -> tuple[dict, dict]:
     return frame, native
 
 
-def read_oof(stage1_run: Path, crop_from: str = "frame") -> dict:
+def read_oof(stage1_run: Path, crop_from: str = "native") -> dict:
     stage1_run = Path(stage1_run)
     name = "oof.pt" if crop_from == "frame" else "oof_native.pt"
     files = sorted(stage1_run.glob(f"fold*/{name}"))
@@ -137,52 +137,50 @@ def read_oof(stage1_run: Path, crop_from: str = "frame") -> dict:
     return preds
 
 
-def stage2_tensors(slices, oof: dict, crop: int, margin: int, crop_from: str = "frame"):
+def stage2_tensors(slices, oof: dict, crop: int, margin: int, crop_from: str = "native"):
     """Crops of the images and of the out-of-fold stage-1 masks (inputs) and of the truth (targets), cut
-    from the network frame or (``crop_from="native"``) from each slice's native image and labels."""
+    from each slice's native image and labels or (``crop_from="frame"``) from the network frame.
+    Returns ``(x (B, C + 3, crop, crop), y (B, 3, crop, crop), missed)``, ``missed`` counting the slices where
+    stage 1 found no heart (their crop is the whole image, so training still sees them)."""
     keys = [slice_key(slices.records[r], z) for r, z in slices.keys]
     missing = sorted({k.split(":")[1] for k in keys if k not in oof})
     if missing:
         raise ValueError(f"no out-of-fold stage-1 prediction for {len(missing)} images (e.g. {missing[:3]}); "
                          f"the stage-1 run must cover every fold")
-    if crop_from == "native":
-        return _native_stage2_tensors(slices, oof, keys, crop, margin)
-    s1 = torch.stack([oof[k].long() for k in keys])
-    boxes = heart_boxes(s1 != 0, margin)
-    # where stage 1 missed the heart, the whole frame is the crop (training still sees the image)
-    whole = CropBox(0, 0, s1.shape[1], s1.shape[2])
-    missed = sum(b is None for b in boxes)
-    boxes = [whole if b is None else b for b in boxes]
-    keep = [i for i in range(len(keys)) if slices.labels[i].any()]
-    if not keep:
-        raise ValueError("no slice with a labelled heart to train stage 2 on")
-    kept_boxes = [boxes[i] for i in keep]
-    x = stage2_inputs(slices.images[keep], s1[keep], kept_boxes, crop)
-    y = crop_and_resize(label_masks(slices.labels[keep].long()), kept_boxes, crop, mode="nearest-exact")
-    return x, y, missed
-
-
-def _native_stage2_tensors(slices, oof: dict, keys: list[str], crop: int, margin: int):
+    pick = _native_slice if crop_from == "native" else _frame_slice
     xs, ys, missed = [], [], 0
-    for row, (r, z) in enumerate(slices.keys):
-        record = slices.records[r]
-        if record.label is None or not record.label[:, :, z].any():
+    for row, key in enumerate(keys):
+        image, label = pick(slices, row)
+        if not label.any():
             continue
-        s1 = oof[keys[row]].long()
-        if tuple(s1.shape) != record.image.shape[:2]:
-            raise ValueError(f"the native stage-1 prediction of {keys[row]} is {tuple(s1.shape)}, the image "
-                             f"{record.image.shape[:2]}: the stage-1 run was made from other data")
+        s1 = oof[key].long()
+        if s1.shape != label.shape:
+            raise ValueError(f"the {crop_from} stage-1 prediction of {key} is {tuple(s1.shape)}, the image "
+                             f"{tuple(label.shape)}: the stage-1 run was made from other data or another frame")
         box = heart_box(s1.numpy() != 0, margin)
-        if box is None:  # stage 1 missed the heart: the whole image is the crop
+        if box is None:
             missed += 1
             box = CropBox(0, 0, *s1.shape)
-        image = torch.from_numpy(normalise(record.image[:, :, z]))[None, None]
-        label = torch.from_numpy(record.label[:, :, z].astype("int64"))[None]
-        xs.append(stage2_inputs(image, s1[None], [box], crop))
-        ys.append(crop_and_resize(label_masks(label), [box], crop, mode="nearest-exact"))
+        xs.append(stage2_inputs(image[None], s1[None], [box], crop))
+        ys.append(crop_and_resize(label_masks(label[None]), [box], crop, mode="nearest-exact"))
     if not xs:
         raise ValueError("no slice with a labelled heart to train stage 2 on")
     return torch.cat(xs), torch.cat(ys), missed
+
+
+def _frame_slice(slices, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image ``(C, S, S)`` and labels ``(S, S)`` of one slice in the network frame."""
+    return slices.images[row], slices.labels[row].long()
+
+
+def _native_slice(slices, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised image ``(1, H, W)`` and labels ``(H, W)`` of one slice on its native grid."""
+    r, z = slices.keys[row]
+    record = slices.records[r]
+    if record.label is None:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    image = torch.from_numpy(normalise(record.image[:, :, z]))[None]
+    return image, torch.from_numpy(record.label[:, :, z].astype("int64"))
 
 
 def run_stage2(cfg: TrainConfig, records, split: dict, out: Path) -> list[Path]:

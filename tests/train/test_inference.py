@@ -11,6 +11,7 @@ from torch import nn
 from crocnet.crop import crop_and_resize, heart_box
 from crocnet.data import Record
 from crocnet.models import CroCNet, merge_binary_maps, stage1_to_labels
+from crocnet.train.checkpoint import read_checkpoint
 from crocnet.train.inference import Segmenter
 from crocnet.train.samples import normalise, plan_transform
 
@@ -47,12 +48,22 @@ def frame(size: int) -> dict:
     return {"image_size": size, "target_spacing": None}
 
 
-def soft_disc_segmenter(demo_run, members) -> Segmenter:
-    """A Segmenter whose networks are replaced by the hand-made ones above (the demo's checkpoints only load)."""
+def soft_disc_segmenter(demo_run, members, crop_from: str = "frame") -> Segmenter:
+    """A Segmenter whose networks are replaced by the hand-made ones above (the demo's checkpoints only load),
+    cropping stage 1's network frame or (``crop_from="native"``) the native image."""
     seg = Segmenter(demo_run / "stage1-e2aunet/fold0", demo_run / "stage2-crocnet_specialists/fold0")
     seg.members = members
     seg.pipeline = CroCNet(members[0][0], BlurMasks(), crop_size=32, margin=3)
+    seg.crop_from = crop_from
     return seg
+
+
+def relabelled_stage2(demo_run, tmp_path, crop_from: str):
+    """The demo's stage-2 checkpoint, saying it was trained on crops of ``crop_from``."""
+    ckpt = read_checkpoint(demo_run / "stage2-crocnet_specialists/fold0/best.pt")
+    ckpt["preprocess"]["crop_from"] = crop_from
+    torch.save(ckpt, tmp_path / f"{crop_from}.pt")
+    return tmp_path / f"{crop_from}.pt"
 
 
 def record(image: np.ndarray) -> Record:
@@ -105,14 +116,14 @@ def test_an_ensemble_averages_native_probabilities_of_members_of_any_input_size(
     assert (out.stage1 == 1).sum() > (pa[..., 0] > 0.5).sum()  # the larger disc pulls the average out
 
 
-def test_ensemble_of_checkpoints(demo_run, image):
+def test_ensemble_of_checkpoints(demo_run, image, tmp_path):
     one = demo_run / "stage1-e2aunet/fold0/best.pt"
     single = Segmenter(one).segment(record(image))
     twice = Segmenter([one, demo_run / "stage1-e2aunet/fold0/best.safetensors"])
     assert twice.names["stage 1"] == "stage 1 (ensemble of 2: 2 × E-2AUNet)"
     np.testing.assert_allclose(twice.segment(record(image)).probabilities, single.probabilities, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="one stage-1 checkpoint"):
-        Segmenter([one, one], demo_run / "stage2-crocnet_specialists/fold0")
+    with pytest.raises(ValueError, match="frame crops takes one stage-1 checkpoint.*--crop-from native"):
+        Segmenter([one, one], relabelled_stage2(demo_run, tmp_path, "frame"))
     with pytest.raises(ValueError, match="at least one"):
         Segmenter([])
 
@@ -133,8 +144,7 @@ def test_native_crops_and_frame_crops_agree_where_the_frame_is_the_native_grid(d
     image = np.random.default_rng(1).random((32, 32, 2), dtype=np.float32) + 1.0
     segs = {}
     for mode in ("frame", "native"):
-        segs[mode] = soft_disc_segmenter(demo_run, [(SoftDisc(), frame(32))])
-        segs[mode].crop_from = mode
+        segs[mode] = soft_disc_segmenter(demo_run, [(SoftDisc(), frame(32))], mode)
     a, b = (segs[m].segment(record(image)) for m in ("frame", "native"))
     assert (a.labels == 1).sum() > 100
     np.testing.assert_array_equal(a.labels, b.labels)
@@ -142,8 +152,7 @@ def test_native_crops_and_frame_crops_agree_where_the_frame_is_the_native_grid(d
 
 
 def test_native_crops_cut_the_native_image_around_the_native_stage1_labels(demo_run, image):
-    seg = soft_disc_segmenter(demo_run, [(SoftDisc(), frame(32))])
-    seg.crop_from = "native"
+    seg = soft_disc_segmenter(demo_run, [(SoftDisc(), frame(32))], "native")
     seg.pipeline.stage2 = Recorder()
     out = seg.segment(record(image))
     assert out.labels.shape == (80, 72, 3) and out.fallback_slices == 1
@@ -162,3 +171,21 @@ def test_native_crops_cut_the_native_image_around_the_native_stage1_labels(demo_
     # stage 2 echoes blurred masks: the final LV is the native stage-1 disc, up to its blurred rim
     lv_final, lv_stage1 = out.labels[:, :, 0] == 1, out.stage1[:, :, 0] == 1
     assert 2 * (lv_final & lv_stage1).sum() / (lv_final.sum() + lv_stage1.sum()) > 0.97
+
+
+def test_native_crop_crocnet_crops_around_an_ensembles_labels(demo_run, image, tmp_path):
+    one = demo_run / "stage1-e2aunet/fold0/best.pt"
+    seg = Segmenter([one, one], relabelled_stage2(demo_run, tmp_path, "native"))
+    assert seg.crop_from == "native" and len(seg.members) == 2
+
+    a, b = (SoftDisc(0.22), frame(32)), (SoftDisc(0.3), frame(48))
+    seg = soft_disc_segmenter(demo_run, [a, b], "native")
+    seg.pipeline.stage2 = Recorder()
+    out = seg.segment(record(image))
+    single = soft_disc_segmenter(demo_run, [a]).segment(record(image)).stage1
+    assert (out.stage1 == 1).sum() > (single == 1).sum()  # the ensemble's disc is the larger one
+    (x,) = seg.pipeline.stage2.inputs
+    for i, z in enumerate((0, 2)):  # the stage-2 masks are cut from the ensemble's labels
+        box = heart_box(out.stage1[:, :, z] != 0, margin=3)
+        lv = torch.from_numpy((out.stage1[:, :, z] == 1).astype(np.float32))[None, None]
+        np.testing.assert_array_equal(x[i, 1].numpy(), crop_and_resize(lv, [box], (32, 32), mode="nearest-exact")[0, 0].numpy())

@@ -140,9 +140,21 @@ def test_evaluate_an_ensemble_with_tta(demo_run, tmp_path, capsys):
     assert "stage 1 (ensemble of 2: 2 × E-2AUNet)" in capsys.readouterr().out
     summary = json.loads((tmp_path / "ens" / "summary.json").read_text())
     assert summary["tta"] is True and summary["cases"] > 0
+    # the demo's stage 2 crops the native image: CroCNet crops around the ensemble's labels
     argv = ["--stage1", str(fold0), str(fold1), "--stage2", str(demo_run / "stage2-crocnet_specialists/fold0"), *common]
+    assert evaluate.main([*argv, "--out", str(tmp_path / "ens-crocnet")]) == 0
+    assert "CroCNet (specialists)" in capsys.readouterr().out
+    argv[argv.index("--stage2") + 1] = str(frame_crop_checkpoint(demo_run, tmp_path))
     assert evaluate.main(argv) == 2
-    assert "CroCNet takes one stage-1 checkpoint, got 2" in capsys.readouterr().err
+    assert "CroCNet with frame crops takes one stage-1 checkpoint, got 2" in capsys.readouterr().err
+
+
+def frame_crop_checkpoint(demo_run: Path, tmp_path: Path) -> Path:
+    """The demo's stage 2 relabelled as trained on frame crops (the weights do not matter here)."""
+    ckpt = ckpt_mod.read_checkpoint(demo_run / "stage2-crocnet_specialists/fold0/best.pt")
+    ckpt["preprocess"]["crop_from"] = "frame"
+    torch.save(ckpt, tmp_path / "frame-crops.pt")
+    return tmp_path / "frame-crops.pt"
 
 
 @pytest.mark.parametrize("view", ["LA", "SA"])
@@ -352,10 +364,11 @@ def test_evaluate_takes_one_stage2_outside_cross_validation(demo_run, tmp_path, 
     assert "--stage2 takes one checkpoint (one per fold only with --split cv), got 2" in capsys.readouterr().err
 
 
-def test_stage2_on_native_crops(demo_run, tmp_path, capsys):
-    """``--crop-from native`` (the paper's crop of the original image): stage 1 writes its out-of-fold labels
-    on the native grid too, stage 2 trains on crops of the native images, the checkpoint says so and
-    evaluation crops the same way; a stage-1 run without native predictions is a clear error."""
+def test_stage2_on_native_or_frame_crops(demo_run, tmp_path, capsys):
+    """Stage 2 crops the native image by default (the paper's crop of the original image): stage 1 writes its
+    out-of-fold labels on the native grid too; ``--crop-from frame`` crops stage 1's network frame instead.
+    The checkpoint says which, evaluation crops the same way, and a stage-1 run without native predictions
+    is a clear error."""
     stage = demo_run / "stage1-e2aunet"
     frame = torch.load(stage / "fold0/oof.pt", weights_only=False)
     native = torch.load(stage / "fold0/oof_native.pt", weights_only=False)
@@ -363,14 +376,18 @@ def test_stage2_on_native_crops(demo_run, tmp_path, capsys):
     key = next(iter(native))
     assert frame[key].shape == (32, 32) and native[key].shape[0] > 32 and native[key].dtype == torch.uint8
 
-    argv = ["--data", str(demo_run / "data"), "--stage", "2", "--stage1-run", str(stage), "--crop-from", "native",
+    argv = ["--data", str(demo_run / "data"), "--stage", "2", "--stage1-run", str(stage), "--crop-from", "frame",
             "--fold", "0", "--epochs", "1", "--test-fraction", "0.2", "--out", str(tmp_path), *TINY]
     assert train.main(argv) == 0
-    assert "validation crops from the native images" in capsys.readouterr().out
+    assert "validation crops from the frame images" in capsys.readouterr().out
     run = tmp_path / "stage2-crocnet_specialists/fold0"
-    assert torch.load(run / "best.pt", weights_only=False)["preprocess"]["crop_from"] == "native"
-    assert Segmenter(stage / "fold0", run).crop_from == "native"
-    assert Segmenter(stage / "fold0", demo_run / "stage2-crocnet_specialists/fold0").crop_from == "frame"
+    assert torch.load(run / "best.pt", weights_only=False)["preprocess"]["crop_from"] == "frame"
+    assert json.loads((run / "config.json").read_text())["crop_from"] == "frame"
+    assert Segmenter(stage / "fold0", run).crop_from == "frame"
+    default = demo_run / "stage2-crocnet_specialists/fold0"  # the demo trains stage 2 with the defaults
+    assert torch.load(default / "best.pt", weights_only=False)["preprocess"]["crop_from"] == "native"
+    assert json.loads((default / "config.json").read_text())["crop_from"] == "native"
+    assert Segmenter(stage / "fold0", default).crop_from == "native"
     assert evaluate.main(["--stage1", str(stage / "fold0"), "--stage2", str(run), "--data", str(demo_run / "data"),
                           "--split-file", str(demo_run / "splits.json"), "--split", "fold:0", "--no-progress",
                           "--out", str(tmp_path / "eval")]) == 0
@@ -381,7 +398,10 @@ def test_stage2_on_native_crops(demo_run, tmp_path, capsys):
         (old / f"fold{k}").mkdir(parents=True)
         shutil.copy(stage / f"fold{k}/oof.pt", old / f"fold{k}/oof.pt")
     argv[argv.index(str(stage))] = str(old)
+    i = argv.index("--crop-from")
+    del argv[i : i + 2]  # the default, native crops
     assert train.main([*argv[:-len(TINY) - 2], "--out", str(tmp_path / "again"), *TINY]) == 2
-    assert "no out-of-fold predictions (fold*/oof_native.pt)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no out-of-fold predictions (fold*/oof_native.pt)" in err and "--crop-from frame" in err
     assert train.main(["--data", str(demo_run / "data"), "--crop-from", "native", *TINY]) == 2
     assert "--crop-from applies to stage 2" in capsys.readouterr().err
