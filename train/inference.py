@@ -74,12 +74,13 @@ class Segmenter:
         kinds = [name if n == 1 else f"{n} × {name}" for name, n in sorted(kinds.items())]
         self.names = {"stage 1": f"stage 1 ({', '.join(kinds)})" if len(paths) == 1
                       else f"stage 1 (ensemble of {len(paths)}: {', '.join(kinds)})"}
-        self.pipeline = None
+        self.pipeline, self.crop_from = None, None
         if stage2 is not None:
             model2, ckpt2 = load_model(stage2, self.device)
             if ckpt2.get("stage") != 2:
                 raise ValueError(f"{stage2} is a stage-{ckpt2.get('stage')} checkpoint; expected stage 2")
-            if len(paths) > 1 and ckpt2["preprocess"].get("crop_from", "frame") != "native":
+            self.crop_from = ckpt2["preprocess"].get("crop_from", "frame")  # checkpoints before native crops
+            if len(paths) > 1 and self.crop_from != "native":
                 raise ValueError(f"CroCNet with frame crops takes one stage-1 checkpoint, got {len(paths)}: {stage2} was "
                                  f"trained on crops of stage 1's network frame; an ensemble needs a stage 2 trained "
                                  f"with --crop-from native (or evaluate the ensemble without --stage2)")
@@ -88,7 +89,6 @@ class Segmenter:
             self.pipeline = CroCNet(self.members[0][0], FlipTTA(model2) if tta else model2,
                                     crop_size=ckpt2["preprocess"]["image_size"], margin=margin).eval()
             self.names["CroCNet"] = f"CroCNet ({display_name(ckpt2['model'])})"
-        self.crop_from = ckpt2["preprocess"].get("crop_from", "frame") if stage2 is not None else None
 
     @torch.inference_mode()
     def segment(self, record: Record) -> Segmentation:

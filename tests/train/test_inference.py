@@ -11,7 +11,6 @@ from torch import nn
 from crocnet.crop import crop_and_resize, heart_box
 from crocnet.data import Record
 from crocnet.models import CroCNet, merge_binary_maps, stage1_to_labels
-from crocnet.train.checkpoint import read_checkpoint
 from crocnet.train.inference import Segmenter
 from crocnet.train.samples import normalise, plan_transform
 
@@ -56,14 +55,6 @@ def soft_disc_segmenter(demo_run, members, crop_from: str = "frame") -> Segmente
     seg.pipeline = CroCNet(members[0][0], BlurMasks(), crop_size=32, margin=3)
     seg.crop_from = crop_from
     return seg
-
-
-def relabelled_stage2(demo_run, tmp_path, crop_from: str):
-    """The demo's stage-2 checkpoint, saying it was trained on crops of ``crop_from``."""
-    ckpt = read_checkpoint(demo_run / "stage2-crocnet_specialists/fold0/best.pt")
-    ckpt["preprocess"]["crop_from"] = crop_from
-    torch.save(ckpt, tmp_path / f"{crop_from}.pt")
-    return tmp_path / f"{crop_from}.pt"
 
 
 def record(image: np.ndarray) -> Record:
@@ -116,14 +107,14 @@ def test_an_ensemble_averages_native_probabilities_of_members_of_any_input_size(
     assert (out.stage1 == 1).sum() > (pa[..., 0] > 0.5).sum()  # the larger disc pulls the average out
 
 
-def test_ensemble_of_checkpoints(demo_run, image, tmp_path):
+def test_ensemble_of_checkpoints(demo_run, image, relabelled_stage2):
     one = demo_run / "stage1-e2aunet/fold0/best.pt"
     single = Segmenter(one).segment(record(image))
     twice = Segmenter([one, demo_run / "stage1-e2aunet/fold0/best.safetensors"])
     assert twice.names["stage 1"] == "stage 1 (ensemble of 2: 2 × E-2AUNet)"
     np.testing.assert_allclose(twice.segment(record(image)).probabilities, single.probabilities, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="frame crops takes one stage-1 checkpoint.*--crop-from native"):
-        Segmenter([one, one], relabelled_stage2(demo_run, tmp_path, "frame"))
+        Segmenter([one, one], relabelled_stage2("frame"))
     with pytest.raises(ValueError, match="at least one"):
         Segmenter([])
 
@@ -173,9 +164,9 @@ def test_native_crops_cut_the_native_image_around_the_native_stage1_labels(demo_
     assert 2 * (lv_final & lv_stage1).sum() / (lv_final.sum() + lv_stage1.sum()) > 0.97
 
 
-def test_native_crop_crocnet_crops_around_an_ensembles_labels(demo_run, image, tmp_path):
+def test_native_crop_crocnet_crops_around_an_ensembles_labels(demo_run, image, relabelled_stage2):
     one = demo_run / "stage1-e2aunet/fold0/best.pt"
-    seg = Segmenter([one, one], relabelled_stage2(demo_run, tmp_path, "native"))
+    seg = Segmenter([one, one], relabelled_stage2("native"))
     assert seg.crop_from == "native" and len(seg.members) == 2
 
     a, b = (SoftDisc(0.22), frame(32)), (SoftDisc(0.3), frame(48))

@@ -133,7 +133,7 @@ def test_evaluate_and_predict_errors(tmp_path, capsys):
         ckpt_mod.read_checkpoint(bad)
 
 
-def test_evaluate_an_ensemble_with_tta(demo_run, tmp_path, capsys):
+def test_evaluate_an_ensemble_with_tta(demo_run, tmp_path, capsys, relabelled_stage2):
     fold0, fold1 = demo_run / "stage1-e2aunet/fold0", demo_run / "stage1-e2aunet/fold1"
     common = ["--data", str(demo_run / "data"), "--split-file", str(demo_run / "splits.json"), "--no-progress"]
     assert evaluate.main(["--stage1", str(fold0), str(fold1), "--tta", "--out", str(tmp_path / "ens"), *common]) == 0
@@ -144,17 +144,9 @@ def test_evaluate_an_ensemble_with_tta(demo_run, tmp_path, capsys):
     argv = ["--stage1", str(fold0), str(fold1), "--stage2", str(demo_run / "stage2-crocnet_specialists/fold0"), *common]
     assert evaluate.main([*argv, "--out", str(tmp_path / "ens-crocnet")]) == 0
     assert "CroCNet (specialists)" in capsys.readouterr().out
-    argv[argv.index("--stage2") + 1] = str(frame_crop_checkpoint(demo_run, tmp_path))
+    argv[argv.index("--stage2") + 1] = str(relabelled_stage2("frame"))
     assert evaluate.main(argv) == 2
     assert "CroCNet with frame crops takes one stage-1 checkpoint, got 2" in capsys.readouterr().err
-
-
-def frame_crop_checkpoint(demo_run: Path, tmp_path: Path) -> Path:
-    """The demo's stage 2 relabelled as trained on frame crops (the weights do not matter here)."""
-    ckpt = ckpt_mod.read_checkpoint(demo_run / "stage2-crocnet_specialists/fold0/best.pt")
-    ckpt["preprocess"]["crop_from"] = "frame"
-    torch.save(ckpt, tmp_path / "frame-crops.pt")
-    return tmp_path / "frame-crops.pt"
 
 
 @pytest.mark.parametrize("view", ["LA", "SA"])
