@@ -46,8 +46,7 @@ def _brute_force(pred, gt, spacing):
 def test_hausdorff_matches_brute_force(shape, spacing, seed):
     rng = np.random.default_rng(seed)
     pred, gt = _random_mask(rng, shape), _random_mask(rng, shape)
-    if not pred.any() or not gt.any():
-        pytest.skip("empty random mask")
+    assert pred.any() and gt.any(), "the fixed seeds must give non-empty masks"
     a_to_b, b_to_a, hd, hd95 = _brute_force(pred, gt, spacing)
     to_gt, to_pred = surface_distances(pred, gt, spacing)
     np.testing.assert_allclose(to_gt, a_to_b, rtol=1e-12, atol=1e-12)

@@ -5,7 +5,8 @@ Run folders: ``OUT/splits.json`` (subject-level test split and folds), ``OUT/sta
 ``last.pt`` (resumable), ``best.pt`` and ``best.safetensors`` (weights + description). A stage-1 fold also
 writes ``oof.pt`` and ``oof_native.pt``: its predictions on its own validation subjects (a model that
 never trained on them) in the network frame and on the native grid, from which stage 2 makes its crops
-(``--crop-from frame``, the default, or ``native``: the paper's crop of the original image)::
+(``--crop-from native``, the default: the paper's crop of the original image, or ``frame``: of stage 1's
+resampled input)::
 
     crocnet train --data data/phantom --stage 1 --fold all --epochs 100 --out runs/exp
     crocnet train --data data/phantom --stage 2 --fold 0 --stage1-run runs/exp/stage1-e2aunet --out runs/exp
