@@ -5,8 +5,8 @@ checkpoints (stage 1, a 192-px one with flips and post-processing, a frame-crop 
 on one ACDC validation patient (two volumes), and the CroCNet on the real M&Ms-2 subject 001 (LA and SA, HD95
 in mm), with ``crocnet evaluate``, and checks every Dice and HD95 against the committed ``cases.csv`` rows:
 a change to reading, resampling, decoding, cropping or the metrics that would move a published number
-fails here. Tolerance: 1e-6 on Dice (a fraction) and on HD95 (pixels), room for
-float summation order across thread counts, far below one pixel of one volume (about 1e-4 Dice).
+fails here. Tolerance: 1e-6 on Dice (a fraction) and on HD95 (pixels or mm), room for float summation
+order across thread counts, far below what one pixel of one volume changes (about 1e-4 Dice).
 """
 
 from __future__ import annotations
