@@ -7,7 +7,8 @@ undefined counts), ``OUT/table.md`` (Table-1 style, stage 1 and CroCNet side by 
 stack for short-axis volumes (e.g. ACDC: per-volume 3D Dice, HD95 in pixels as no spacing is stored).
 Several ``--stage1`` checkpoints are evaluated as one ensemble; ``--tta`` averages over flips; ``--split cv``
 scores a whole cross-validation out of fold (each fold's checkpoint on its own validation subjects; with
-``--stage2``, each fold's whole CroCNet too; several stage folders: each fold's ensemble)::
+``--stage2``, each fold's whole CroCNet too; several stage folders: each fold's ensemble, of stage-1 or of
+stage-2 models)::
 
     crocnet evaluate --stage1 runs/exp/stage1-e2aunet/fold0 --stage2 runs/exp/stage2-crocnet_specialists/fold0 \
         --data data/phantom --split-file runs/exp/splits.json --split test --out runs/exp/eval
@@ -135,8 +136,9 @@ def evaluate_cross_validation(records, split_file: str, stage1: list[str], out: 
                               stage2: list[str] | None = None, **segmenter_kwargs) -> dict:
     """Out-of-fold evaluation: the checkpoint of fold k segments the validation subjects of fold k, and the
     report pools every fold (each subject scored once, by the one model that did not train on it). With
-    ``stage2`` (one stage-2 checkpoint per fold, or their stage folder) the whole CroCNet of fold k (its
-    stage 1 and its stage 2) is scored too, next to its stage 1.
+    ``stage2`` (one stage-2 checkpoint per fold, or their stage folder; several stage folders: each fold's
+    stage 2 an ensemble of their fold-k models) the whole CroCNet of fold k (its stage 1 and its stage 2) is
+    scored too, next to its stage 1.
 
     Writes the same files as :func:`evaluate` (``cases.csv`` gains a ``fold`` column) plus a per-fold table
     per method in ``table.md`` and ``folds`` (each fold's summary) in ``summary.json``.
@@ -144,15 +146,13 @@ def evaluate_cross_validation(records, split_file: str, stage1: list[str], out: 
     folds = json.loads(Path(split_file).read_text())["folds"]
     paths = fold_checkpoints(stage1, len(folds))
     paths2 = fold_checkpoints(stage2, len(folds), "--stage2") if stage2 else [[None]] * len(folds)
-    if len(paths2[0]) > 1:
-        raise ValueError(f"--split cv: CroCNet takes one stage-2 model per fold, got {len(paths2[0])} stage folders")
     rows, cases, fallback, per_fold, names = [], [], 0, [], {}
-    for k, (fold, members, (path2,)) in enumerate(zip(folds, paths, paths2)):
+    for k, (fold, members, members2) in enumerate(zip(folds, paths, paths2)):
         val = set(fold["val"])
         mine = [r for r in records if r.subject in val]
         if not mine:
             raise ValueError(f"none of the {len(fold['val'])} validation subjects of fold {k} is in the data")
-        segmenter = Segmenter(members, path2, **segmenter_kwargs)
+        segmenter = Segmenter(members, members2 if members2[0] else None, **segmenter_kwargs)
         for method, name in segmenter.names.items():
             names.setdefault(method, set()).add(name)
         methods, r, c, f = score(mine, segmenter, progress, desc=f"fold {k}", extra={"fold": k})
@@ -160,7 +160,8 @@ def evaluate_cross_validation(records, split_file: str, stage1: list[str], out: 
         cases += c
         fallback += f
         checkpoint = str(members[0]) if len(members) == 1 else [str(m) for m in members]
-        per_fold.append({"fold": k, "checkpoint": checkpoint, **({"stage2": str(path2)} if path2 else {}),
+        stage2_ = {} if not members2[0] else {"stage2": str(members2[0]) if len(members2) == 1 else [str(m) for m in members2]}
+        per_fold.append({"fold": k, "checkpoint": checkpoint, **stage2_,
                          "cases": len(mine), "summary": summary(r, methods)})
     unit = _unit(records)
     labels = {m: f"{', '.join(sorted(n))}, {len(folds)} folds out-of-fold" for m, n in names.items()}
@@ -177,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="stage-1 checkpoint (best.pt / best.safetensors) or its run folder; several: an ensemble (their "
                          "probabilities averaged; with --stage2 only for a stage 2 trained on native crops)")
     ap.add_argument("--stage2", nargs="+",
-                    help="stage-2 checkpoint or run folder: evaluate the whole CroCNet pipeline too (with --split cv: "
-                         "one per fold, fold 0 first, or the stage folder holding fold0 ...)")
+                    help="stage-2 checkpoint or run folder: evaluate the whole CroCNet pipeline too; several: one stage 2 "
+                         "averaging their probabilities (e.g. seeds trained on the same crops). With --split cv: one per "
+                         "fold, fold 0 first, or the stage folder holding fold0 ... (several: each fold's stage 2 an "
+                         "ensemble of their fold-k models)")
     ap.add_argument("--data", required=True, help="dataset folder")
     ap.add_argument("--dataset", default="phantom", choices=DATASET_CHOICES, help="layout of --data (default phantom)")
     ap.add_argument("--views", nargs="+", default=["LA"], choices=("LA", "SA"), help="M&Ms-2 views (default LA)")
@@ -211,9 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate_cross_validation(records, args.split_file, args.stage1, Path(args.out), progress=args.progress,
                                                stage2=args.stage2, device=args.device, postprocess=args.postprocess, tta=args.tta)
         else:
-            if args.stage2 and len(args.stage2) > 1:
-                raise ValueError(f"--stage2 takes one checkpoint (one per fold only with --split cv), got {len(args.stage2)}")
-            segmenter = Segmenter(args.stage1, args.stage2[0] if args.stage2 else None, device=args.device,
+            segmenter = Segmenter(args.stage1, args.stage2, device=args.device,
                                   postprocess=args.postprocess, tta=args.tta)
             records = select_subjects(load_records(cfg), args.split_file, args.split, args.subjects)
             result = evaluate(records, segmenter, Path(args.out), progress=args.progress)

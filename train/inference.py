@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from crocnet.data import Record
-from crocnet.models import CroCNet, FlipTTA, merge_binary_maps, stage1_to_labels
+from crocnet.models import CroCNet, FlipTTA, MeanEnsemble, merge_binary_maps, stage1_to_labels
 from crocnet.postprocess import POSTPROCESS_MODES, postprocess_labels
 
 from .checkpoint import load_model
@@ -43,7 +43,9 @@ class Segmenter:
             whose native-grid probabilities are averaged (each member keeps its own input size). With a
             stage 2 trained on native crops, CroCNet crops around the ensemble's labels; a stage 2 trained
             on frame crops takes one stage-1 model (the frame is that model's).
-        stage2: a stage-2 checkpoint: also run the whole CroCNet pipeline (``labels``).
+        stage2: a stage-2 checkpoint: also run the whole CroCNet pipeline (``labels``); or several, trained
+            on the same kind of crop (crop source, crop size, margin), e.g. seeds: one stage 2 averaging their
+            probabilities in the crop (:class:`~crocnet.models.MeanEnsemble`).
         margin: the crop margin in pixels of the grid cropped (default: the one stage 2 was trained with).
             Stage 2 crops where it was trained to: the network frame of stage 1, or (checkpoints trained with
             ``--crop-from native``) the native image, around the stage-1 labels decoded on the native grid.
@@ -54,7 +56,7 @@ class Segmenter:
             times the inference cost).
     """
 
-    def __init__(self, stage1: str | Path | Sequence[str | Path], stage2: str | Path | None = None, device: str = "cpu",
+    def __init__(self, stage1: str | Path | Sequence[str | Path], stage2: str | Path | Sequence[str | Path] | None = None, device: str = "cpu",
                  margin: int | None = None, batch_size: int = 8, postprocess: str = "none", tta: bool = False):
         if postprocess not in POSTPROCESS_MODES:
             raise ValueError(f"postprocess must be one of {POSTPROCESS_MODES}, got {postprocess!r}")
@@ -75,20 +77,32 @@ class Segmenter:
         self.names = {"stage 1": f"stage 1 ({', '.join(kinds)})" if len(paths) == 1
                       else f"stage 1 (ensemble of {len(paths)}: {', '.join(kinds)})"}
         self.pipeline, self.crop_from = None, None
-        if stage2 is not None:
-            model2, ckpt2 = load_model(stage2, self.device)
-            if ckpt2.get("stage") != 2:
-                raise ValueError(f"{stage2} is a stage-{ckpt2.get('stage')} checkpoint; expected stage 2")
-            self.crop_from = ckpt2["preprocess"].get("crop_from", "frame")  # checkpoints before native crops
+        paths2 = [] if stage2 is None else [stage2] if isinstance(stage2, (str, Path)) else list(stage2)
+        if paths2:
+            models2, crops = [], {}
+            for path in paths2:
+                model2, ckpt2 = load_model(path, self.device)
+                if ckpt2.get("stage") != 2:
+                    raise ValueError(f"{path} is a stage-{ckpt2.get('stage')} checkpoint; expected stage 2")
+                pre = ckpt2["preprocess"]
+                crops[str(path)] = (pre.get("crop_from", "frame"), pre["image_size"], pre.get("margin", 15))  # frame: checkpoints before native crops
+                models2.append((model2, ckpt2))
+            if len(set(crops.values())) > 1:
+                raise ValueError("the stage-2 checkpoints of one ensemble must be trained on the same crops (crop source, "
+                                 "crop size, margin); got " + "; ".join(f"{p}: {c}" for p, c in crops.items()))
+            self.crop_from, crop_size, trained_margin = next(iter(crops.values()))
             if len(paths) > 1 and self.crop_from != "native":
-                raise ValueError(f"CroCNet with frame crops takes one stage-1 checkpoint, got {len(paths)}: {stage2} was "
+                raise ValueError(f"CroCNet with frame crops takes one stage-1 checkpoint, got {len(paths)}: {paths2[0]} was "
                                  f"trained on crops of stage 1's network frame; an ensemble needs a stage 2 trained "
                                  f"with --crop-from native (or evaluate the ensemble without --stage2)")
             if margin is None:
-                margin = ckpt2["preprocess"].get("margin", 15)
-            self.pipeline = CroCNet(self.members[0][0], FlipTTA(model2) if tta else model2,
-                                    crop_size=ckpt2["preprocess"]["image_size"], margin=margin).eval()
-            self.names["CroCNet"] = f"CroCNet ({display_name(ckpt2['model'])})"
+                margin = trained_margin
+            nets = [FlipTTA(m) if tta else m for m, _ in models2]
+            self.pipeline = CroCNet(self.members[0][0], nets[0] if len(nets) == 1 else MeanEnsemble(nets),
+                                    crop_size=crop_size, margin=margin).eval()
+            kinds2 = Counter(display_name(c["model"]) for _, c in models2)
+            kinds2 = ", ".join(name if n == 1 else f"{n} × {name}" for name, n in sorted(kinds2.items()))
+            self.names["CroCNet"] = f"CroCNet ({kinds2})" if len(nets) == 1 else f"CroCNet (stage 2: ensemble of {len(nets)}: {kinds2})"
 
     @torch.inference_mode()
     def segment(self, record: Record) -> Segmentation:

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="crocnet predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, nargs="+",
                     help="stage-1 checkpoint (.pt or .safetensors) or its run folder; several: an ensemble (their probabilities averaged)")
-    ap.add_argument("--stage2", help="stage-2 checkpoint or run folder: run the whole CroCNet pipeline")
+    ap.add_argument("--stage2", nargs="+", help="stage-2 checkpoint or run folder: run the whole CroCNet pipeline; several: "
+                                                "one stage 2 averaging their probabilities (trained on the same crops)")
     ap.add_argument("--input", required=True, help="input NIfTI image")
     ap.add_argument("--output", required=True, help="output label NIfTI (uint8)")
     ap.add_argument("--probabilities", help="also write stage-1 probabilities (H, W, Z, 4) here")

@@ -8,6 +8,7 @@ from ..nn.cross_attention import CROCNET_STREAMS
 from . import registry
 from .baselines import MHSABlock2d, MultiHeadSelfAttention
 from .e2aunet import STAGE1_CHANNELS, DecoderStage, E2AUNet, EncoderStage, attention_block
+from .ensemble import MeanEnsemble
 from .pipeline import (
     CroCNet,
     CroCNetOutput,
@@ -39,6 +40,7 @@ __all__ = [
     "label_masks",
     "merge_binary_maps",
     "FlipTTA",
+    "MeanEnsemble",
     "MultiHeadSelfAttention",
     "MHSABlock2d",
     "add_e2a_to_smp_unet",

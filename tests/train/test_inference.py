@@ -1,4 +1,5 @@
-"""Segmenter: native-grid decoding of resampled probabilities, CroCNet's fallback, ensembles of stage-1 models."""
+"""Segmenter: native-grid decoding of resampled probabilities, CroCNet's fallback, ensembles of stage-1 and of
+stage-2 models."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from torch import nn
 
 from crocnet.crop import crop_and_resize, heart_box
 from crocnet.data import Record
-from crocnet.models import CroCNet, merge_binary_maps, stage1_to_labels
+from crocnet.models import CroCNet, MeanEnsemble, merge_binary_maps, stage1_to_labels
+from crocnet.train.checkpoint import read_checkpoint
 from crocnet.train.inference import Segmenter
 from crocnet.train.samples import normalise, plan_transform
 
@@ -180,3 +182,34 @@ def test_native_crop_crocnet_crops_around_an_ensembles_labels(demo_run, image, r
         box = heart_box(out.stage1[:, :, z] != 0, margin=3)
         lv = torch.from_numpy((out.stage1[:, :, z] == 1).astype(np.float32))[None, None]
         np.testing.assert_array_equal(x[i, 1].numpy(), crop_and_resize(lv, [box], (32, 32), mode="nearest-exact")[0, 0].numpy())
+
+
+def test_several_stage2_checkpoints_are_one_averaging_stage2(demo_run, image, relabelled_stage2, tmp_path):
+    one, s2 = demo_run / "stage1-e2aunet/fold0/best.pt", demo_run / "stage2-crocnet_specialists/fold0/best.pt"
+    single = Segmenter(one, s2)
+    assert single.names["CroCNet"] == "CroCNet (specialists)"
+    expected = single.segment(record(image))
+
+    ckpt = read_checkpoint(s2)  # another "seed": the weights perturbed
+    torch.manual_seed(0)
+    ckpt["state_dict"] = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                          for k, v in ckpt["state_dict"].items()}
+    other = tmp_path / "other-seed.pt"
+    torch.save(ckpt, other)
+    pair = Segmenter(one, [s2, other])
+    assert isinstance(pair.pipeline.stage2, MeanEnsemble) and len(pair.pipeline.stage2.members) == 2
+    assert pair.names["CroCNet"] == "CroCNet (stage 2: ensemble of 2: 2 × specialists)"
+    x = torch.randn(3, 4, *pair.pipeline.crop_size)
+    with torch.inference_mode():
+        members = [Segmenter(one, p).pipeline.stage2.predict(x) for p in (s2, other)]
+        torch.testing.assert_close(pair.pipeline.stage2.predict(x), (members[0] + members[1]) / 2, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(members[0], members[1], atol=1e-3)
+
+    twice = Segmenter(one, [s2, s2]).segment(record(image))  # the mean of one model twice is that model
+    np.testing.assert_array_equal(twice.labels, expected.labels)
+    np.testing.assert_array_equal(twice.stage1, expected.stage1)
+
+    with pytest.raises(ValueError, match=r"same crops \(crop source, crop size, margin\); got .*'frame'.*'native'"):
+        Segmenter(one, [relabelled_stage2("frame"), relabelled_stage2("native")])
+    with pytest.raises(ValueError, match="stage-1 checkpoint; expected stage 2"):
+        Segmenter(one, [s2, one])

@@ -348,12 +348,32 @@ def test_evaluate_crocnet_cross_validation_matches_each_fold(demo_run, tmp_path,
     capsys.readouterr()
 
 
-def test_evaluate_takes_one_stage2_outside_cross_validation(demo_run, tmp_path, capsys):
-    s2 = str(demo_run / "stage2-crocnet_specialists" / "fold0")
-    argv = ["--stage1", str(demo_run / "stage1-e2aunet" / "fold0"), "--stage2", s2, s2, "--data", str(demo_run / "data"),
-            "--no-progress", "--out", str(tmp_path)]
-    assert evaluate.main(argv) == 2
-    assert "--stage2 takes one checkpoint (one per fold only with --split cv), got 2" in capsys.readouterr().err
+def test_several_stage2_checkpoints_evaluate_as_one_stage2_ensemble(demo_run, tmp_path, capsys):
+    """Several ``--stage2``: one stage 2 averaging their probabilities, on one split or (several stage
+    folders) per fold of a cross-validation. The same checkpoint twice averages to itself: the rows of the
+    single model, under the ensemble's name."""
+    import csv
+
+    s2 = demo_run / "stage2-crocnet_specialists" / "fold0"
+    common = ["--data", str(demo_run / "data"), "--split-file", str(demo_run / "splits.json"), "--no-progress"]
+    one = ["--stage1", str(demo_run / "stage1-e2aunet" / "fold0"), "--split", "fold:0", *common]
+    assert evaluate.main([*one, "--stage2", str(s2), "--out", str(tmp_path / "single")]) == 0
+    assert evaluate.main([*one, "--stage2", str(s2), str(s2), "--out", str(tmp_path / "pair")]) == 0
+    assert "| CroCNet (stage 2: ensemble of 2: 2 × specialists) |" in capsys.readouterr().out
+    rows = {name: list(csv.DictReader((tmp_path / name / "cases.csv").open())) for name in ("single", "pair")}
+    assert rows["pair"] == rows["single"] and {r["method"] for r in rows["pair"]} == {"stage 1", "CroCNet"}
+
+    stage2 = tmp_path / "stage2"  # a stage folder whose two folds are the demo's fold-0 stage 2
+    for k in range(2):
+        (stage2 / f"fold{k}").mkdir(parents=True)
+        (stage2 / f"fold{k}" / "best.pt").symlink_to(s2 / "best.pt")
+    cv = ["--stage1", str(demo_run / "stage1-e2aunet"), "--split", "cv", *common]
+    assert evaluate.main([*cv, "--stage2", str(stage2), "--out", str(tmp_path / "cv1")]) == 0
+    assert evaluate.main([*cv, "--stage2", str(stage2), str(stage2), "--out", str(tmp_path / "cv2")]) == 0
+    assert (tmp_path / "cv2" / "cases.csv").read_text() == (tmp_path / "cv1" / "cases.csv").read_text()
+    folds = json.loads((tmp_path / "cv2" / "summary.json").read_text())["folds"]
+    assert [f["stage2"] for f in folds] == [[str(stage2 / f"fold{k}")] * 2 for k in range(2)]
+    capsys.readouterr()
 
 
 def test_stage2_on_native_or_frame_crops(demo_run, tmp_path, capsys):
