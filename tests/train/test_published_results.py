@@ -1,8 +1,8 @@
 """The committed ACDC checkpoints still give the committed numbers.
 
 ``results/`` publishes checkpoints with their per-case tables. Each case here re-evaluates published
-checkpoints (stage 1, a 192-px one with flips and post-processing, a frame-crop and a native-crop CroCNet)
-on one ACDC validation patient (two volumes), and the CroCNet on the real M&Ms-2 subject 001 (LA and SA, HD95
+checkpoints (stage 1, a 192-px one with flips and post-processing, a frame-crop and a native-crop CroCNet,
+a native-crop CroCNet whose stage 2 is the ensemble of two seeds) on one ACDC validation patient (two volumes), and the CroCNet on the real M&Ms-2 subject 001 (LA and SA, HD95
 in mm), with ``crocnet evaluate``, and checks every Dice and HD95 against the committed ``cases.csv`` rows:
 a change to reading, resampling, decoding, cropping or the metrics that would move a published number
 fails here. Tolerance: 1e-6 on Dice (a fraction) and on HD95 (pixels or mm), room for float summation
@@ -30,11 +30,13 @@ def _one(folder: str) -> str:
     return str(files[0])
 
 
-CASES = {  # report folder under results/: (stage 1, stage 2 or None), both under results/acdc/
+CASES = {  # report folder under results/: (stage 1, stage 2: None, a folder or several), under results/acdc/
     "acdc/e2aunet": ("e2aunet", None),
     "acdc/inference_options/s192e42-tta-structures": ("e2aunet_noattn_s192e42", None),
     "acdc/crocnet_specialists": ("e2aunet", "crocnet_specialists"),
     "acdc/cv_crocnet_s192_l234_native/fold1/report": ("cv_s192_l234/fold1", "cv_crocnet_s192_l234_native/fold1"),
+    "acdc/cv_crocnet_s192_l234_native_seeds01": (  # its first rows are fold 0's
+        "e2aunet_l234_s192e42", ("cv_crocnet_s192_l234_native/fold0", "cv_crocnet_s192_l234_native_seed1/fold0")),
     "mnm2_001_domain_gap/acdc": ("e2aunet", "crocnet_specialists"),
 }
 METRICS = [f"{s}_{m}" for s in ("LV", "MYO", "RV") for m in ("dice", "hd95")]
@@ -53,7 +55,7 @@ def test_published_checkpoint_reproduces_its_cases(report, request, tmp_path):
     argv = ["--stage1", _one(stage1), *data, "--subjects", subject, "--no-progress", "--out", str(tmp_path),
             "--postprocess", summary.get("postprocess", "none")]
     if stage2:
-        argv += ["--stage2", _one(stage2)]
+        argv += ["--stage2", *(_one(s) for s in ((stage2,) if isinstance(stage2, str) else stage2))]
     if summary.get("tta"):
         argv.append("--tta")
     assert evaluate.main(argv) == 0
