@@ -20,6 +20,11 @@ from .report import display_name
 from .samples import normalise, plan_transform
 
 
+def _counted(names: Counter) -> str:
+    """``"A, 2 × B"``: each model name once, with its count when above one."""
+    return ", ".join(name if n == 1 else f"{n} × {name}" for name, n in sorted(names.items()))
+
+
 @dataclass
 class Segmentation:
     """Native-grid results for one record (arrays ``(H, W, Z)``)."""
@@ -73,9 +78,8 @@ class Segmenter:
                 raise ValueError(f"{path} is a stage-{ckpt.get('stage')} checkpoint; expected stage 1")
             self.members.append((FlipTTA(model) if tta else model, ckpt["preprocess"]))
             kinds[display_name(ckpt["model"], ckpt.get("model_kwargs"))] += 1
-        kinds = [name if n == 1 else f"{n} × {name}" for name, n in sorted(kinds.items())]
-        self.names = {"stage 1": f"stage 1 ({', '.join(kinds)})" if len(paths) == 1
-                      else f"stage 1 (ensemble of {len(paths)}: {', '.join(kinds)})"}
+        self.names = {"stage 1": f"stage 1 ({_counted(kinds)})" if len(paths) == 1
+                      else f"stage 1 (ensemble of {len(paths)}: {_counted(kinds)})"}
         self.pipeline, self.crop_from = None, None
         paths2 = [] if stage2 is None else [stage2] if isinstance(stage2, (str, Path)) else list(stage2)
         if paths2:
@@ -100,8 +104,7 @@ class Segmenter:
             nets = [FlipTTA(m) if tta else m for m, _ in models2]
             self.pipeline = CroCNet(self.members[0][0], nets[0] if len(nets) == 1 else MeanEnsemble(nets),
                                     crop_size=crop_size, margin=margin).eval()
-            kinds2 = Counter(display_name(c["model"]) for _, c in models2)
-            kinds2 = ", ".join(name if n == 1 else f"{n} × {name}" for name, n in sorted(kinds2.items()))
+            kinds2 = _counted(Counter(display_name(c["model"]) for _, c in models2))
             self.names["CroCNet"] = f"CroCNet ({kinds2})" if len(nets) == 1 else f"CroCNet (stage 2: ensemble of {len(nets)}: {kinds2})"
 
     @torch.inference_mode()
