@@ -132,6 +132,11 @@ def fold_checkpoints(paths: list[str], n_folds: int, flag: str = "--stage1") -> 
     return [[Path(p)] for p in paths]
 
 
+def _json_paths(paths: list[Path]) -> str | list[str]:
+    """One checkpoint as its path, an ensemble as the list of its paths (``summary.json``'s ``folds``)."""
+    return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
+
+
 def evaluate_cross_validation(records, split_file: str, stage1: list[str], out: Path, progress: bool = True,
                               stage2: list[str] | None = None, **segmenter_kwargs) -> dict:
     """Out-of-fold evaluation: the checkpoint of fold k segments the validation subjects of fold k, and the
@@ -145,23 +150,21 @@ def evaluate_cross_validation(records, split_file: str, stage1: list[str], out: 
     """
     folds = json.loads(Path(split_file).read_text())["folds"]
     paths = fold_checkpoints(stage1, len(folds))
-    paths2 = fold_checkpoints(stage2, len(folds), "--stage2") if stage2 else [[None]] * len(folds)
+    paths2 = fold_checkpoints(stage2, len(folds), "--stage2") if stage2 else [None] * len(folds)
     rows, cases, fallback, per_fold, names = [], [], 0, [], {}
     for k, (fold, members, members2) in enumerate(zip(folds, paths, paths2)):
         val = set(fold["val"])
         mine = [r for r in records if r.subject in val]
         if not mine:
             raise ValueError(f"none of the {len(fold['val'])} validation subjects of fold {k} is in the data")
-        segmenter = Segmenter(members, members2 if members2[0] else None, **segmenter_kwargs)
+        segmenter = Segmenter(members, members2, **segmenter_kwargs)
         for method, name in segmenter.names.items():
             names.setdefault(method, set()).add(name)
         methods, r, c, f = score(mine, segmenter, progress, desc=f"fold {k}", extra={"fold": k})
         rows += r
         cases += c
         fallback += f
-        checkpoint = str(members[0]) if len(members) == 1 else [str(m) for m in members]
-        stage2_ = {} if not members2[0] else {"stage2": str(members2[0]) if len(members2) == 1 else [str(m) for m in members2]}
-        per_fold.append({"fold": k, "checkpoint": checkpoint, **stage2_,
+        per_fold.append({"fold": k, "checkpoint": _json_paths(members), **({"stage2": _json_paths(members2)} if members2 else {}),
                          "cases": len(mine), "summary": summary(r, methods)})
     unit = _unit(records)
     labels = {m: f"{', '.join(sorted(n))}, {len(folds)} folds out-of-fold" for m, n in names.items()}

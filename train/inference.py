@@ -20,6 +20,14 @@ from .report import display_name
 from .samples import normalise, plan_transform
 
 
+def _load_stage(path: str | Path, stage: int, device: torch.device):
+    """``(model, checkpoint)`` of a checkpoint that must be of ``stage`` (checkpoints without one are stage 1)."""
+    model, ckpt = load_model(path, device)
+    if ckpt.get("stage", 1) != stage:
+        raise ValueError(f"{path} is a stage-{ckpt.get('stage', 1)} checkpoint; expected stage {stage}")
+    return model, ckpt
+
+
 def _counted(names: Counter) -> str:
     """``"A, 2 × B"``: each model name once, with its count when above one."""
     return ", ".join(name if n == 1 else f"{n} × {name}" for name, n in sorted(names.items()))
@@ -73,9 +81,7 @@ class Segmenter:
         self.members = []  # (model, preprocessing) per stage-1 checkpoint
         kinds = Counter()
         for path in paths:
-            model, ckpt = load_model(path, self.device)
-            if ckpt.get("stage", 1) != 1:
-                raise ValueError(f"{path} is a stage-{ckpt.get('stage')} checkpoint; expected stage 1")
+            model, ckpt = _load_stage(path, 1, self.device)
             self.members.append((FlipTTA(model) if tta else model, ckpt["preprocess"]))
             kinds[display_name(ckpt["model"], ckpt.get("model_kwargs"))] += 1
         self.names = {"stage 1": f"stage 1 ({_counted(kinds)})" if len(paths) == 1
@@ -85,9 +91,7 @@ class Segmenter:
         if paths2:
             models2, crops = [], {}
             for path in paths2:
-                model2, ckpt2 = load_model(path, self.device)
-                if ckpt2.get("stage") != 2:
-                    raise ValueError(f"{path} is a stage-{ckpt2.get('stage')} checkpoint; expected stage 2")
+                model2, ckpt2 = _load_stage(path, 2, self.device)
                 pre = ckpt2["preprocess"]
                 crops[str(path)] = (pre.get("crop_from", "frame"), pre["image_size"], pre.get("margin", 15))  # frame: checkpoints before native crops
                 models2.append((model2, ckpt2))
