@@ -104,10 +104,19 @@ def read_checkpoint(path: str | Path) -> dict:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        out = {k: json.loads(v) for k, v in meta.items()}
-        out["state_dict"] = load_file(str(path))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            state_dict = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001  (safetensors raises its own error type)
+            raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc})") from exc
+        out = {}
+        for key, value in meta.items():
+            try:
+                out[key] = json.loads(value)
+            except json.JSONDecodeError:  # metadata written by other tools (e.g. {"format": "pt"})
+                out[key] = value
+        out["state_dict"] = state_dict
     else:
         try:
             out = torch.load(path, map_location="cpu", weights_only=False)

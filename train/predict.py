@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from crocnet.data import DataError, Record, read_nifti, write_nifti
+from crocnet.data.validation import check_image
 from crocnet.postprocess import POSTPROCESS_MODES
 
 from .inference import Segmenter
@@ -26,7 +27,7 @@ from .report import overlay_png
 def predict_file(segmenter: Segmenter, src: Path, dst: Path, probabilities: Path | None = None, overlay: Path | None = None):
     """Segment one NIfTI file and write the labels (and optionally probabilities and an overlay); returns the Segmentation."""
     vol = read_nifti(src)
-    data = np.asarray(vol.array, dtype=np.float32)
+    data = check_image(vol.array, src)
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim != 3:

@@ -133,6 +133,37 @@ def test_evaluate_and_predict_errors(tmp_path, capsys):
         ckpt_mod.read_checkpoint(bad)
 
 
+def test_predict_refuses_nan_and_empty_images(demo_run, tmp_path, capsys):
+    stage1 = str(demo_run / "stage1-e2aunet/fold0")
+    image = np.zeros((48, 40, 1), np.float32)
+    image[5, 7, 0] = np.nan
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(tmp_path / "nan.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((48, 0, 1), np.float32), np.eye(4)), str(tmp_path / "empty.nii.gz"))
+    for name, expected in (("nan", "expected finite intensities, got 1 NaN/inf voxels of 1920"),
+                           ("empty", "empty.nii.gz: expected a 2D or 3D image, got an array of shape (0,)")):
+        out = tmp_path / f"{name}-seg.nii.gz"
+        assert predict.main(["--checkpoint", stage1, "--input", str(tmp_path / f"{name}.nii.gz"), "--output", str(out)]) == 2
+        assert expected in capsys.readouterr().err
+        assert not out.exists()
+
+
+def test_unreadable_or_foreign_safetensors_are_refused_with_a_message(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    good = tmp_path / "weights.safetensors"
+    save_file({"w": torch.ones(64, 64)}, str(good), metadata={"format": "pt"})  # as timm or HF write them
+    with pytest.raises(ValueError, match="weights.safetensors is not a crocnet checkpoint: missing model, model_kwargs"):
+        ckpt_mod.read_checkpoint(good)
+    garbage, truncated = tmp_path / "garbage.safetensors", tmp_path / "truncated.safetensors"
+    garbage.write_bytes(b"not a checkpoint")
+    truncated.write_bytes(good.read_bytes()[:100])
+    for bad in (garbage, truncated):
+        with pytest.raises(ValueError, match=f"checkpoint '{bad}' could not be read"):
+            ckpt_mod.read_checkpoint(bad)
+    assert evaluate.main(["--stage1", str(truncated), "--data", str(tmp_path)]) == 2
+    assert "truncated.safetensors' could not be read" in capsys.readouterr().err
+
+
 def test_evaluate_an_ensemble_with_tta(demo_run, tmp_path, capsys, relabelled_stage2):
     fold0, fold1 = demo_run / "stage1-e2aunet/fold0", demo_run / "stage1-e2aunet/fold1"
     common = ["--data", str(demo_run / "data"), "--split-file", str(demo_run / "splits.json"), "--no-progress"]
