@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -61,14 +62,16 @@ def export_safetensors(checkpoint: dict, path: str | Path, dtype: torch.dtype | 
     """Write the weights of ``checkpoint`` to ``path`` (safetensors) with its description as metadata.
 
     ``dtype=torch.float16`` halves the file (floating-point weights only; :func:`load_model` casts them back
-    to the model's dtype), e.g. to keep a base-width-16 E-2AUNet under 10 MB.
+    to the model's dtype), e.g. to keep a base-width-16 E-2AUNet under 10 MB. A tensor with a finite value
+    that the narrower type cannot hold (a BatchNorm ``running_var`` above float16's 65504 is the usual one)
+    keeps its own dtype instead of turning into ``inf``; :func:`narrowed_out_of_range` names them.
     """
     path = Path(path)
     meta = {k: json.dumps(checkpoint[k]) for k in DESCRIPTION_KEYS if k in checkpoint}
     tensors = {}
     for k, v in checkpoint["state_dict"].items():
         v = v.detach().cpu()
-        if dtype is not None and v.is_floating_point():
+        if dtype is not None and v.is_floating_point() and k not in narrowed_out_of_range({k: v}, dtype):
             v = v.to(dtype)
         tensors[k] = v.contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +79,18 @@ def export_safetensors(checkpoint: dict, path: str | Path, dtype: torch.dtype | 
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
+
+
+def narrowed_out_of_range(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> list[str]:
+    """Names of the floating-point tensors with a finite value whose cast to ``dtype`` would be ``±inf``."""
+    limit = torch.finfo(dtype).max
+    return [k for k, v in state_dict.items()
+            if v.is_floating_point() and bool((torch.isfinite(v) & (v.abs() > limit)).any())]
+
+
+def nonfinite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or ±inf."""
+    return [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -139,6 +154,10 @@ def build_model(name: str, kwargs: dict):
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes and load its weights; returns ``(model.eval(), checkpoint)``."""
     ckpt = read_checkpoint(path)
+    bad = nonfinite_tensors(ckpt["state_dict"])
+    if bad:
+        warnings.warn(f"checkpoint {str(path)!r} holds NaN or inf in {', '.join(bad)}: the model is loaded as it is, "
+                      "but its outputs may differ from those of the weights it was trained to", stacklevel=2)
     model = build_model(ckpt["model"], ckpt["model_kwargs"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
@@ -154,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--half", action="store_true", help="store floating-point weights as float16 (half the size)")
     args = ap.parse_args(argv)
     ckpt = read_checkpoint(args.src)
-    out = export_safetensors(ckpt, args.dst, torch.float16 if args.half else None)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    dtype = torch.float16 if args.half else None
+    out = export_safetensors(ckpt, args.dst, dtype)
+    kept = narrowed_out_of_range(ckpt["state_dict"], dtype) if dtype is not None else []
+    note = f"; kept in float32, beyond float16's range: {', '.join(kept)}" if kept else ""
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB){note}")
     return 0
 
 
