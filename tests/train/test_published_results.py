@@ -1,9 +1,11 @@
 """The committed ACDC checkpoints still give the committed numbers.
 
 ``results/`` publishes checkpoints with their per-case tables. Each case here re-evaluates published
-checkpoints (stage 1, a 192-px one with flips and post-processing, a frame-crop and a native-crop CroCNet,
-a native-crop CroCNet whose stage 2 is the ensemble of two seeds) on one ACDC validation patient (two volumes), and the CroCNet on the real M&Ms-2 subject 001 (LA and SA, HD95
-in mm), with ``crocnet evaluate``, and checks every Dice and HD95 against the committed ``cases.csv`` rows:
+checkpoints (stage 1 at width 8, and at width 16 stored as float16 with two tensors kept in float32; a
+192-px one with flips and post-processing; a frame-crop and a native-crop CroCNet; a native-crop CroCNet
+whose stage 2 is the ensemble of two seeds) on one ACDC validation patient (two volumes), and the CroCNet
+on the real M&Ms-2 subject 001 (LA and SA, HD95 in mm), with ``crocnet evaluate``, and checks every Dice
+and HD95 against the committed ``cases.csv`` rows:
 a change to reading, resampling, decoding, cropping or the metrics that would move a published number
 fails here. Tolerance: 1e-6 on Dice (a fraction) and on HD95 (pixels or mm), room for float summation
 order across thread counts, far below what one pixel of one volume changes (about 1e-4 Dice).
@@ -32,6 +34,7 @@ def _one(folder: str) -> str:
 
 CASES = {  # report folder under results/: (stage 1, stage 2: None, a folder or several), under results/acdc/
     "acdc/e2aunet": ("e2aunet", None),
+    "acdc/e2aunet_l234_w16": ("e2aunet_l234_w16", None),  # float16 with two running_var tensors kept in float32
     "acdc/inference_options/s192e42-tta-structures": ("e2aunet_noattn_s192e42", None),
     "acdc/crocnet_specialists": ("e2aunet", "crocnet_specialists"),
     "acdc/cv_crocnet_s192_l234_native/fold1/report": ("cv_s192_l234/fold1", "cv_crocnet_s192_l234_native/fold1"),
