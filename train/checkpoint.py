@@ -156,8 +156,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     ckpt = read_checkpoint(path)
     bad = nonfinite_tensors(ckpt["state_dict"])
     if bad:
-        warnings.warn(f"checkpoint {str(path)!r} holds NaN or inf in {', '.join(bad)}: the model is loaded as it is, "
-                      "but its outputs may differ from those of the weights it was trained to", stacklevel=2)
+        warnings.warn(f"checkpoint {str(path)!r} holds NaN or inf in {', '.join(bad)}: the model is loaded as it is, but "
+                      "its outputs may differ from the trained network's (re-export it from the float32 checkpoint)",
+                      stacklevel=2)
     model = build_model(ckpt["model"], ckpt["model_kwargs"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
