@@ -68,10 +68,11 @@ def export_safetensors(checkpoint: dict, path: str | Path, dtype: torch.dtype | 
     """
     path = Path(path)
     meta = {k: json.dumps(checkpoint[k]) for k in DESCRIPTION_KEYS if k in checkpoint}
+    keep = set(narrowed_out_of_range(checkpoint["state_dict"], dtype)) if dtype is not None else set()
     tensors = {}
     for k, v in checkpoint["state_dict"].items():
         v = v.detach().cpu()
-        if dtype is not None and v.is_floating_point() and k not in narrowed_out_of_range({k: v}, dtype):
+        if dtype is not None and v.is_floating_point() and k not in keep:
             v = v.to(dtype)
         tensors[k] = v.contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,12 +118,11 @@ def read_checkpoint(path: str | Path) -> dict:
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            state_dict = load_file(str(path))
+                state_dict = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # noqa: BLE001  (safetensors raises its own error type)
             raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc})") from exc
         out = {}
