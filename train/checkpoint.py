@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -165,15 +166,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m crocnet.train.checkpoint SRC DST.safetensors [--half]``: export a checkpoint's weights."""
+    """``crocnet export SRC DST.safetensors [--half]``: write a checkpoint's weights and description as
+    safetensors, which ``evaluate``, ``predict`` and ``load_model`` read like the ``.pt``. With ``--half``
+    floating-point tensors are stored as float16, except those with values beyond float16's range (BatchNorm
+    running variances can reach 1e7), which stay float32."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m crocnet.train.checkpoint", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="crocnet export", description=main.__doc__)
     ap.add_argument("src", help="checkpoint (.pt / .safetensors) or run folder")
     ap.add_argument("dst", help="output .safetensors file")
     ap.add_argument("--half", action="store_true", help="store floating-point weights as float16 (half the size)")
     args = ap.parse_args(argv)
-    ckpt = read_checkpoint(args.src)
+    try:
+        ckpt = read_checkpoint(args.src)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"crocnet export: error: {exc}", file=sys.stderr)
+        return 2
     dtype = torch.float16 if args.half else None
     out = export_safetensors(ckpt, args.dst, dtype)
     kept = narrowed_out_of_range(ckpt["state_dict"], dtype) if dtype is not None else []

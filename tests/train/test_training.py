@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from crocnet import cli
 from crocnet.data import write_phantoms
 from crocnet.models import MHSABlock2d
 from crocnet.train import checkpoint as ckpt_mod
@@ -269,7 +270,7 @@ def test_evaluate_acdc_volumes_per_case_in_pixels(demo_run, acdc_h5, tmp_path, c
 def test_half_precision_safetensors_export_loads_and_predicts_the_same(demo_run, tmp_path):
     src = demo_run / "stage1-e2aunet/fold0/best.pt"
     dst = tmp_path / "half.safetensors"
-    assert ckpt_mod.main([str(src), str(dst), "--half"]) == 0
+    assert cli.main(["export", str(src), str(dst), "--half"]) == 0
     full, _ = ckpt_mod.load_model(src)
     half, meta = ckpt_mod.load_model(dst)
     assert meta["model"] == "e2aunet" and meta["preprocess"]["image_size"] == 32
@@ -277,6 +278,15 @@ def test_half_precision_safetensors_export_loads_and_predicts_the_same(demo_run,
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(half(x), full(x), rtol=0, atol=5e-2)
+
+
+def test_export_of_a_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["export", str(tmp_path / "nope.pt"), str(tmp_path / "out.safetensors")]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    assert cli.main(["export", str(tmp_path / "foreign.pt"), str(tmp_path / "out.safetensors")]) == 2
+    assert "not a crocnet checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_half_precision_export_keeps_tensors_beyond_float16_in_float32(demo_run, tmp_path, capsys):
