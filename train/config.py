@@ -46,6 +46,7 @@ class TrainConfig:
     workers: int = 0
     out: str = "runs/train"
     resume: bool = False
+    init: str | None = None  # start from these weights (fine-tuning): a checkpoint, or a folder with fold<k>/ per fold
     seed: int = 0
     val_every: int = 1
     max_train_batches: int | None = None  # cap per epoch (smoke tests)
@@ -170,6 +171,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no bf16 autocast on CUDA")
     ap.add_argument("--out", help=f"run folder root (default {d.out})")
     ap.add_argument("--resume", action="store_const", const=True, help="continue the run in --out from its last checkpoint")
+    ap.add_argument(
+        "--init",
+        help="start from these weights instead of random ones (fine-tuning; optimizer and schedule start afresh): "
+             "a checkpoint of the same model and arguments, or a cross-validation folder whose fold<k>/ holds "
+             "fold k's checkpoint",
+    )
     ap.add_argument("--seed", type=int, help="seed of weights, shuffling and augmentation (default 0)")
     ap.add_argument("--stage1-run", help="stage 2: the stage-1 run folder (its out-of-fold predictions make the crops)")
     ap.add_argument(

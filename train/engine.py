@@ -15,6 +15,7 @@ import platform
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from crocnet.data import Augment
 from crocnet.metrics import dice as mask_dice
 from crocnet.models import merge_binary_maps, stage1_to_labels
 
-from .checkpoint import atomic_save, atomic_write_text, build_model, export_safetensors
+from .checkpoint import (atomic_save, atomic_write_text, build_model, export_safetensors, nonfinite_tensors,
+                         read_checkpoint, resolve_checkpoint)
 from .config import TrainConfig
 from .losses import segmentation_loss
 
@@ -157,6 +159,32 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def init_weights(model: torch.nn.Module, source: str | Path, name: str, kwargs: dict, fold: int) -> Path:
+    """Load the weights of ``source`` into ``model`` (fine-tuning); returns the checkpoint used.
+
+    ``source`` is a checkpoint (file or run folder) or a cross-validation folder with ``fold<k>/`` subfolders,
+    of which fold ``fold``'s is used: it never trained on this fold's validation subjects. The checkpoint must
+    describe the same model with the same arguments (any input size: the networks are fully convolutional).
+    """
+    source = Path(source)
+    if source.is_dir() and (source / f"fold{fold}").is_dir():
+        source = source / f"fold{fold}"
+    path = resolve_checkpoint(source)
+    ckpt = read_checkpoint(path)
+    if ckpt["model"] != name or ckpt["model_kwargs"] != kwargs:
+        raise ValueError(f"--init {str(path)!r} holds {ckpt['model']} {ckpt['model_kwargs']}, but this run trains "
+                         f"{name} {kwargs}: pass the same --model, --base-width, --depth and --attention-levels")
+    if ckpt.get("fold") is not None and int(ckpt["fold"]) != fold:
+        warnings.warn(f"--init {str(path)!r} was trained as fold {ckpt['fold']}, this run is fold {fold}: if both use "
+                      f"the same split, fold {fold}'s validation subjects were in its training set (give a folder "
+                      f"with fold<k>/ subfolders to start each fold from its own weights)", stacklevel=2)
+    bad = nonfinite_tensors(ckpt["state_dict"])
+    if bad:
+        raise ValueError(f"--init {str(path)!r} holds NaN or inf in {', '.join(bad)}")
+    model.load_state_dict(ckpt["state_dict"])  # copied into the model's dtype (float16 exports too)
+    return path
+
+
 def fit(
     cfg: TrainConfig,
     run_dir: Path,
@@ -190,7 +218,8 @@ def fit(
     best = -math.inf
     start = 1
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    if cfg.resume and last_path.is_file():
+    resuming = cfg.resume and last_path.is_file()
+    if resuming:
         state = torch.load(last_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
@@ -199,7 +228,11 @@ def fit(
         set_rng_states(state.get("rng", {}))
         if ddp.main:
             print(f"resuming {run_dir} after epoch {state['epoch']} (best validation Dice {best:.4f})")
-    elif ddp.main:
+    elif cfg.init:  # the same weights on every process: DDP needs them equal
+        source = init_weights(model, cfg.init, name, kwargs, fold)
+        if ddp.main:
+            print(f"{run_dir}: starting from the weights of {source}")
+    if not resuming and ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_json(), indent=2))
         atomic_write_text(run_dir / "versions.json", json.dumps(versions(), indent=2))

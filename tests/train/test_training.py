@@ -86,6 +86,32 @@ def test_resume_after_a_kill_gives_the_same_weights(phantoms, tmp_path, monkeypa
     assert [row["epoch"] for row in log] == [1, 2, 3]
 
 
+def test_init_fine_tunes_from_a_checkpoint_each_fold_from_its_own(phantoms, tmp_path, capsys):
+    args = ["--data", str(phantoms), "--stage", "1", "--epochs", "1", *TINY]
+    assert train.main([*args, "--fold", "all", "--out", str(tmp_path / "pre")]) == 0
+    pre = tmp_path / "pre" / "stage1-e2aunet"
+    # lr 0: Adam moves nothing, so every parameter must still be the initial checkpoint's (fold 1's own)
+    assert train.main([*args, "--fold", "1", "--lr", "0", "--init", str(pre), "--out", str(tmp_path / "ft")]) == 0
+    assert f"starting from the weights of {pre / 'fold1' / 'best.pt'}" in capsys.readouterr().out
+    run = tmp_path / "ft" / "stage1-e2aunet" / "fold1"
+    tuned = torch.load(run / "last.pt", weights_only=False)["state_dict"]
+    start = torch.load(pre / "fold1" / "best.pt", weights_only=False)["state_dict"]
+    fresh = torch.load(pre / "fold0" / "best.pt", weights_only=False)["state_dict"]
+    params = [k for k in tuned if "running" not in k and "num_batches" not in k]
+    assert params and all(torch.equal(tuned[k], start[k]) for k in params)
+    assert not all(torch.equal(tuned[k], fresh[k]) for k in params)
+    assert json.loads((run / "config.json").read_text())["init"] == str(pre)
+    # one checkpoint of another fold: allowed (another dataset's, say), with a warning about leakage
+    with pytest.warns(UserWarning, match="was trained as fold 0, this run is fold 1"):
+        assert train.main([*args, "--fold", "1", "--init", str(pre / "fold0" / "best.pt"), "--out", str(tmp_path / "x")]) == 0
+    # another architecture: a clear error naming both
+    assert train.main([*args, "--fold", "0", "--base-width", "8", "--init", str(pre), "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "'base_width': 4" in err and "'base_width': 8" in err and "pass the same --model" in err
+    assert train.main([*args, "--fold", "0", "--init", str(tmp_path / "none.pt"), "--out", str(tmp_path / "z")]) == 2
+    assert "none.pt' not found" in capsys.readouterr().err
+
+
 def test_ddp_two_cpu_processes(phantoms, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
            "-m", "crocnet.cli", "train", "--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "1",
