@@ -228,7 +228,7 @@ def fit(
         set_rng_states(state.get("rng", {}))
         if ddp.main:
             print(f"resuming {run_dir} after epoch {state['epoch']} (best validation Dice {best:.4f})")
-    elif cfg.init:  # the same weights on every process: DDP needs them equal
+    elif cfg.init:
         source = init_weights(model, cfg.init, name, kwargs, fold)
         if ddp.main:
             print(f"{run_dir}: starting from the weights of {source}")
