@@ -110,6 +110,12 @@ def test_init_fine_tunes_from_a_checkpoint_each_fold_from_its_own(phantoms, tmp_
     assert "'base_width': 4" in err and "'base_width': 8" in err and "pass the same --model" in err
     assert train.main([*args, "--fold", "0", "--init", str(tmp_path / "none.pt"), "--out", str(tmp_path / "z")]) == 2
     assert "none.pt' not found" in capsys.readouterr().err
+    broken = torch.load(pre / "fold0" / "best.pt", weights_only=False)
+    name = next(k for k in broken["state_dict"] if k.endswith("running_var"))
+    broken["state_dict"][name][0] = float("inf")
+    torch.save(broken, tmp_path / "broken.pt")
+    assert train.main([*args, "--fold", "0", "--init", str(tmp_path / "broken.pt"), "--out", str(tmp_path / "z")]) == 2
+    assert f"holds NaN or inf in {name}" in capsys.readouterr().err
 
 
 def test_ddp_two_cpu_processes(phantoms, tmp_path):
