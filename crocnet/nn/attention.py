@@ -74,6 +74,10 @@ class EfficientAdditiveAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[-1] != self.in_dims:
             raise ValueError(f"expected tokens of shape (B, N, {self.in_dims}), got {tuple(x.shape)}")
+        if 0 in x.shape:
+            raise ValueError(f"tokens must be non-empty in every axis (batch, tokens, {self.in_dims}), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"tokens must be a floating-point tensor, got {x.dtype}")
         y = e2a(
             self.to_query(x),
             self.to_key(x),

@@ -19,7 +19,8 @@ def _drop_path(rate: float) -> nn.Module:
 
 
 class ConvMlp2d(nn.Module):
-    """BatchNorm → 1×1 conv → GELU → 1×1 conv (SwiftFormer's and CroCNet's ``Mlp``)."""
+    """BatchNorm → 1×1 conv → GELU → 1×1 conv (SwiftFormer's and CroCNet's ``Mlp``): ``(B, dim, H, W)`` →
+    ``(B, dim, H, W)`` through ``hidden_dim`` channels (default ``dim``)."""
 
     def __init__(self, dim: int, hidden_dim: int | None = None, drop: float = 0.0):
         super().__init__()
@@ -38,7 +39,8 @@ class ConvMlp2d(nn.Module):
 
 
 class LocalRepresentation2d(nn.Module):
-    """SwiftFormer's local representation: depthwise conv, BN, 1×1 conv, GELU, 1×1 conv, scaled residual."""
+    """SwiftFormer's local representation on ``(B, dim, H, W)`` (same shape out):
+    ``x + drop_path(γ · pw₂(GELU(pw₁(BN(dwconv(x))))))`` with a per-channel scale γ (init 1)."""
 
     def __init__(self, dim: int, kernel_size: int = 3, drop_path: float = 0.0):
         super().__init__()
@@ -60,7 +62,15 @@ class LocalRepresentation2d(nn.Module):
 
 class E2ABlock2d(nn.Module):
     """SwiftFormer encoder block on ``(B, dim, H, W)``: local representation, then
-    ``x + drop_path(γ₁ · E2A(x))`` and ``x + drop_path(γ₂ · MLP(x))`` with layer scales γ (init 1e-5)."""
+    ``x + drop_path(γ₁ · E2A(x))`` and ``x + drop_path(γ₂ · MLP(x))`` with layer scales γ (init 1e-5).
+
+    Args:
+        dim: channels of the feature map (and the attention width).
+        mlp_ratio: hidden width of the MLP, as a multiple of ``dim``.
+        drop, drop_path: dropout in the MLP and stochastic-depth rate of both residual branches.
+        layer_scale_init_value: initial γ₁ and γ₂.
+        token_norm, backend: of the :class:`EfficientAdditiveAttention` inside.
+    """
 
     def __init__(
         self,
@@ -81,6 +91,9 @@ class E2ABlock2d(nn.Module):
         self.layer_scale_2 = _layer_scale(dim, layer_scale_init_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = self.layer_scale_1.shape[0]
+        if x.dim() != 4 or x.shape[1] != dim:
+            raise ValueError(f"expected a feature map of shape (B, {dim}, H, W), got {tuple(x.shape)}")
         x = self.local_representation(x)
         B, C, H, W = x.shape
         attn = self.attn(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W)
@@ -119,6 +132,9 @@ class CrossE2ABlock2d(nn.Module):
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if len(xs) != self.streams:
             raise ValueError(f"expected {self.streams} streams, got {len(xs)}")
+        dim = self.layer_scale_1[0].shape[0]
+        if xs[0].dim() != 4 or xs[0].shape[1] != dim:
+            raise ValueError(f"expected feature maps of shape (B, {dim}, H, W), got {tuple(xs[0].shape)} for stream 0")
         B, C, H, W = xs[0].shape
         for s, x in enumerate(xs):
             if x.shape != xs[0].shape:

@@ -22,6 +22,16 @@ class CrossEfficientAdditiveAttention(nn.Module):
     Parameters per stream: ``to_query[s]``, ``to_key[s]``, ``w_g[s]``, ``final[s]``; per pair ``proj[s][t]``.
     The authors' code applies ``final_myo`` to the RV stream (``final_rv`` is unused); ``authors_final_bug=True``
     reproduces that (S = 3 only) so their checkpoints give their outputs.
+
+    Args:
+        in_dims: input channels C of every stream.
+        token_dim: width of the outputs; the attention width is ``D = token_dim * num_heads``.
+        streams: number of coupled streams S (CroCNet: 3, LV, MYO, RV).
+        num_heads: multiplies the attention width (as in timm; there is no per-head split).
+        token_norm: ``"l2"`` (SwiftFormer), ``"softmax"`` (Fastformer) or ``"none"``.
+        backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"triton"`` or ``"torch"``.
+        authors_final_bug: apply ``final[1]`` to stream 2, as the authors' code does (S = 3 only).
+        device, dtype: where and in which dtype to create the parameters.
     """
 
     def __init__(
@@ -33,6 +43,8 @@ class CrossEfficientAdditiveAttention(nn.Module):
         token_norm: str = "l2",
         backend: str = "auto",
         authors_final_bug: bool = False,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         if streams < 1:
@@ -47,11 +59,12 @@ class CrossEfficientAdditiveAttention(nn.Module):
         self.in_dims, self.token_dim, self.num_heads, self.streams = in_dims, token_dim, num_heads, streams
         self.token_norm, self.backend, self.authors_final_bug = token_norm, backend, authors_final_bug
         self.scale_factor = token_dim**-0.5
-        self.to_query = nn.ModuleList(nn.Linear(in_dims, dim) for _ in range(streams))
-        self.to_key = nn.ModuleList(nn.Linear(in_dims, dim) for _ in range(streams))
-        self.w_g = nn.ParameterList(nn.Parameter(torch.randn(dim, 1)) for _ in range(streams))
-        self.proj = nn.ModuleList(nn.ModuleList(nn.Linear(dim, dim) for _ in range(streams)) for _ in range(streams))
-        self.final = nn.ModuleList(nn.Linear(dim, token_dim) for _ in range(streams))
+        dd = {"device": device, "dtype": dtype}
+        self.to_query = nn.ModuleList(nn.Linear(in_dims, dim, **dd) for _ in range(streams))
+        self.to_key = nn.ModuleList(nn.Linear(in_dims, dim, **dd) for _ in range(streams))
+        self.w_g = nn.ParameterList(nn.Parameter(torch.randn(dim, 1, **dd)) for _ in range(streams))
+        self.proj = nn.ModuleList(nn.ModuleList(nn.Linear(dim, dim, **dd) for _ in range(streams)) for _ in range(streams))
+        self.final = nn.ModuleList(nn.Linear(dim, token_dim, **dd) for _ in range(streams))
 
     def extra_repr(self) -> str:
         return (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -30,8 +31,8 @@ def check_options(token_norm: str, backend: str, eps: float) -> None:
         raise ValueError(f"token_norm must be one of {TOKEN_NORMS}, got {token_norm!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps!r}")
+    if not 0 < eps < math.inf:
+        raise ValueError(f"eps must be positive and finite, got {eps!r}")
 
 
 def check_streams(
@@ -62,6 +63,14 @@ def check_streams(
     if proj_bias is not None and proj_bias.shape != (streams, streams, dim):
         raise ValueError(f"proj_bias must have shape {(streams, streams, dim)} to match q, got {tuple(proj_bias.shape)}")
     tensors = [q, k, w_g, proj_weight] + ([] if proj_bias is None else [proj_bias])
+    # Under autocast the matmuls run in the autocast dtype whatever the operands' (as for nn.Linear);
+    # elsewhere a parameter in another dtype would fail in the PyTorch path and silently mix precisions in
+    # the kernels, so both refuse it.
+    if not (q.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(q.device.type)):
+        named = [("w_g", w_g), ("proj_weight", proj_weight)] + ([] if proj_bias is None else [("proj_bias", proj_bias)])
+        for name, t in named:
+            if t.dtype != q.dtype:
+                raise TypeError(f"{name} must have q's dtype {q.dtype} (outside autocast), got {t.dtype}")
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(str(d) for d in devices)}")

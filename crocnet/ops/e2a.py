@@ -183,7 +183,7 @@ def e2a(
         scale, token_norm, eps, backend: as in :func:`cross_e2a`.
 
     Returns:
-        ``(B, N, D)``.
+        ``(B, N, D)`` in q's dtype (the autocast dtype under autocast with the Triton backend).
     """
     for name, t, dims in (("q", q, 3), ("k", k, 3), ("proj_weight", proj_weight, 2)):
         _checks.check_float(name, t)
@@ -192,11 +192,17 @@ def e2a(
     _checks.check_float("w_g", w_g)
     if proj_bias is not None:
         _checks.check_float("proj_bias", proj_bias)
-        if proj_bias.dim() != 1:
-            raise ValueError(f"proj_bias must have shape (D,), got {tuple(proj_bias.shape)}")
     dim = q.shape[-1]
-    if w_g.numel() != dim or w_g.dim() > 2:
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q (B, N, D) = {tuple(q.shape)}, got {tuple(k.shape)}")
+    if 0 in q.shape:
+        raise ValueError(f"q and k must be non-empty in every axis (batch, tokens, dim), got {tuple(q.shape)}")
+    if tuple(w_g.shape) not in ((dim,), (dim, 1)):
         raise ValueError(f"w_g must have shape ({dim}, 1) or ({dim},) to match q's width {dim}, got {tuple(w_g.shape)}")
+    if proj_weight.shape != (dim, dim):
+        raise ValueError(f"proj_weight must have shape ({dim}, {dim}) to match q's width {dim}, got {tuple(proj_weight.shape)}")
+    if proj_bias is not None and proj_bias.shape != (dim,):
+        raise ValueError(f"proj_bias must have shape ({dim},) to match q's width {dim}, got {tuple(proj_bias.shape)}")
     bias = None if proj_bias is None else proj_bias[None, None]
     _checks.check_options(token_norm, backend, eps)
     _checks.check_streams(q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias)

@@ -149,8 +149,21 @@ def test_cross_block_loads_the_authors_block_and_keeps_shapes():
     assert [o.shape for o in outs] == [x.shape for x in xs]
 
 
+def test_cross_block_names_the_feature_map_it_expected():
+    block = CrossE2ABlock2d(8, backend="torch")
+    with pytest.raises(ValueError, match=r"expected feature maps of shape \(B, 8, H, W\), got \(1, 6, 4, 4\) for stream 0"):
+        block(*[torch.randn(1, 6, 4, 4)] * 3)
+    with pytest.raises(ValueError, match=r"expected feature maps of shape \(B, 8, H, W\), got \(1, 16, 8\) for stream 0"):
+        block(*[torch.randn(1, 16, 8)] * 3)
+
+
+def test_cross_module_creates_parameters_on_the_given_dtype():
+    m = CrossEfficientAdditiveAttention(8, 16, dtype=torch.float64, device="cpu")
+    assert {p.dtype for p in m.parameters()} == {torch.float64}
+
+
 def test_cross_block_layer_scales_start_small():
-    """Fresh block ≈ identity (layer scales 1e-5), and its streams differ once trained weights differ."""
+    """Fresh block ≈ identity (layer scales 1e-5)."""
     block = CrossE2ABlock2d(8, backend="torch").eval()
     xs = [torch.randn(1, 8, 4, 4) for _ in range(3)]
     outs = block(*xs)

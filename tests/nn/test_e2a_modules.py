@@ -71,3 +71,5 @@ def test_e2a_block_shapes():
     block = E2ABlock2d(16, backend="torch")
     x = torch.randn(2, 16, 6, 9)
     assert block(x).shape == x.shape
+    with pytest.raises(ValueError, match=r"expected a feature map of shape \(B, 16, H, W\), got \(2, 8, 6, 9\)"):
+        block(torch.randn(2, 8, 6, 9))

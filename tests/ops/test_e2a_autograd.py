@@ -115,8 +115,10 @@ def test_autocast_runs_kernels_in_the_autocast_dtype():
 
 
 def test_default_scale_is_inverse_sqrt_width():
-    """scale defaults to D ** -0.5 (timm's token_dim ** -0.5 when num_heads = 1)."""
+    """scale defaults to D ** -0.5 (timm's token_dim ** -0.5 when num_heads = 1). The l2 token norm divides
+    the scale out, so the check uses softmax, where another scale changes the output."""
     q, k, w_g, W, b = (t.detach()[0] for t in _inputs(1, 1, 6, 16))
-    y1 = e2a(q, k, w_g, W[0], b[0], backend="torch")
-    y2 = e2a(q, k, w_g, W[0], b[0], scale=0.25, backend="torch")
-    assert torch.equal(y1, y2)
+    y1 = e2a(q, k, w_g, W[0], b[0], token_norm="softmax", backend="torch")
+    assert torch.equal(y1, e2a(q, k, w_g, W[0], b[0], scale=0.25, token_norm="softmax", backend="torch"))
+    for other in (0.125, 0.5, 1.0):
+        assert (y1 - e2a(q, k, w_g, W[0], b[0], scale=other, token_norm="softmax", backend="torch")).abs().max() > 1e-3

@@ -45,20 +45,37 @@ def test_unet_sizes_match_timm(B, side, D, dtype):
 
 
 def test_int64_offsets_past_2_31_elements():
-    """A (1, 2**25, 64) bf16 tensor has 2**31 elements: offsets must not overflow."""
+    """A (1, 2**25, 64) bf16 tensor has 2**31 elements: offsets must not overflow.
+
+    The first and last 1000 tokens are checked against a float64 reference whose global query G is pooled
+    over all N tokens in chunks (‖G‖ grows like √N, so a reference on the tail alone would differ)."""
     free, _ = torch.cuda.mem_get_info()
     if free < 40 * 2**30:
         pytest.skip(f"needs ~40 GiB free GPU memory, {free / 2**30:.0f} GiB free")
+    import torch.nn.functional as F
     from crocnet.ops import e2a
 
     N, D = 2**25, 64
+    torch.manual_seed(0)
     q = torch.randn(1, N, D, device="cuda", dtype=torch.bfloat16)
     w, W = torch.randn(D, device="cuda", dtype=torch.bfloat16), torch.eye(D, device="cuda", dtype=torch.bfloat16)
     y = e2a(q, q, w, W, None, backend="triton")
-    tail = e2a(q[:, -1000:].float(), q[:, -1000:].float(), w.float(), W.float(), None, backend="torch")
-    assert torch.isfinite(y[:, -1000:]).all()
-    # the last tokens see the global G of all N tokens; check the q̂ residual part on them at least
-    assert (y[:, -1000:].float() - tail).abs().mean() < 1.0
+    w64, scale = w.double(), D**-0.5
+    sum_a2 = torch.zeros((), dtype=torch.float64, device="cuda")
+    g = torch.zeros(D, dtype=torch.float64, device="cuda")
+    for chunk in q[0].split(2**20):
+        qh = F.normalize(chunk.double(), dim=-1)
+        a = scale * (qh @ w64)
+        sum_a2 += (a * a).sum()
+        g += (a[:, None] * qh).sum(0)
+    G = g / sum_a2.sqrt()
+    for rows in (slice(0, 1000), slice(N - 1000, N)):
+        qh = F.normalize(q[0, rows].double(), dim=-1)
+        ref = G * qh + qh  # W = I, k = q, no bias
+        got = y[0, rows].double()
+        assert torch.isfinite(got).all()
+        err = (got - ref).abs().max() / ref.abs().max()
+        assert err < 2e-2, f"tokens {rows}: max error {err:.3g} of the largest value (bfloat16 output: ~4e-3)"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from kernel_env import interpreting, triton_device
 from e2a_reference import assert_matches
 
@@ -32,18 +31,23 @@ def _dev(backend):
     "mutate, exc, message",
     [
         (lambda a: a.__setitem__(0, a[0][0]), ValueError, "q must have 3 dims, got shape (9, 16)"),
-        (lambda a: a.__setitem__(1, a[1][:, :4]), ValueError, "k must have the shape of q"),
+        (lambda a: a.__setitem__(1, a[1][:, :4]), ValueError, "k must have the shape of q (B, N, D) = (2, 9, 16), got (2, 4, 16)"),
         (lambda a: a.__setitem__(2, a[2][:8]), ValueError, "w_g must have shape (16, 1) or (16,) to match q's width 16, got (8, 1)"),
-        (lambda a: a.__setitem__(3, a[3][:, :8]), ValueError, "proj_weight must have shape (1, 1, 16, 16) to match q"),
-        (lambda a: a.__setitem__(4, a[4][:3]), ValueError, "proj_bias must have shape (1, 1, 16) to match q"),
+        (lambda a: a.__setitem__(2, a[2].view(2, 8)), ValueError, "w_g must have shape (16, 1) or (16,) to match q's width 16, got (2, 8)"),
+        (lambda a: a.__setitem__(3, a[3][:, :8]), ValueError, "proj_weight must have shape (16, 16) to match q's width 16, got (16, 8)"),
+        (lambda a: a.__setitem__(4, a[4][:3]), ValueError, "proj_bias must have shape (16,) to match q's width 16, got (3,)"),
         (lambda a: a.__setitem__(0, a[0].long()), TypeError, "q must be a floating-point tensor"),
         (lambda a: a.__setitem__(2, a[2].int()), TypeError, "w_g must be a floating-point tensor"),
         (lambda a: a.__setitem__(1, a[1].double()), TypeError, "q and k must share a dtype"),
+        (lambda a: a.__setitem__(3, a[3].double()), TypeError, "proj_weight must have q's dtype torch.float32 (outside autocast), got torch.float64"),
+        (lambda a: a.__setitem__(2, a[2].half()), TypeError, "w_g must have q's dtype torch.float32 (outside autocast), got torch.float16"),
+        (lambda a: a.__setitem__(4, a[4].double()), TypeError, "proj_bias must have q's dtype torch.float32 (outside autocast), got torch.float64"),
         (lambda a: (a.__setitem__(0, a[0][:, :0]), a.__setitem__(1, a[1][:, :0])), ValueError, "non-empty in every axis"),
-        (lambda a: (a.__setitem__(0, a[0][:0]), a.__setitem__(1, a[1][:0])), ValueError, "got (1, 0, 9, 16)"),
+        (lambda a: (a.__setitem__(0, a[0][:0]), a.__setitem__(1, a[1][:0])), ValueError, "non-empty in every axis (batch, tokens, dim), got (0, 9, 16)"),
         (lambda a: a.__setitem__(0, [1.0]), TypeError, "q must be a torch.Tensor, got list"),
     ],
-    ids=["rank", "k-shape", "w_g-width", "proj-width", "bias-width", "int-q", "int-w_g", "mixed-dtype", "N=0", "B=0", "list"],
+    ids=["rank", "k-shape", "w_g-width", "w_g-2d", "proj-width", "bias-width", "int-q", "int-w_g", "mixed-dtype",
+         "W-dtype", "w_g-dtype", "bias-dtype", "N=0", "B=0", "list"],
 )
 def test_bad_inputs_say_what_was_expected_and_got(backend, mutate, exc, message):
     args = _args(device=_dev(backend))
@@ -64,7 +68,8 @@ def test_tensors_on_different_devices_are_rejected():
     [
         ({"token_norm": "max"}, "token_norm must be one of ('l2', 'softmax', 'none'), got 'max'"),
         ({"backend": "cuda"}, "backend must be one of ('auto', 'triton', 'torch'), got 'cuda'"),
-        ({"eps": 0.0}, "eps must be positive, got 0.0"),
+        ({"eps": 0.0}, "eps must be positive and finite, got 0.0"),
+        ({"eps": float("inf")}, "eps must be positive and finite, got inf"),
     ],
 )
 def test_bad_options(kwargs, message):
@@ -90,8 +95,24 @@ def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
 def test_modules_reject_wrong_token_shapes():
     with pytest.raises(ValueError, match=r"expected tokens of shape \(B, N, 16\), got \(2, 9, 8\)"):
         EfficientAdditiveAttention(16, 16)(torch.randn(2, 9, 8))
+    with pytest.raises(ValueError, match=r"tokens must be non-empty in every axis \(batch, tokens, 16\), got \(0, 9, 16\)"):
+        EfficientAdditiveAttention(16, 16)(torch.randn(0, 9, 16))
+    with pytest.raises(TypeError, match="tokens must be a floating-point tensor, got torch.int64"):
+        EfficientAdditiveAttention(16, 16)(torch.ones(2, 9, 16, dtype=torch.long))
     with pytest.raises(ValueError, match="token_norm must be one of"):
         EfficientAdditiveAttention(16, 16, token_norm="l1")
+
+
+def test_parameters_in_another_dtype_are_accepted_under_autocast_only():
+    """Under autocast q arrives in the autocast dtype while the parameters stay float32, as for nn.Linear."""
+    q, k, w_g, W, b = _args()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = e2a(q.bfloat16(), k.bfloat16(), w_g, W, b, backend="torch")
+    ref = e2a(q, k, w_g, W, b, backend="torch")
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref, rtol=0.05, atol=0.05)  # bfloat16 matmuls: ~3 significant digits
+    with pytest.raises(TypeError, match="proj_weight must have q's dtype torch.bfloat16"):
+        e2a(q.bfloat16(), k.bfloat16(), w_g.bfloat16(), W, b.bfloat16(), backend="torch")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -189,9 +210,3 @@ def test_cross_op_rejects_bad_stacks():
         cross_e2a(q, q, torch.randn(2, 8), torch.randn(3, 3, 8, 8))
     with pytest.raises(ValueError, match=r"q must have shape \(streams, batch, tokens, dim\)"):
         cross_e2a(q[0], q[0], torch.randn(3, 8), torch.randn(3, 3, 8, 8))
-
-
-def test_zero_norm_reference_is_f_normalize():
-    """The spec's normalisation is F.normalize's: a zero vector stays zero, with eps = 1e-12."""
-    x = torch.zeros(1, 3, 4)
-    assert torch.equal(F.normalize(x, dim=-1, eps=1e-12), torch.zeros_like(x))
