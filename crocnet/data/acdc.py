@@ -22,6 +22,7 @@ spacing). The phase is not stored either: of a patient's two frames the earlier 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -83,10 +84,16 @@ def find_h5_volumes(root: str | Path) -> dict[str, list[tuple[int, Path]]]:
                 root = root / sub
                 break
     by_patient: dict[str, list[tuple[int, Path]]] = {}
+    others = []
     for path in sorted(root.glob("*.h5")):
         match = _H5_NAME.match(path.name)
         if match:
             by_patient.setdefault(match[1], []).append((int(match[2]), path))
+        else:
+            others.append(path.name)
+    if others and by_patient:
+        warnings.warn(f"{root}: ignoring {len(others)} .h5 file(s) not named patientNNN_frameFF.h5: "
+                      f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''}", stacklevel=2)
     if not by_patient:
         raise DataError(f"{root}: expected ACDC volumes named patientNNN_frameFF.h5, found none")
     return {patient: sorted(frames) for patient, frames in by_patient.items()}
@@ -155,13 +162,15 @@ def load_acdc_h5(root: str | Path, subjects: Iterable[str] | None = None) -> lis
 
     Returns:
         Short-axis records, ``image`` float32 ``(H, W, Z)`` in [0, 1] (transposed from the stored
-        ``(Z, H, W)``, see the module docstring), ``spacing = affine = None``, phase ED / ES by frame order.
+        ``(Z, H, W)``, see the module docstring), ``spacing = affine = None``, phase ED / ES by frame order
+        (a patient with one or three frames: ``"frameFF"``).
     """
     import h5py
 
     records = []
     for patient, frames in _restrict(find_h5_volumes(root), subjects, root).items():
-        phases = ("ED", "ES") if len(frames) == 2 else (None,) * len(frames)
+        # two frames are ED then ES; otherwise the frame number names the phase (and keeps case names unique)
+        phases = ("ED", "ES") if len(frames) == 2 else tuple(f"frame{frame:02d}" for frame, _ in frames)
         for (frame, path), phase in zip(frames, phases):
             try:
                 with h5py.File(path, "r") as f:

@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 
 from .acdc import find_h5_volumes, find_patients, load_acdc, load_acdc_h5
 from .mnm2 import find_subjects, load_mnm2
-from .nnunet import find_cases, load_nnunet_raw, parse_case_name
+from .nnunet import dataset_file_ending, find_cases, load_nnunet_raw, parse_case_name
 from .records import Record
 
 __all__ = ["DATASETS", "list_subjects", "load_dataset", "select"]
@@ -44,7 +44,7 @@ def list_subjects(name: str, root: str | Path) -> list[str]:
     if name == "acdc_h5":
         return sorted(find_h5_volumes(root))
     if name == "nnunet":
-        return sorted({parse_case_name(case)[0] for case in find_cases(root)})
+        return sorted({parse_case_name(case)[0] for case in find_cases(root, ending=dataset_file_ending(root))})
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
 
 

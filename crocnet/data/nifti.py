@@ -53,7 +53,8 @@ def read_nifti(path: str | Path) -> NiftiVolume:
     try:
         image = nib.load(path)
         array = np.asanyarray(image.dataobj)
-    except (nib.filebasedimages.ImageFileError, EOFError, zlib.error, OSError, ValueError) as exc:
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, EOFError, zlib.error, OSError,
+            ValueError) as exc:
         raise DataError(
             f"{path}: expected a readable NIfTI image, got a corrupt or truncated file "
             f"({type(exc).__name__}: {exc})"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -32,6 +33,7 @@ _NAMES = {
     3: {"rv", "rightventricle", "rvbloodpool", "rvcavity", "rightventriclebloodpool", "rightventricularcavity"},
 }
 _CASE = re.compile(r"^(?P<subject>.+)_(?P<view>LA|SA)_(?P<phase>ED|ES)$")
+_CHANNEL = re.compile(r"_\d{4}$")
 
 
 def _declared_labels(description: dict, path: Path) -> dict[int, str]:
@@ -88,7 +90,19 @@ def find_cases(root: str | Path, split: str = "Tr", ending: str = ".nii.gz") -> 
     images = sorted(folder.glob(f"*_0000{ending}"))
     if not images:
         raise DataError(f"{folder}: expected images named CASE_0000{ending}, found none")
+    others = sorted(p.name for p in folder.glob(f"*{ending}") if not _CHANNEL.search(p.name[: -len(ending)]))
+    if others:
+        warnings.warn(f"{folder}: ignoring {len(others)} file(s) without a channel suffix _XXXX (nnU-Net names "
+                      f"images CASE_0000{ending}): {', '.join(others[:5])}{', ...' if len(others) > 5 else ''}", stacklevel=2)
     return {path.name[: -len(f"_0000{ending}")]: path for path in images}
+
+
+def dataset_file_ending(root: str | Path) -> str:
+    """The ``file_ending`` of ``root/dataset.json`` (``.nii.gz`` when absent or unreadable)."""
+    try:
+        return json.loads((Path(root) / "dataset.json").read_text()).get("file_ending", ".nii.gz")
+    except (OSError, json.JSONDecodeError):
+        return ".nii.gz"
 
 
 def load_nnunet_raw(
@@ -131,7 +145,13 @@ def load_nnunet_raw(
     with_labels = split == "Tr" or label_dir.is_dir()
     records = []
     wanted = None if subjects is None else set(subjects)
-    for case, image_path in find_cases(root, split, ending).items():
+    cases = find_cases(root, split, ending)
+    if with_labels and label_dir.is_dir():
+        orphans = sorted(p.name for p in label_dir.glob(f"*{ending}") if p.name[: -len(ending)] not in cases)
+        if orphans:
+            warnings.warn(f"{label_dir}: ignoring {len(orphans)} label file(s) without an image in images{split}: "
+                          f"{', '.join(orphans[:5])}{', ...' if len(orphans) > 5 else ''}", stacklevel=2)
+    for case, image_path in cases.items():
         subject, view, phase = parse_case_name(case)
         if wanted is not None and subject not in wanted:
             continue

@@ -124,6 +124,39 @@ def _write_nnunet(root, labels, cases=("001_LA_ED", "002_LA_ES"), label_values=N
                                                    "numTraining": len(cases), "file_ending": ".nii.gz"}))
 
 
+def test_nnunet_files_it_cannot_use_are_named_in_a_warning(tmp_path):
+    labels = {"background": 0, "LV": 1, "MYO": 2, "RV": 3}
+    _write_nnunet(tmp_path, labels)
+    image, label = _case((12, 10))
+    write_nifti(tmp_path / "imagesTr" / "003_LA_ED.nii.gz", image.astype(np.float32), AFFINE)  # no _0000
+    write_nifti(tmp_path / "labelsTr" / "004_LA_ES.nii.gz", label.astype(np.uint8), AFFINE)  # no image
+    with pytest.warns(UserWarning) as caught:
+        records = load_nnunet_raw(tmp_path)
+    text = " | ".join(str(w.message) for w in caught)
+    assert "ignoring 1 file(s) without a channel suffix _XXXX" in text and "003_LA_ED.nii.gz" in text
+    assert "ignoring 1 label file(s) without an image in imagesTr: 004_LA_ES.nii.gz" in text
+    assert [r.name for r in records] == ["001_LA_ED", "002_LA_ES"]
+
+
+def test_nnunet_subjects_are_listed_with_the_datasets_file_ending(tmp_path):
+    for case in ("001_LA_ED", "002_LA_ES"):
+        image, label = _case((12, 10))
+        write_nifti(tmp_path / "imagesTr" / f"{case}_0000.nii", image.astype(np.float32), AFFINE)
+        write_nifti(tmp_path / "labelsTr" / f"{case}.nii", label.astype(np.uint8), AFFINE)
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "numTraining": 2, "file_ending": ".nii",
+                                                       "labels": {"background": 0, "LV": 1, "MYO": 2, "RV": 3}}))
+    assert list_subjects("nnunet", tmp_path) == ["001", "002"]
+
+
+def test_h5_files_with_other_names_are_named_in_a_warning(tmp_path):
+    for name in ("patient001_frame01.h5", "patient001_frame1.h5"):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["image"] = np.zeros((2, 4, 5), np.float32)
+            f["label"] = np.zeros((2, 4, 5), np.uint8)
+    with pytest.warns(UserWarning, match=r"ignoring 1 \.h5 file\(s\) not named patientNNN_frameFF\.h5: patient001_frame1\.h5"):
+        assert len(load_acdc_h5(tmp_path)) == 1
+
+
 def test_nnunet_raw_v2_names_remapped(tmp_path):
     # an ACDC-style dataset: 1 RV, 2 MYO, 3 LV; stored labels use that convention
     acdc_values = np.array([0, 3, 2, 1], np.uint8)  # project -> ACDC (the map is its own inverse)
@@ -228,6 +261,16 @@ def test_corrupt_and_truncated_gz(tmp_path):
         read_nifti(path)
 
 
+def test_corrupt_header_names_the_file(tmp_path):
+    folder = _write_subject(tmp_path)
+    path = folder / "001_LA_ED.nii.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[70:72] = (1234).to_bytes(2, "little")  # datatype code: none nibabel knows
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError, match=r"001_LA_ED\.nii\.gz: expected a readable NIfTI image, got a corrupt or truncated file \(HeaderDataError"):
+        load_mnm2(tmp_path)
+
+
 def test_nan_in_image(tmp_path):
     folder = _write_subject(tmp_path)
     image, _ = _case()
@@ -273,6 +316,15 @@ def test_h5_errors(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"patient001_frame01\.h5: expected an HDF5 file"):
         load_acdc_h5(tmp_path)
+
+
+def test_h5_patient_with_three_frames_keeps_unique_case_names(tmp_path):
+    for frame in (1, 5, 12):
+        with h5py.File(tmp_path / f"patient001_frame{frame:02d}.h5", "w") as f:
+            f["image"] = np.random.default_rng(frame).random((2, 4, 5), dtype=np.float32)
+            f["label"] = np.zeros((2, 4, 5), np.uint8)
+    names = [r.name for r in load_acdc_h5(tmp_path)]
+    assert names == ["patient001_SA_frame01", "patient001_SA_frame05", "patient001_SA_frame12"]
 
 
 def test_record_slices_and_repr():
