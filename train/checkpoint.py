@@ -56,6 +56,21 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
+    """``fig.savefig`` as PNG to a temporary file beside ``path``, then ``os.replace`` it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", **kwargs)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 DESCRIPTION_KEYS = ("model", "model_kwargs", "preprocess", "stage", "fold", "epoch")
 
 
@@ -76,10 +91,17 @@ def export_safetensors(checkpoint: dict, path: str | Path, dtype: torch.dtype | 
         if dtype is not None and v.is_floating_point() and k not in keep:
             v = v.to(dtype)
         tensors[k] = v.contiguous()
+    if path.is_dir():
+        raise ValueError(f"the safetensors output must be a file path, got the folder {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
@@ -161,8 +183,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
                       "its outputs may differ from the trained network's (re-export it from the float32 checkpoint)",
                       stacklevel=2)
     model = build_model(ckpt["model"], ckpt["model_kwargs"])
+    check_weights_fit(model, ckpt["state_dict"], f"checkpoint {str(path)!r} ({ckpt['model']} {ckpt['model_kwargs']})")
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
+
+
+def check_weights_fit(model: torch.nn.Module, state_dict: dict, what: str) -> None:
+    """Raise a short ``ValueError`` (instead of ``load_state_dict``'s page of keys) when the weights do not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{len(lst)} {name} (first: {lst[0]})" for name, lst in
+                 (("missing weights", missing), ("unexpected weights", unexpected), ("shape mismatches, saved vs model", shapes)) if lst]
+        raise ValueError(f"the weights of {what} do not fit that model: {'; '.join(parts)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,13 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dst", help="output .safetensors file")
     ap.add_argument("--half", action="store_true", help="store floating-point weights as float16 (half the size)")
     args = ap.parse_args(argv)
+    dtype = torch.float16 if args.half else None
     try:
         ckpt = read_checkpoint(args.src)
-    except (ValueError, FileNotFoundError) as exc:
+        out = export_safetensors(ckpt, args.dst, dtype)
+    except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"crocnet export: error: {exc}", file=sys.stderr)
         return 2
-    dtype = torch.float16 if args.half else None
-    out = export_safetensors(ckpt, args.dst, dtype)
     kept = narrowed_out_of_range(ckpt["state_dict"], dtype) if dtype is not None else []
     note = f"; kept in float32, beyond float16's range: {', '.join(kept)}" if kept else ""
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB){note}")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wilcoxon
 
+from .checkpoint import atomic_write_text
 from .report import TABLE_ORDER
 
 
@@ -130,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(a)} paired cases; B − A on the {key} average: {d['diff']:+.2f}, "
           f"95 % CI [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}], Wilcoxon p = {d['p']:.3g}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"a": args.a, "b": args.b, "method": args.method,
+        atomic_write_text(args.out, json.dumps({"a": args.a, "b": args.b, "method": args.method,
                                               "method_b": method_b, "bootstrap": args.bootstrap,
                                               "seed": args.seed, "metrics": results}, indent=2))
     return 0

@@ -95,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"--fold must be 'all' or an integer in 0..{self.folds - 1}, got {self.fold!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.val_every < 1:
+            raise ValueError(f"--val-every must be >= 1, got {self.val_every}")
         if self.image_size % (2**self.depth):
             raise ValueError(f"--image-size must be a multiple of 2**depth = {2**self.depth}, got {self.image_size}")
         if self.attention_levels is not None:
@@ -197,7 +199,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             values[f.name] = v
     for key in ("views", "lr_milestones", "attention_levels"):
         if values.get(key) is not None:
-            values[key] = tuple(values[key])
+            value = values[key]
+            values[key] = (value,) if isinstance(value, (str, int, float)) else tuple(value)
     if "fold" in values:
         values["fold"] = str(values["fold"])
     return TrainConfig(**values)

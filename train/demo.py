@@ -17,13 +17,15 @@ cross-entropy (paper: Dice). ``crocnet train`` defaults to the paper's settings.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from crocnet.data import write_phantoms
+from crocnet.data import DataError, write_phantoms
 
+from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .evaluate import evaluate, select_subjects
 from .inference import Segmenter
@@ -44,10 +46,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="delete --out first (otherwise an interrupted demo resumes)")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     args = ap.parse_args(argv)
-    p = PRESETS["quick" if args.quick else "full"]
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, DataError, RuntimeError) as exc:
+        print(f"crocnet demo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _check_preset(out: Path, preset: str, seed: int) -> None:
+    """An interrupted demo resumes; a demo of another preset or seed in the same folder is refused."""
+    marker = out / "demo.json"
+    wanted = {"preset": preset, "seed": seed}
+    if marker.is_file():
+        found = json.loads(marker.read_text())
+    elif (out / "data" / "dataset_information.csv").is_file():  # written before the marker existed
+        subjects = len((out / "data" / "dataset_information.csv").read_text().strip().splitlines()) - 1
+        found = {"preset": next((k for k, v in PRESETS.items() if v["subjects"] == subjects), f"{subjects} subjects"), "seed": "?"}
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker, json.dumps(wanted))
+        return
+    if found != wanted:
+        raise ValueError(
+            f"{out} holds a demo with preset {found['preset']!r} and seed {found['seed']}, not {preset!r} with seed "
+            f"{seed}; add --fresh to replace it, or choose another --out"
+        )
+
+
+def _run(args) -> int:
+    preset = "quick" if args.quick else "full"
+    p = PRESETS[preset]
     out = Path(args.out)
     if args.fresh and out.exists():
         shutil.rmtree(out)
+    _check_preset(out, preset, args.seed)
     t0 = time.perf_counter()
     data = out / "data"
     if not (data / "dataset_information.csv").is_file():

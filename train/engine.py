@@ -28,7 +28,7 @@ from crocnet.data import Augment
 from crocnet.metrics import dice as mask_dice
 from crocnet.models import merge_binary_maps, stage1_to_labels
 
-from .checkpoint import (atomic_save, atomic_write_text, build_model, export_safetensors, nonfinite_tensors,
+from .checkpoint import (atomic_save, atomic_savefig, atomic_write_text, build_model, export_safetensors, nonfinite_tensors,
                          read_checkpoint, resolve_checkpoint)
 from .config import TrainConfig
 from .losses import segmentation_loss
@@ -155,7 +155,7 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
         b.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -195,13 +195,16 @@ def fit(
     channel_names: list[str],
     fold: int,
     preprocess: dict,
+    label_fill: float | tuple[float, ...] = 0.0,
 ) -> dict:
     """Train one model on ``inputs (M, C, S, S)`` / ``targets (M, K, S, S)``; returns the final checkpoint dict.
 
     ``channel_names`` names the structures (LV, MYO, RV) scored on validation: the pooled Dice of the labels
     inference would output (:func:`evaluate_tensors`), which also picks the ``best`` checkpoint. (Scoring
     each sigmoid channel on its own, as this loop once did, can rate a model well whose RV channel also
-    fires on the LV: the argmax at inference then labels the LV as RV.)
+    fires on the LV: the argmax at inference then labels the LV as RV.) ``label_fill``: the target value
+    augmentation gives pixels moved in from outside the field of view (one per channel; see
+    :class:`crocnet.data.Augment`).
     """
     device = resolve_device(cfg.device)
     ddp = init_distributed(device)
@@ -219,14 +222,19 @@ def fit(
     start = 1
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     resuming = cfg.resume and last_path.is_file()
+    if cfg.resume and not resuming and ddp.main:
+        print(f"--resume: no checkpoint {last_path} yet, starting a new run there")
     if resuming:
         state = torch.load(last_path, map_location="cpu", weights_only=False)
+        check_resumable(state, cfg, name, kwargs, last_path)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best, start = state["history"], state["best"], state["epoch"] + 1
         set_rng_states(state.get("rng", {}))
         if ddp.main:
+            # a kill between the log line and last.pt leaves that epoch in the log; it is trained again
+            atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
             print(f"resuming {run_dir} after epoch {state['epoch']} (best validation Dice {best:.4f})")
     elif cfg.init:
         source = init_weights(model, cfg.init, name, kwargs, fold)
@@ -238,7 +246,7 @@ def fit(
         atomic_write_text(run_dir / "versions.json", json.dumps(versions(), indent=2))
         (run_dir / "log.jsonl").unlink(missing_ok=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
-    augment = Augment(intensity_channels=(0,)) if cfg.augment else None
+    augment = Augment(intensity_channels=(0,), label_fill=label_fill) if cfg.augment else None
     amp = cfg.amp and device.type == "cuda"
     scored = len(channel_names)
 
@@ -259,6 +267,7 @@ def fit(
         if cfg.max_train_batches:
             batches = batches[: cfg.max_train_batches]
         net.train()
+        lr = optimizer.param_groups[0]["lr"]
         total, seen = 0.0, 0
         bar = tqdm(batches, desc=f"{run_dir.name} epoch {epoch}/{cfg.epochs}", leave=False,
                    disable=not (cfg.progress and ddp.main), unit="batch")
@@ -280,7 +289,7 @@ def fit(
             sums = torch.tensor([total, float(seen)], dtype=torch.float64, device=device)
             dist.all_reduce(sums)
             total, seen = float(sums[0]), int(sums[1])
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total / max(seen, 1)}
+        row = {"epoch": epoch, "lr": lr, "train_loss": total / max(seen, 1)}
         if val_inputs is not None and len(val_inputs) and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
             val_loss, dice = evaluate_tensors(model, val_inputs, val_targets, device, cfg, amp)
             row["val_loss"] = val_loss
@@ -304,9 +313,9 @@ def fit(
             atomic_save(state, last_path)
             if epoch % 10 == 0 or epoch == cfg.epochs:
                 plot_curves(history, run_dir / "curves.png", run_dir.parent.name + "/" + run_dir.name)
-            if cfg.progress:
-                extra = f", val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
-                tqdm.write(f"{run_dir.name} epoch {epoch}: loss {row['train_loss']:.4f}{extra} ({row['seconds']:.1f} s)")
+            extra = f", val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
+            line = f"{run_dir.name} epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}{extra} ({row['seconds']:.1f} s)"
+            tqdm.write(line) if cfg.progress else print(line, flush=True)
     if ddp.world > 1:
         dist.barrier()
     if ddp.main and best_path.is_file():
@@ -314,6 +323,31 @@ def fit(
         if history:
             plot_curves(history, run_dir / "curves.png", run_dir.parent.name + "/" + run_dir.name)
     return describe(cfg.epochs) | {"history": history, "best": best}
+
+
+#: Settings a resumed run must share with the run that wrote its checkpoint (the others, such as --out,
+#: --device or --no-progress, may change between the two).
+RESUME_KEYS = ("stage", "model", "base_width", "depth", "attention_levels", "epochs", "batch_size", "lr",
+               "lr_milestones", "loss", "image_size", "target_spacing", "augment", "seed", "weight_decay")
+
+
+def check_resumable(state: dict, cfg: TrainConfig, name: str, kwargs: dict, path: Path) -> None:
+    """Refuse to resume ``path`` under other model arguments or training settings, naming each difference."""
+    saved = state.get("config", {})
+    current = cfg.to_json()
+    diffs = []
+    if state.get("model") != name or state.get("model_kwargs") != kwargs:
+        diffs.append(f"model {state.get('model')} {state.get('model_kwargs')} (now {name} {kwargs})")
+    for key in RESUME_KEYS:
+        if key in saved and key in current and _plain(saved[key]) != _plain(current[key]):
+            diffs.append(f"{key} {saved[key]!r} (now {current[key]!r})")
+    if diffs:
+        raise ValueError(f"--resume: {path} was written with other settings: {'; '.join(diffs)}. "
+                         f"Resume with the original settings, or train into another --out.")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
 
 
 @torch.no_grad()

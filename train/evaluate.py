@@ -29,12 +29,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from crocnet.data import DataError
 from crocnet.metrics import segmentation_metrics
 from crocnet.postprocess import POSTPROCESS_MODES
 
+from .checkpoint import atomic_write_text
 from .config import DATASET_CHOICES, TrainConfig
 from .inference import Segmenter
 from .report import METRICS, STRUCTURES, case_table, fold_table, overlay_png, summary, table, write_cases_csv, write_summary
@@ -47,12 +49,22 @@ def select_subjects(records, split_file: str | None, split: str | None, subjects
         wanted = set(subjects)
     elif split_file:
         data = json.loads(Path(split_file).read_text())
+        split = split or "test"
         if split in ("test", "pool"):
             wanted = set(data[split])
-        elif split and split.startswith("fold:"):
-            wanted = set(data["folds"][int(split[5:])]["val"])
+            if not wanted:
+                raise ValueError(f"{split_file} has no {split} subjects (the run held none out: no --test-fraction); "
+                                 f"use --split pool, fold:K or cv")
+        elif split.startswith("fold:"):
+            k, n = split[5:], len(data["folds"])
+            if not (k.isdigit() and int(k) < n):
+                raise ValueError(f"--split fold:K must name a fold K in 0..{n - 1} of {split_file}, got {split!r}")
+            wanted = set(data["folds"][int(k)]["val"])
         else:
-            raise ValueError(f"--split must be test, pool or fold:K, got {split!r}")
+            raise ValueError(f"--split must be test, pool, fold:K or cv, got {split!r}")
+    elif split is not None:
+        raise ValueError(f"--split {split} needs --split-file (the splits.json that defines it); without both, "
+                         f"every image in --data is evaluated")
     else:
         return records
     chosen = [r for r in records if r.subject in wanted]
@@ -92,7 +104,7 @@ def _write_report(out: Path, methods, rows, cases, unit: str, extra: dict, names
     summ = summary(rows, methods)
     write_summary(summ, {"unit": unit, "cases": len(cases), **extra}, out / "summary.json")
     text = table(summ, unit, names) + appendix
-    (out / "table.md").write_text(text + "\n")
+    atomic_write_text(out / "table.md", text + "\n")
     ranked = sorted(cases, key=lambda c: c[2])
     for tag, (record, pred, score_) in (("worst", ranked[0]), ("best", ranked[-1])):
         z = int(np.argmax((record.label > 0).sum((0, 1)))) if record.label.any() else record.image.shape[2] // 2
@@ -189,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="phantom", choices=DATASET_CHOICES, help="layout of --data (default phantom)")
     ap.add_argument("--views", nargs="+", default=["LA"], choices=("LA", "SA"), help="M&Ms-2 views (default LA)")
     ap.add_argument("--split-file", help="splits.json of a training run, to pick subjects with --split")
-    ap.add_argument("--split", default="test",
+    ap.add_argument("--split",
                     help="with --split-file: test (default), pool, fold:K (the validation subjects of fold K) or cv "
                          "(every fold, each by its own checkpoint: --stage1 takes one per fold, fold 0 first, or the "
                          "stage folder holding fold0 ... (several: each fold an ensemble of their fold-k models); the "
@@ -208,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(data=args.data, dataset=args.dataset, views=tuple(args.views))
         if not Path(args.data).exists():
             raise FileNotFoundError(f"--data {args.data!r} does not exist")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
         if args.split == "cv":
             if not args.split_file:
                 raise ValueError("--split cv needs --split-file (the splits.json the folds were trained on)")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from crocnet.data import DataError, Record, read_nifti, write_nifti
 from crocnet.data.validation import check_image
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         src = Path(args.input)
         if not src.is_file():
             raise FileNotFoundError(f"--input {args.input!r} not found")
+        if Path(args.output).is_dir() or not args.output.endswith((".nii", ".nii.gz")):
+            raise ValueError(f"--output must be a NIfTI file path ending in .nii.gz or .nii, got {args.output!r}")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
         segmenter = Segmenter(args.checkpoint, args.stage2, device=args.device, postprocess=args.postprocess, tta=args.tta)
         seg = predict_file(segmenter, src, Path(args.output),
                            Path(args.probabilities) if args.probabilities else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 
 from crocnet.metrics import summarize
 
+from .checkpoint import atomic_savefig, atomic_write_text
+
 STRUCTURES = ("LV", "MYO", "RV")
 METRICS = ("dice", "hd", "hd95")
 COLOURS = {1: (1.0, 0.2, 0.2), 2: (0.2, 1.0, 0.2), 3: (0.3, 0.5, 1.0)}
@@ -18,13 +21,11 @@ COLOURS = {1: (1.0, 0.2, 0.2), 2: (0.2, 1.0, 0.2), 3: (0.3, 0.5, 1.0)}
 
 def write_cases_csv(rows: list[dict], path: Path) -> Path:
     """One CSV row per case and method (identifiers, then ``<structure>_<metric>`` columns)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(rows[0])
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return atomic_write_text(path, text.getvalue())
 
 
 def summary(rows: list[dict], methods: list[str]) -> dict:
@@ -120,8 +121,7 @@ def case_table(rows: list[dict], unit: str) -> str:
 
 def write_summary(summ: dict, extra: dict, path: Path) -> Path:
     """``summary.json``: the summary plus ``extra`` (unit, counts)."""
-    path.write_text(json.dumps({"summary": summ, **extra}, indent=2, default=float))
-    return path
+    return atomic_write_text(path, json.dumps({"summary": summ, **extra}, indent=2, default=float))
 
 
 def overlay_png(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, path: Path, title: str) -> Path:
@@ -141,6 +141,6 @@ def overlay_png(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, path: Path,
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path

@@ -28,7 +28,7 @@ import torch
 
 from crocnet.crop import CropBox, crop_and_resize, heart_box
 from crocnet.data import DataError, kfold, load_dataset
-from crocnet.models import label_masks, stage1_targets, stage1_to_labels, stage2_inputs
+from crocnet.models import STAGE1_TARGET_FILL, label_masks, stage1_targets, stage1_to_labels, stage2_inputs
 
 from .checkpoint import atomic_save, atomic_write_text, load_model
 from .config import TrainConfig, add_arguments, config_from_args
@@ -91,7 +91,7 @@ def run_stage1(cfg: TrainConfig, records, split: dict, out: Path) -> list[Path]:
         print(f"stage 1 fold {k}: {len(train_recs)} train images ({len(tr)} slices), {len(val_recs)} validation images ({len(va)} slices)")
         run_dir = stage_dir / f"fold{k}"
         fit(cfg, run_dir, tr.images, stage1_targets(tr.labels), va.images, stage1_targets(va.labels),
-            STAGE1_CHANNELS, k, config_preprocess(cfg))
+            STAGE1_CHANNELS, k, config_preprocess(cfg), label_fill=STAGE1_TARGET_FILL)
         write_oof(run_dir, va, cfg)
         runs.append(run_dir)
     return runs
@@ -214,6 +214,13 @@ def run(cfg: TrainConfig) -> list[Path]:
     records = load_records(cfg)
     if not records:
         raise DataError(f"no images found in {cfg.data} for --dataset {cfg.dataset}")
+    unlabelled = [r.source or r.name for r in records if r.label is None]
+    if unlabelled:
+        records = [r for r in records if r.label is not None]
+        if not records:
+            raise DataError(f"none of the images in {cfg.data} has a label map: nothing to train on")
+        shown = ", ".join(str(u) for u in unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
+        print(f"skipping {len(unlabelled)} image(s) without a label map (neither trained nor validated on): {shown}")
     split = prepare_split(cfg, records, out)
     runs = run_stage1(cfg, records, split, out) if cfg.stage == 1 else run_stage2(cfg, records, split, out)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process writes logs

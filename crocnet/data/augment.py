@@ -45,7 +45,11 @@ class Augment:
             sample's standard deviation.
         intensity_channels: image channels the intensity operations touch (default: all), e.g. ``(0,)``
             when the other channels are prior masks.
-        padding: ``grid_sample`` padding of the image outside the field of view (labels use 0).
+        padding: ``grid_sample`` padding of the image outside the field of view.
+        label_fill: value of the labels moved in from outside the field of view: one number, or one per
+            channel of ``(B, K, H, W)`` labels. One-hot targets with a background channel need 1 there
+            (e.g. ``(0, 0, 0, 1)`` for the stage-1 channels LV, MYO, RV, background), else those pixels
+            belong to no class.
     """
 
     p_flip: float = 0.5
@@ -63,6 +67,7 @@ class Augment:
     noise_std: tuple[float, float] = (0.02, 0.1)
     intensity_channels: Sequence[int] | None = None
     padding: str = "zeros"
+    label_fill: float | Sequence[float] = 0.0
 
     @classmethod
     def identity(cls) -> "Augment":
@@ -117,9 +122,10 @@ class Augment:
                                        align_corners=False)
             if label is not None:
                 label = label.clone()
-                lab = label[idx].unsqueeze(1) if label.ndim == 3 else label[idx]
-                moved = F.grid_sample(lab.to(grid.dtype), grid, mode="nearest", padding_mode="zeros",
-                                      align_corners=False)
+                lab = (label[idx].unsqueeze(1) if label.ndim == 3 else label[idx]).to(grid.dtype)
+                fill = self._label_fill(lab.shape[1], lab.device, lab.dtype)
+                # nearest sampling copies values, so shifting by the fill is exact and pads with it
+                moved = F.grid_sample(lab - fill, grid, mode="nearest", padding_mode="zeros", align_corners=False) + fill
                 moved = moved[:, 0] if label.ndim == 3 else moved
                 label[idx] = (moved.round() if not label.is_floating_point() else moved).to(label.dtype)
 
@@ -138,6 +144,12 @@ class Augment:
                 x[idx] = x[idx] + noise[idx][:, channels] * (noise_std[idx].view(-1, 1, 1, 1) * std)
             image[:, channels] = x
         return image, label
+
+    def _label_fill(self, channels: int, device, dtype) -> torch.Tensor:
+        fill = torch.as_tensor(self.label_fill, dtype=dtype, device=device).reshape(-1)
+        if fill.numel() not in (1, channels):
+            raise ValueError(f"label_fill must be one number or one per label channel ({channels}), got {self.label_fill!r}")
+        return fill.view(1, -1, 1, 1)
 
     def _grid(self, flip, do_affine, angle, zoom, do_elastic, elastic, h, w, dtype) -> torch.Tensor:
         """Sampling grid ``(n, H, W, 2)``: output pixel → input position, in normalised coordinates."""

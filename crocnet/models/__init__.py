@@ -12,6 +12,7 @@ from .ensemble import MeanEnsemble
 from .pipeline import (
     CroCNet,
     CroCNetOutput,
+    STAGE1_TARGET_FILL,
     label_masks,
     merge_binary_maps,
     stage1_targets,
@@ -36,6 +37,7 @@ __all__ = [
     "CroCNetOutput",
     "stage1_to_labels",
     "stage1_targets",
+    "STAGE1_TARGET_FILL",
     "stage2_inputs",
     "label_masks",
     "merge_binary_maps",

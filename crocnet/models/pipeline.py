@@ -38,6 +38,10 @@ def label_masks(labels: torch.Tensor, dtype: torch.dtype = torch.float32) -> tor
     return F.one_hot(labels.long(), 4)[..., 1:].permute(0, 3, 1, 2).to(dtype)
 
 
+#: :func:`stage1_targets` of a background pixel: what augmentation fills in outside the field of view.
+STAGE1_TARGET_FILL = (0.0, 0.0, 0.0, 1.0)
+
+
 def stage1_targets(labels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Label map ``(B, H, W)`` → one-hot ``(B, 4, H, W)`` in the stage-1 channel order (LV, MYO, RV, background)."""
     masks = label_masks(labels, dtype)

@@ -107,3 +107,23 @@ def test_on_cuda_with_a_cuda_generator():
     assert (out_image[:, 0].round().long() == out_label).float().mean() > 0.99
     again = augment(image, label, torch.Generator(device="cuda").manual_seed(0))
     assert torch.equal(again[1], out_label)
+
+
+def test_one_hot_targets_keep_their_background_outside_the_field_of_view():
+    """Rotated or zoomed-out corners come from outside the image: with ``label_fill`` the one-hot stage-1
+    targets there are background, exactly the one-hot of the moved label map, and every pixel has one class."""
+    from crocnet.models import STAGE1_TARGET_FILL, stage1_targets
+
+    label = _labels(b=8)
+    image = torch.rand(8, 1, 48, 40)
+    options = dict(**SPATIAL, p_flip=0.5, p_affine=1, p_elastic=0.5, scale=(0.7, 0.8))
+    _, moved_label = Augment(**options)(image, label, torch.Generator().manual_seed(3))
+    _, moved = Augment(**options, label_fill=STAGE1_TARGET_FILL)(image, stage1_targets(label), torch.Generator().manual_seed(3))
+    assert torch.equal(moved, stage1_targets(moved_label))
+    assert torch.equal(moved.sum(1), torch.ones(8, 48, 40))
+    assert torch.equal(stage1_targets(torch.zeros(1, 1, 1, dtype=torch.long)).flatten(), torch.tensor(STAGE1_TARGET_FILL))
+    # without the fill, the zoomed-out borders belong to no class
+    _, unfilled = Augment(**options)(image, stage1_targets(label), torch.Generator().manual_seed(3))
+    assert (unfilled.sum(1) == 0).float().mean() > 0.05
+    with pytest.raises(ValueError, match=r"label_fill must be one number or one per label channel \(4\), got \(0, 1\)"):
+        Augment(**options, label_fill=(0, 1))(image, stage1_targets(label))

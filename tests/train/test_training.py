@@ -52,6 +52,14 @@ def test_demo_quick_writes_the_whole_report(demo_run):
     assert not subjects[0] & subjects[1] and not (subjects[0] | subjects[1]) & set(splits["test"])
 
 
+def test_demo_refuses_a_folder_holding_another_preset(demo_run, capsys):
+    assert demo.main(["--out", str(demo_run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{demo_run} holds a demo with preset 'quick' and seed 0, not 'full' with seed 0; add --fresh" in err
+    assert demo.main(["--quick", "--seed", "1", "--out", str(demo_run), "--no-progress"]) == 2
+    assert "not 'quick' with seed 1" in capsys.readouterr().err
+
+
 def _final_weights(run: Path) -> dict:
     return torch.load(run / "last.pt", weights_only=False)["state_dict"]
 
@@ -84,6 +92,41 @@ def test_resume_after_a_kill_gives_the_same_weights(phantoms, tmp_path, monkeypa
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in log] == [1, 2, 3]
+
+
+def test_a_kill_between_the_log_and_the_checkpoint_trains_that_epoch_once_more_and_logs_it_once(phantoms, tmp_path, monkeypatch):
+    args = ["--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "2", *TINY, "--out", str(tmp_path)]
+    real = ckpt_mod.atomic_save
+    import crocnet.train.engine as engine
+
+    def killed_before_epoch_two_is_saved(obj, path):
+        if Path(path).name == "last.pt" and obj["epoch"] == 2:
+            raise KeyboardInterrupt  # epoch 2 is in log.jsonl, last.pt still holds epoch 1
+        real(obj, path)
+
+    monkeypatch.setattr(engine, "atomic_save", killed_before_epoch_two_is_saved)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args)
+    run = tmp_path / "stage1-e2aunet" / "fold0"
+    assert [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+    monkeypatch.setattr(engine, "atomic_save", real)
+    assert train.main([*args, "--resume"]) == 0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in log] == [1, 2]
+    assert log[0]["lr"] == 1e-4  # the rate epoch 1 trained at (the default), not the next epoch's
+
+
+def test_resume_refuses_other_settings_and_says_which(phantoms, tmp_path, capsys):
+    args = ["--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "1", *TINY, "--out", str(tmp_path)]
+    assert train.main([*args, "--resume"]) == 0  # nothing to resume yet: a new run, said so
+    assert "no checkpoint" in capsys.readouterr().out
+    width = TINY[TINY.index("--base-width") + 1]
+    rest = [a for i, a in enumerate(TINY) if a != "--base-width" and (i == 0 or TINY[i - 1] != "--base-width")]
+    other = ["--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "3", *rest, "--base-width", str(2 * int(width)),
+             "--out", str(tmp_path), "--resume"]
+    assert train.main(other) == 2
+    err = capsys.readouterr().err
+    assert "was written with other settings" in err and "epochs 1 (now 3)" in err and f"base_width {width} (now {2 * int(width)})" in err
 
 
 def test_init_fine_tunes_from_a_checkpoint_each_fold_from_its_own(phantoms, tmp_path, capsys):
@@ -164,6 +207,44 @@ def test_evaluate_and_predict_errors(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not be read"):
         ckpt_mod.read_checkpoint(bad)
+
+
+def test_evaluate_split_errors_say_what_is_wrong(demo_run, tmp_path, capsys):
+    base = ["--stage1", str(demo_run / "stage1-e2aunet/fold0"), "--data", str(demo_run / "data"), "--no-progress",
+            "--out", str(tmp_path / "eval")]
+    splits = str(demo_run / "splits.json")
+    cases = [
+        (["--split-file", splits, "--split", "fold:9"], "--split fold:K must name a fold K in 0..1 of"),
+        (["--split-file", splits, "--split", "fold:x"], "got 'fold:x'"),
+        (["--split", "fold:1"], "--split fold:1 needs --split-file"),
+        (["--split-file", splits, "--split", "every"], "--split must be test, pool, fold:K or cv, got 'every'"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "--device cuda: no CUDA device is available here"))
+    for extra, message in cases:
+        assert evaluate.main(base + extra) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    no_test = tmp_path / "splits-no-test.json"
+    no_test.write_text(json.dumps({**json.loads(Path(splits).read_text()), "test": []}))
+    assert evaluate.main(base + ["--split-file", str(no_test)]) == 2
+    assert "has no test subjects (the run held none out: no --test-fraction); use --split pool, fold:K or cv" in capsys.readouterr().err
+
+
+def test_predict_and_export_refuse_bad_outputs_and_weights_that_do_not_fit(demo_run, tmp_path, capsys):
+    stage1 = demo_run / "stage1-e2aunet/fold0"
+    image = next((demo_run / "data").rglob("*_LA_ED.nii.gz"))
+    for output in ("seg.png", str(tmp_path)):
+        assert predict.main(["--checkpoint", str(stage1), "--input", str(image), "--output", output]) == 2
+        assert "--output must be a NIfTI file path ending in .nii.gz or .nii" in capsys.readouterr().err
+    assert cli.main(["export", str(stage1), str(tmp_path)]) == 2
+    assert "must be a file path, got the folder" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".*.tmp"))
+    ckpt = ckpt_mod.read_checkpoint(stage1 / "best.pt")
+    ckpt["model_kwargs"] = {**ckpt["model_kwargs"], "base_width": 2 * ckpt["model_kwargs"].get("base_width", 4)}
+    torch.save(ckpt, tmp_path / "wider.pt")
+    assert predict.main(["--checkpoint", str(tmp_path / "wider.pt"), "--input", str(image), "--output", str(tmp_path / "x.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit that model" in err and "shape mismatches, saved vs model" in err and len(err.splitlines()) == 1
 
 
 def test_predict_refuses_nan_and_empty_images(demo_run, tmp_path, capsys):
@@ -519,3 +600,26 @@ def test_stage2_on_native_or_frame_crops(demo_run, tmp_path, capsys):
     assert "no out-of-fold predictions (fold*/oof_native.pt)" in err and "--crop-from frame" in err
     assert train.main(["--data", str(demo_run / "data"), "--crop-from", "native", *TINY]) == 2
     assert "--crop-from applies to stage 2" in capsys.readouterr().err
+
+
+def test_volumes_without_labels_are_skipped_by_name_not_scored_against_zeros(tmp_path, capsys):
+    import h5py
+
+    rng = np.random.default_rng(0)
+    for p in range(21, 25):
+        for frame in (1, 10):
+            label = np.zeros((2, 32, 32), np.uint8)
+            label[:, 10:20, 10:20] = 1 + (p + frame) % 3
+            with h5py.File(tmp_path / f"patient{p:03d}_frame{frame:02d}.h5", "w") as f:
+                f["image"] = rng.random((2, 32, 32), dtype=np.float32)
+                if (p, frame) != (23, 10):
+                    f["label"] = label
+    out = tmp_path / "run"
+    args = ["--data", str(tmp_path), "--dataset", "acdc_h5", "--stage", "1", "--epochs", "1", "--fold", "all", *TINY, "--out", str(out)]
+    assert train.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "skipping 1 image(s) without a label map (neither trained nor validated on): " in printed
+    assert "patient023_frame10.h5" in printed
+    # the two folds together validate on the 7 labelled volumes only
+    counts = [int(line.split(", ")[1].split(" validation images")[0]) for line in printed.splitlines() if line.startswith("stage 1 fold")]
+    assert sum(counts) == 7
