@@ -61,8 +61,18 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _binary(name: str, x) -> np.ndarray:
+    x = _as_numpy(x)
+    if x.dtype != bool:
+        other = (x != 0) & (x != 1)
+        if other.any():
+            raise ValueError(f"{name} must be a mask (bool or 0/1), got the value {x[other].flat[0].item()!r}; for "
+                             f"structure k of a label map pass (labels == k)")
+    return x.astype(bool)
+
+
 def _as_masks(pred, gt) -> tuple[np.ndarray, np.ndarray]:
-    pred, gt = _as_numpy(pred).astype(bool), _as_numpy(gt).astype(bool)
+    pred, gt = _binary("pred", pred), _binary("gt", gt)
     if pred.shape != gt.shape:
         raise ValueError(f"pred and gt must have the same shape, got {pred.shape} and {gt.shape}")
     return pred, gt
@@ -73,9 +83,9 @@ def _spacing(spacing, ndim: int) -> np.ndarray:
         return np.ones(ndim)
     spacing = np.asarray(spacing, dtype=np.float64).ravel()
     if spacing.size != ndim:
-        raise ValueError(f"spacing must have one value per axis ({ndim}), got {tuple(spacing)}")
+        raise ValueError(f"spacing must have one value per axis ({ndim}), got {tuple(spacing.tolist())}")
     if not np.all(spacing > 0):
-        raise ValueError(f"spacing must be positive, got {tuple(spacing)}")
+        raise ValueError(f"spacing must be positive, got {tuple(spacing.tolist())}")
     return spacing
 
 
@@ -141,6 +151,7 @@ def hausdorff_distance(pred, gt, spacing=None, percentile: float | None = None) 
         The distance; 0.0 when both masks are empty and NaN when exactly one is (see the module's policy).
     """
     pred, gt = _as_masks(pred, gt)
+    _spacing(spacing, pred.ndim)  # checked even where the masks make it unused
     has_pred, has_gt = bool(pred.any()), bool(gt.any())
     if not has_pred and not has_gt:
         return 0.0

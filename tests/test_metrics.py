@@ -99,6 +99,18 @@ def test_empty_mask_policy():
         surface_distances(full, empty)
 
 
+def test_label_maps_and_bad_spacing_are_refused_even_for_empty_masks():
+    labels = np.array([[0, 2], [1, 0]])
+    with pytest.raises(ValueError, match=r"pred must be a mask \(bool or 0/1\), got the value 2; .* \(labels == k\)"):
+        dice(labels, labels == 1)
+    with pytest.raises(ValueError, match="gt must be a mask"):
+        hausdorff_distance(labels == 1, labels * 0.5)
+    empty = np.zeros((4, 4), bool)
+    with pytest.raises(ValueError, match=r"spacing must be positive, got \(-1.0, 1.0\)"):
+        hausdorff_distance(empty, empty, spacing=(-1.0, 1.0))
+    assert dice(np.array([[0, 1]], np.uint8), np.array([[0.0, 1.0]])) == 1.0  # 0/1 in any dtype is a mask
+
+
 def test_segmentation_metrics_per_structure_and_torch_input():
     rng = np.random.default_rng(5)
     gt = np.zeros((20, 24), np.uint8)
