@@ -32,3 +32,23 @@ def relabelled_stage2(demo_run, tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def constant_stage1(demo_run, tmp_path_factory) -> Path:
+    """A stage-1 folder like the demo's whose fold-k model labels every pixel as structure k + 1 (fold 0:
+    LV, fold 1: MYO): the quick demo's one-epoch models predict nothing, so they cannot tell which fold's
+    checkpoint scored an image; these can."""
+    from crocnet.train.checkpoint import export_safetensors
+
+    stage = tmp_path_factory.mktemp("constant") / "stage1-e2aunet"
+    for k in range(2):
+        ckpt = read_checkpoint(demo_run / f"stage1-e2aunet/fold{k}/best.pt")
+        sd = ckpt["state_dict"]
+        sd["head.weight"] = torch.zeros_like(sd["head.weight"])
+        sd["head.bias"] = torch.full_like(sd["head.bias"], -10.0)
+        sd["head.bias"][k] = 10.0  # channels (LV, MYO, RV, background)
+        (stage / f"fold{k}").mkdir(parents=True)
+        torch.save(ckpt, stage / f"fold{k}" / "best.pt")
+        export_safetensors(ckpt, stage / f"fold{k}" / "best.safetensors")
+    return stage

@@ -447,10 +447,10 @@ def test_a_folder_of_exported_weights_resolves_to_its_one_safetensors_file(demo_
         ckpt_mod.resolve_checkpoint(folder)
 
 
-def test_evaluate_a_cross_validation_out_of_fold(demo_run, tmp_path, capsys):
+def test_evaluate_a_cross_validation_out_of_fold(demo_run, constant_stage1, tmp_path, capsys):
     """``--split cv``: fold k's checkpoint scores fold k's validation subjects; the pooled rows are exactly
     the rows of the per-fold evaluations, every pool subject once."""
-    stage = demo_run / "stage1-e2aunet"
+    stage = constant_stage1
     common = ["--data", str(demo_run / "data"), "--split-file", str(demo_run / "splits.json"), "--no-progress"]
     assert evaluate.main(["--stage1", str(stage), "--split", "cv", "--out", str(tmp_path / "cv"), *common]) == 0
     out = capsys.readouterr().out
@@ -469,6 +469,9 @@ def test_evaluate_a_cross_validation_out_of_fold(demo_run, tmp_path, capsys):
         for a, b in zip(mine, single):
             assert a["LV_dice"] == b["LV_dice"] and a["RV_hd95"] == b["RV_hd95"]
         assert {r["subject"] for r in mine} == set(splits["folds"][k]["val"])
+        # fold 0's model labels everything LV, fold 1's everything MYO: each row shows which one scored it
+        scored, unscored = ("LV", "MYO") if k == 0 else ("MYO", "LV")
+        assert all(float(r[f"{scored}_dice"]) > 0 and float(r[f"{unscored}_dice"]) == 0 for r in mine)
     summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
     assert summary["cross_validation"] is True and [f["fold"] for f in summary["folds"]] == [0, 1]
     assert summary["cases"] == len(pooled) == sum(f["cases"] for f in summary["folds"])
@@ -505,11 +508,11 @@ def test_cross_validation_errors(demo_run, tmp_path, capsys, extra, message):
     assert message.replace("S2STAGE", str(s2)) in capsys.readouterr().err
 
 
-def test_evaluate_crocnet_cross_validation_matches_each_fold(demo_run, tmp_path, capsys):
+def test_evaluate_crocnet_cross_validation_matches_each_fold(demo_run, constant_stage1, tmp_path, capsys):
     """``--split cv --stage2``: fold k's stage 1 and stage 2 score fold k's validation subjects, both
     methods; the rows equal a ``--split fold:K`` evaluation of that pair. (The demo has a stage 2 for
     fold 0 only, so it stands in for fold 1's too: the pairing, not the training, is under test.)"""
-    stage, s2 = demo_run / "stage1-e2aunet", demo_run / "stage2-crocnet_specialists" / "fold0"
+    stage, s2 = constant_stage1, demo_run / "stage2-crocnet_specialists" / "fold0"
     common = ["--data", str(demo_run / "data"), "--split-file", str(demo_run / "splits.json"), "--no-progress"]
     assert evaluate.main(["--stage1", str(stage), "--stage2", str(s2), str(s2), "--split", "cv",
                           "--out", str(tmp_path / "cv"), *common]) == 0
@@ -519,6 +522,10 @@ def test_evaluate_crocnet_cross_validation_matches_each_fold(demo_run, tmp_path,
 
     pooled = list(csv.DictReader((tmp_path / "cv" / "cases.csv").open()))
     assert {r["method"] for r in pooled} == {"stage 1", "CroCNet"}
+    for r in pooled:  # fold 0's stage 1 labels everything LV, fold 1's everything MYO
+        if r["method"] == "stage 1":
+            assert float(r["LV_dice"] if r["fold"] == "0" else r["MYO_dice"]) > 0
+            assert float(r["MYO_dice"] if r["fold"] == "0" else r["LV_dice"]) == 0
     k = 1
     assert evaluate.main(["--stage1", str(stage / f"fold{k}"), "--stage2", str(s2), "--split", f"fold:{k}",
                           "--out", str(tmp_path / "f1"), *common]) == 0
