@@ -24,6 +24,21 @@ import torch
 from safetensors.torch import save_file
 
 
+def _umask_mode() -> int:
+    """The mode ``open`` would give a new file (``mkstemp`` makes them private, 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files a killed atomic write left in ``folder``; returns them."""
+    stale = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_save(obj, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a kill never leaves a torn file."""
     path = Path(path)
@@ -34,6 +49,7 @@ def atomic_save(obj, path: str | Path) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -49,6 +65,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -64,6 +81,7 @@ def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", **kwargs)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -98,6 +116,7 @@ def export_safetensors(checkpoint: dict, path: str | Path, dtype: torch.dtype | 
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -29,7 +29,7 @@ from crocnet.metrics import dice as mask_dice
 from crocnet.models import merge_binary_maps, stage1_to_labels
 
 from .checkpoint import (atomic_save, atomic_savefig, atomic_write_text, build_model, export_safetensors, nonfinite_tensors,
-                         read_checkpoint, resolve_checkpoint)
+                         read_checkpoint, remove_stale_temporaries, resolve_checkpoint)
 from .config import TrainConfig
 from .losses import segmentation_loss
 
@@ -221,6 +221,8 @@ def fit(
     best = -math.inf
     start = 1
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if ddp.main:
+        remove_stale_temporaries(run_dir)
     resuming = cfg.resume and last_path.is_file()
     if cfg.resume and not resuming and ddp.main:
         print(f"--resume: no checkpoint {last_path} yet, starting a new run there")

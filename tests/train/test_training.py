@@ -110,9 +110,15 @@ def test_a_kill_between_the_log_and_the_checkpoint_trains_that_epoch_once_more_a
     run = tmp_path / "stage1-e2aunet" / "fold0"
     assert [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
     monkeypatch.setattr(engine, "atomic_save", real)
+    (run / ".last.pt.x1y2z3.tmp").write_bytes(b"half a checkpoint")  # what a kill inside atomic_save leaves
     assert train.main([*args, "--resume"]) == 0
+    assert not list(run.glob(".*.tmp"))
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in log] == [1, 2]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "last.pt", "best.safetensors", "curves.png"):  # not mkstemp's private 0600
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     assert log[0]["lr"] == 1e-4  # the rate epoch 1 trained at (the default), not the next epoch's
 
 
