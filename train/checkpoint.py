@@ -18,10 +18,11 @@ import os
 import sys
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 
 def _umask_mode() -> int:
@@ -39,14 +40,16 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return stale
 
 
-def atomic_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a kill never leaves a torn file."""
+@contextmanager
+def _replacing(path: str | Path, mode: str):
+    """A file object on a temporary file beside ``path``, synced and renamed onto ``path`` when the block
+    ends without error (deleted otherwise): readers see the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())
@@ -54,39 +57,27 @@ def atomic_save(obj, path: str | Path) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a kill never leaves a torn file."""
+    with _replacing(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path``, then ``os.replace`` it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with _replacing(path, "w") as f:
+        f.write(text)
+    return Path(path)
 
 
 def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
     """``fig.savefig`` as PNG to a temporary file beside ``path``, then ``os.replace`` it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", **kwargs)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with _replacing(path, "wb") as f:
+        fig.savefig(f, format="png", **kwargs)
+    return Path(path)
 
 
 DESCRIPTION_KEYS = ("model", "model_kwargs", "preprocess", "stage", "fold", "epoch")
@@ -111,16 +102,8 @@ def export_safetensors(checkpoint: dict, path: str | Path, dtype: torch.dtype | 
         tensors[k] = v.contiguous()
     if path.is_dir():
         raise ValueError(f"the safetensors output must be a file path, got the folder {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with _replacing(path, "wb") as f:
+        f.write(save(tensors, metadata=meta))
     return path
 
 
