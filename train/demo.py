@@ -59,14 +59,15 @@ def _check_preset(out: Path, preset: str, seed: int) -> None:
     wanted = {"preset": preset, "seed": seed}
     if marker.is_file():
         found = json.loads(marker.read_text())
-    elif (out / "data" / "dataset_information.csv").is_file():  # written before the marker existed
+    elif (out / "data" / "dataset_information.csv").is_file():  # written before the marker existed: seed unknown
         subjects = len((out / "data" / "dataset_information.csv").read_text().strip().splitlines()) - 1
-        found = {"preset": next((k for k, v in PRESETS.items() if v["subjects"] == subjects), f"{subjects} subjects"), "seed": "?"}
+        found = {"preset": next((k for k, v in PRESETS.items() if v["subjects"] == subjects), f"{subjects} subjects"), "seed": seed}
     else:
+        found = wanted
+    if found == wanted:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(marker, json.dumps(wanted))
-        return
-    if found != wanted:
+    else:
         raise ValueError(
             f"{out} holds a demo with preset {found['preset']!r} and seed {found['seed']}, not {preset!r} with seed "
             f"{seed}; add --fresh to replace it, or choose another --out"

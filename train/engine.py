@@ -225,7 +225,7 @@ def fit(
         remove_stale_temporaries(run_dir)
     resuming = cfg.resume and last_path.is_file()
     if cfg.resume and not resuming and ddp.main:
-        print(f"--resume: no checkpoint {last_path} yet, starting a new run there")
+        print(f"{run_dir}: no last.pt to resume from yet, starting at epoch 1")
     if resuming:
         state = torch.load(last_path, map_location="cpu", weights_only=False)
         check_resumable(state, cfg, name, kwargs, last_path)
@@ -317,7 +317,10 @@ def fit(
                 plot_curves(history, run_dir / "curves.png", run_dir.parent.name + "/" + run_dir.name)
             extra = f", val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
             line = f"{run_dir.name} epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}{extra} ({row['seconds']:.1f} s)"
-            tqdm.write(line) if cfg.progress else print(line, flush=True)
+            if cfg.progress:
+                tqdm.write(line)
+            else:
+                print(line, flush=True)
     if ddp.world > 1:
         dist.barrier()
     if ddp.main and best_path.is_file():

@@ -125,7 +125,7 @@ def test_a_kill_between_the_log_and_the_checkpoint_trains_that_epoch_once_more_a
 def test_resume_refuses_other_settings_and_says_which(phantoms, tmp_path, capsys):
     args = ["--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "1", *TINY, "--out", str(tmp_path)]
     assert train.main([*args, "--resume"]) == 0  # nothing to resume yet: a new run, said so
-    assert "no checkpoint" in capsys.readouterr().out
+    assert "no last.pt to resume from yet, starting at epoch 1" in capsys.readouterr().out
     width = TINY[TINY.index("--base-width") + 1]
     rest = [a for i, a in enumerate(TINY) if a != "--base-width" and (i == 0 or TINY[i - 1] != "--base-width")]
     other = ["--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "3", *rest, "--base-width", str(2 * int(width)),
