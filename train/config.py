@@ -10,6 +10,9 @@ from pathlib import Path
 DATASET_CHOICES = ("mnm2", "acdc", "acdc_h5", "nnunet", "phantom")
 STAGE1_MODELS = ("e2aunet", "e2aunet_mhsa", "e2aunet_noattn")
 STAGE2_MODELS = ("crocnet_specialists", "crocnet_single")
+#: ``--outside-label``: what the stage-1 one-hot targets say where augmentation moved in pixels from outside
+#: the image: no class at all (every channel 0) or background.
+OUTSIDE_LABELS = ("none", "background")
 CROP_SOURCES = ("frame", "native")
 
 
@@ -41,6 +44,7 @@ class TrainConfig:
     crop_margin: int = 15
     crop_from: str | None = None  # stage 2: crops of the native image (default, the paper's) or of stage 1's frame
     augment: bool = True
+    outside_label: str = "none"  # stage 1: target of pixels augmentation brings in from outside the image
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
     workers: int = 0
@@ -95,6 +99,10 @@ class TrainConfig:
             raise ValueError(f"--fold must be 'all' or an integer in 0..{self.folds - 1}, got {self.fold!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.outside_label not in OUTSIDE_LABELS:
+            raise ValueError(f"--outside-label must be one of {', '.join(OUTSIDE_LABELS)}, got {self.outside_label!r}")
+        if self.stage == 2 and self.outside_label != "none":
+            raise ValueError("--outside-label applies to stage 1 (stage-2 targets have no background channel)")
         if self.val_every < 1:
             raise ValueError(f"--val-every must be >= 1, got {self.val_every}")
         if self.image_size % (2**self.depth):
@@ -169,6 +177,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--image-size", type=int, help="network input size in pixels (stage 2: the crop size) (default 128)")
     ap.add_argument("--target-spacing", type=float, help="resample to this pixel size in mm (default: fit the field of view)")
     ap.add_argument("--no-augment", dest="augment", action="store_const", const=False, help="switch augmentation off")
+    ap.add_argument("--outside-label", choices=OUTSIDE_LABELS,
+                    help="stage 1: the target of pixels that rotation or zoom bring in from outside the image: no class "
+                         "(none, the default: the per-channel sigmoid targets allow it) or background")
     ap.add_argument("--device", help="auto (cuda if available), cpu, cuda, cuda:1 ... (default auto)")
     ap.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no bf16 autocast on CUDA")
     ap.add_argument("--out", help=f"run folder root (default {d.out})")

@@ -333,7 +333,7 @@ def fit(
 #: Settings a resumed run must share with the run that wrote its checkpoint (the others, such as --out,
 #: --device or --no-progress, may change between the two).
 RESUME_KEYS = ("stage", "model", "base_width", "depth", "attention_levels", "epochs", "batch_size", "lr",
-               "lr_milestones", "loss", "image_size", "target_spacing", "augment", "seed", "weight_decay")
+               "lr_milestones", "loss", "image_size", "target_spacing", "augment", "outside_label", "seed", "weight_decay")
 
 
 def check_resumable(state: dict, cfg: TrainConfig, name: str, kwargs: dict, path: Path) -> None:

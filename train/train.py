@@ -91,7 +91,8 @@ def run_stage1(cfg: TrainConfig, records, split: dict, out: Path) -> list[Path]:
         print(f"stage 1 fold {k}: {len(train_recs)} train images ({len(tr)} slices), {len(val_recs)} validation images ({len(va)} slices)")
         run_dir = stage_dir / f"fold{k}"
         fit(cfg, run_dir, tr.images, stage1_targets(tr.labels), va.images, stage1_targets(va.labels),
-            STAGE1_CHANNELS, k, config_preprocess(cfg), label_fill=STAGE1_TARGET_FILL)
+            STAGE1_CHANNELS, k, config_preprocess(cfg),
+            label_fill=STAGE1_TARGET_FILL if cfg.outside_label == "background" else 0.0)
         write_oof(run_dir, va, cfg)
         runs.append(run_dir)
     return runs

@@ -47,9 +47,9 @@ class Augment:
             when the other channels are prior masks.
         padding: ``grid_sample`` padding of the image outside the field of view.
         label_fill: value of the labels moved in from outside the field of view: one number, or one per
-            channel of ``(B, K, H, W)`` labels. One-hot targets with a background channel need 1 there
-            (e.g. ``(0, 0, 0, 1)`` for the stage-1 channels LV, MYO, RV, background), else those pixels
-            belong to no class.
+            channel of ``(B, K, H, W)`` labels. With 0 (default) those pixels of one-hot targets belong to
+            no class, which per-channel sigmoid targets allow; softmax targets need 1 in the background
+            channel (e.g. ``(0, 0, 0, 1)`` for the stage-1 channels LV, MYO, RV, background).
     """
 
     p_flip: float = 0.5

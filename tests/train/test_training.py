@@ -189,6 +189,8 @@ def test_ddp_two_cpu_processes(phantoms, tmp_path):
         (["--model", "crocnet_single"], "stage 1 trains one of e2aunet, e2aunet_mhsa, e2aunet_noattn"),
         (["--image-size", "50"], "--image-size must be a multiple of 2**depth = 16, got 50"),
         (["--attention-levels", "1", "5"], "--attention-levels must lie in 0..depth = 0..4, got [1, 5]"),
+        (["--val-every", "0"], "--val-every must be >= 1, got 0"),
+        (["--stage", "2", "--stage1-run", "x", "--outside-label", "background"], "--outside-label applies to stage 1"),
     ],
 )
 def test_bad_arguments_are_clear_errors(phantoms, argv, message, capsys):
@@ -636,3 +638,23 @@ def test_volumes_without_labels_are_skipped_by_name_not_scored_against_zeros(tmp
     # the two folds together validate on the 7 labelled volumes only
     counts = [int(line.split(", ")[1].split(" validation images")[0]) for line in printed.splitlines() if line.startswith("stage 1 fold")]
     assert sum(counts) == 7
+
+
+@pytest.mark.parametrize("outside, fill", [(None, 0.0), ("none", 0.0), ("background", (0.0, 0.0, 0.0, 1.0))])
+def test_outside_label_sets_the_augmentation_fill_of_the_stage1_targets(phantoms, tmp_path, monkeypatch, outside, fill):
+    import crocnet.train.engine as engine
+
+    seen = []
+
+    class Recording(engine.Augment):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            seen.append(self.label_fill)
+
+    monkeypatch.setattr(engine, "Augment", Recording)
+    extra = [] if outside is None else ["--outside-label", outside]
+    args = ["--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "1", "--max-train-batches", "1", *TINY, *extra]
+    assert train.main([*args, "--out", str(tmp_path)]) == 0
+    assert seen == [fill]
+    config = json.loads((tmp_path / "stage1-e2aunet" / "fold0" / "config.json").read_text())
+    assert config["outside_label"] == (outside or "none")
