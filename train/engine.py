@@ -338,13 +338,14 @@ RESUME_KEYS = ("stage", "model", "base_width", "depth", "attention_levels", "epo
 
 def check_resumable(state: dict, cfg: TrainConfig, name: str, kwargs: dict, path: Path) -> None:
     """Refuse to resume ``path`` under other model arguments or training settings, naming each difference."""
-    saved = state.get("config", {})
+    # a key the checkpoint's version did not write yet had that version's behaviour: today's default
+    saved = TrainConfig().to_json() | state.get("config", {})
     current = cfg.to_json()
     diffs = []
     if state.get("model") != name or state.get("model_kwargs") != kwargs:
         diffs.append(f"model {state.get('model')} {state.get('model_kwargs')} (now {name} {kwargs})")
     for key in RESUME_KEYS:
-        if key in saved and key in current and _plain(saved[key]) != _plain(current[key]):
+        if "config" in state and _plain(saved[key]) != _plain(current[key]):
             diffs.append(f"{key} {saved[key]!r} (now {current[key]!r})")
     if diffs:
         raise ValueError(f"--resume: {path} was written with other settings: {'; '.join(diffs)}. "

@@ -133,6 +133,14 @@ def test_resume_refuses_other_settings_and_says_which(phantoms, tmp_path, capsys
     assert train.main(other) == 2
     err = capsys.readouterr().err
     assert "was written with other settings" in err and "epochs 1 (now 3)" in err and f"base_width {width} (now {2 * int(width)})" in err
+    # a checkpoint from before a setting existed had its default behaviour
+    last = tmp_path / "stage1-e2aunet" / "fold0" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    del state["config"]["outside_label"]
+    torch.save(state, last)
+    assert train.main([*args, "--resume", "--outside-label", "background"]) == 2
+    assert "outside_label 'none' (now 'background')" in capsys.readouterr().err
+    assert train.main([*args, "--resume"]) == 0
 
 
 def test_init_fine_tunes_from_a_checkpoint_each_fold_from_its_own(phantoms, tmp_path, capsys):
