@@ -154,7 +154,6 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     if names:
         b.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 

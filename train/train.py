@@ -28,6 +28,7 @@ import torch
 
 from crocnet.crop import CropBox, crop_and_resize, heart_box
 from crocnet.data import DataError, kfold, load_dataset
+from crocnet.data.validation import name_list
 from crocnet.models import STAGE1_TARGET_FILL, label_masks, stage1_targets, stage1_to_labels, stage2_inputs
 
 from .checkpoint import atomic_save, atomic_write_text, load_model
@@ -220,8 +221,8 @@ def run(cfg: TrainConfig) -> list[Path]:
         records = [r for r in records if r.label is not None]
         if not records:
             raise DataError(f"none of the images in {cfg.data} has a label map: nothing to train on")
-        shown = ", ".join(str(u) for u in unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
-        print(f"skipping {len(unlabelled)} image(s) without a label map (neither trained nor validated on): {shown}")
+        print(f"skipping {len(unlabelled)} image(s) without a label map (neither trained nor validated on): "
+              f"{name_list(unlabelled)}")
     split = prepare_split(cfg, records, out)
     runs = run_stage1(cfg, records, split, out) if cfg.stage == 1 else run_stage2(cfg, records, split, out)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process writes logs

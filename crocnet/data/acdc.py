@@ -30,7 +30,7 @@ import numpy as np
 
 from .nifti import read_image_and_label
 from .records import Record
-from .validation import DataError, MissingFileError, check_image, check_label, require_file
+from .validation import DataError, MissingFileError, check_image, check_label, name_list, require_file
 
 __all__ = ["ACDC_TO_PROJECT", "find_h5_volumes", "find_patients", "load_acdc", "load_acdc_h5", "read_info_cfg"]
 
@@ -93,7 +93,7 @@ def find_h5_volumes(root: str | Path) -> dict[str, list[tuple[int, Path]]]:
             others.append(path.name)
     if others and by_patient:
         warnings.warn(f"{root}: ignoring {len(others)} .h5 file(s) not named patientNNN_frameFF.h5: "
-                      f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''}", stacklevel=2)
+                      f"{name_list(others)}", stacklevel=2)
     if not by_patient:
         raise DataError(f"{root}: expected ACDC volumes named patientNNN_frameFF.h5, found none")
     return {patient: sorted(frames) for patient, frames in by_patient.items()}

@@ -22,7 +22,7 @@ import numpy as np
 
 from .nifti import read_image_and_label
 from .records import Record
-from .validation import UNDECLARED, DataError, MissingFileError, require_file
+from .validation import UNDECLARED, DataError, MissingFileError, name_list, require_file
 
 __all__ = ["find_cases", "load_nnunet_raw", "parse_case_name"]
 
@@ -93,7 +93,7 @@ def find_cases(root: str | Path, split: str = "Tr", ending: str = ".nii.gz") -> 
     others = sorted(p.name for p in folder.glob(f"*{ending}") if not _CHANNEL.search(p.name[: -len(ending)]))
     if others:
         warnings.warn(f"{folder}: ignoring {len(others)} file(s) without a channel suffix _XXXX (nnU-Net names "
-                      f"images CASE_0000{ending}): {', '.join(others[:5])}{', ...' if len(others) > 5 else ''}", stacklevel=2)
+                      f"images CASE_0000{ending}): {name_list(others)}", stacklevel=2)
     return {path.name[: -len(f"_0000{ending}")]: path for path in images}
 
 
@@ -150,7 +150,7 @@ def load_nnunet_raw(
         orphans = sorted(p.name for p in label_dir.glob(f"*{ending}") if p.name[: -len(ending)] not in cases)
         if orphans:
             warnings.warn(f"{label_dir}: ignoring {len(orphans)} label file(s) without an image in images{split}: "
-                          f"{', '.join(orphans[:5])}{', ...' if len(orphans) > 5 else ''}", stacklevel=2)
+                          f"{name_list(orphans)}", stacklevel=2)
     for case, image_path in cases.items():
         subject, view, phase = parse_case_name(case)
         if wanted is not None and subject not in wanted:

@@ -22,6 +22,12 @@ class MissingFileError(DataError, FileNotFoundError):
     """A file the layout requires (an image, its label map, a dataset description) does not exist."""
 
 
+def name_list(names, limit: int = 5) -> str:
+    """The first ``limit`` names, comma-separated, with ``, ...`` when there are more (for messages)."""
+    names = [str(n) for n in names]
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
 def require_file(path: Path, what: str) -> Path:
     """Return ``path`` if it is a file, else raise :class:`MissingFileError` saying which ``what`` it is."""
     path = Path(path)
