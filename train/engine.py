@@ -28,8 +28,8 @@ from crocnet.data import Augment
 from crocnet.metrics import dice as mask_dice
 from crocnet.models import merge_binary_maps, stage1_to_labels
 
-from .checkpoint import (atomic_save, atomic_savefig, atomic_write_text, build_model, export_safetensors, nonfinite_tensors,
-                         read_checkpoint, remove_stale_temporaries, resolve_checkpoint)
+from .checkpoint import (atomic_save, atomic_savefig, atomic_write_text, build_model, check_weights_fit, export_safetensors,
+                         nonfinite_tensors, read_checkpoint, remove_stale_temporaries, resolve_checkpoint)
 from .config import TrainConfig
 from .losses import segmentation_loss
 
@@ -180,6 +180,7 @@ def init_weights(model: torch.nn.Module, source: str | Path, name: str, kwargs: 
     bad = nonfinite_tensors(ckpt["state_dict"])
     if bad:
         raise ValueError(f"--init {str(path)!r} holds NaN or inf in {', '.join(bad)}")
+    check_weights_fit(model, ckpt["state_dict"], f"--init {str(path)!r} ({ckpt['model']} {ckpt['model_kwargs']})")
     model.load_state_dict(ckpt["state_dict"])  # copied into the model's dtype (float16 exports too)
     return path
 
@@ -228,6 +229,7 @@ def fit(
     if resuming:
         state = torch.load(last_path, map_location="cpu", weights_only=False)
         check_resumable(state, cfg, name, kwargs, last_path)
+        check_weights_fit(model, state["state_dict"], f"--resume checkpoint {str(last_path)!r}")
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -141,6 +141,14 @@ def test_resume_refuses_other_settings_and_says_which(phantoms, tmp_path, capsys
     assert train.main([*args, "--resume", "--outside-label", "background"]) == 2
     assert "outside_label 'none' (now 'background')" in capsys.readouterr().err
     assert train.main([*args, "--resume"]) == 0
+    state = torch.load(last, weights_only=False)
+    key = next(k for k in state["state_dict"] if k.endswith(".weight"))
+    state["state_dict"][key] = state["state_dict"][key][:1]
+    torch.save(state, last)
+    assert train.main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "the weights of --resume checkpoint" in err and f"1 shape mismatches, saved vs model (first: {key} (1," in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_init_fine_tunes_from_a_checkpoint_each_fold_from_its_own(phantoms, tmp_path, capsys):
@@ -173,6 +181,14 @@ def test_init_fine_tunes_from_a_checkpoint_each_fold_from_its_own(phantoms, tmp_
     torch.save(broken, tmp_path / "broken.pt")
     assert train.main([*args, "--fold", "0", "--init", str(tmp_path / "broken.pt"), "--out", str(tmp_path / "z")]) == 2
     assert f"holds NaN or inf in {name}" in capsys.readouterr().err
+    # weights that contradict the checkpoint's own description: one line, not load_state_dict's page
+    cut = torch.load(pre / "fold0" / "best.pt", weights_only=False)
+    dropped = next(iter(cut["state_dict"]))
+    del cut["state_dict"][dropped]
+    torch.save(cut, tmp_path / "cut.pt")
+    assert train.main([*args, "--fold", "0", "--init", str(tmp_path / "cut.pt"), "--out", str(tmp_path / "z")]) == 2
+    err = capsys.readouterr().err
+    assert f"do not fit that model: 1 missing weights (first: {dropped})" in err and len(err.strip().splitlines()) == 1
 
 
 def test_ddp_two_cpu_processes(phantoms, tmp_path):
