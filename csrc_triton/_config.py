@@ -12,8 +12,14 @@ import triton
 MIN_BLOCK_N = 16
 
 
+#: Whether ``triton.jit`` built the kernels for Triton's CPU interpreter. Triton decides it once, when it
+#: decorates them at import (reading ``TRITON_INTERPRET`` with its own parsing: 1, true, on, yes), and so
+#: does this: setting the variable later changes nothing.
+INTERPRETING = bool(triton.knobs.runtime.interpret)
+
+
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return INTERPRETING
 
 
 def autotune_enabled() -> bool:

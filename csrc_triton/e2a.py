@@ -272,7 +272,8 @@ def _key_grad_kernel(
             dkh += g[None, :] * e
             acc_dg = tl.where(srange[:, None] == s, acc_dg + tl.sum(kh * e, axis=0)[None, :], acc_dg)
         proj = tl.sum(kh * dkh, axis=1)
-        dk = tl.where((nk >= eps)[:, None], (dkh - kh * proj[:, None]) * rk[:, None], dkh * rk[:, None])
+        # the eps branch is tested as n < eps, so a NaN norm takes the full formula and its NaN reaches dk
+        dk = tl.where((nk < eps)[:, None], dkh * rk[:, None], (dkh - kh * proj[:, None]) * rk[:, None])
         offs = (row * N + rows.to(tl.int64))[:, None] * D + cols[None, :]
         tl.store(DK + offs, dk, mask=rmask[:, None] & cmask[None, :])
     # PART_DG layout (S_s, B, S_t, P, D)
@@ -335,7 +336,7 @@ def _query_grad_kernel(
                 denom = tl.maximum(norm_a, eps)
                 ah = a / denom
                 ahdah = tl.where(one_tile, tl.sum(ah * dah, axis=0), gdg)
-                da = tl.where(norm_a >= eps, (dah - ah * ahdah) / denom, dah / eps)
+                da = tl.where(norm_a < eps, dah / eps, (dah - ah * ahdah) / denom)
             else:
                 a = tl.where(rmask, a, float("-inf"))
                 m_a = tl.where(one_tile, tl.max(a, axis=0), st1)
@@ -347,7 +348,7 @@ def _query_grad_kernel(
             dqh = dy + ah[:, None] * dg[None, :] + (scale * da)[:, None] * wg[None, :]
             acc_dwg += tl.sum(da[:, None] * qh, axis=0)
         proj = tl.sum(qh * dqh, axis=1)
-        dq = tl.where((nq >= eps)[:, None], (dqh - qh * proj[:, None]) * rq[:, None], dqh * rq[:, None])
+        dq = tl.where((nq < eps)[:, None], dqh * rq[:, None], (dqh - qh * proj[:, None]) * rq[:, None])
         offs = (row * N + rows.to(tl.int64))[:, None] * D + cols[None, :]
         tl.store(DQ + offs, dq, mask=rmask[:, None] & cmask[None, :])
         acc_db += tl.sum(dy, axis=0)

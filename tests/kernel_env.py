@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -14,7 +12,9 @@ def triton_device() -> str:
 
 
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    from crocnet.ops._checks import interpreting as kernels_interpreted
+
+    return kernels_interpreted()
 
 
 def skip_fp64_on_gpu(backend: str, dtype: torch.dtype) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import sys
 
 import torch
 
@@ -26,13 +28,31 @@ def check_float(name: str, t: torch.Tensor) -> None:
         raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {t.dtype}")
 
 
-def check_options(token_norm: str, backend: str, eps: float) -> None:
+#: eps must be a float32 normal number whose reciprocal is one too: the kernels compute in float32 and
+#: multiply by 1 / max(norm, eps) (a subnormal eps gives inf there, and 0 · inf = NaN for a zero vector).
+EPS_RANGE = (torch.finfo(torch.float32).tiny, 1.0 / torch.finfo(torch.float32).tiny)
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def check_options(token_norm: str, backend: str, eps: float, scale: float | None = None) -> None:
     if token_norm not in TOKEN_NORMS:
         raise ValueError(f"token_norm must be one of {TOKEN_NORMS}, got {token_norm!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if not 0 < eps < math.inf:
-        raise ValueError(f"eps must be positive and finite, got {eps!r}")
+    if torch.compiler.is_compiling():
+        # dynamo may trace float arguments as symbolic values, and a comparison on them costs a second
+        # graph: eager calls check them
+        return
+    if not EPS_RANGE[0] <= _real("eps", eps) <= EPS_RANGE[1]:
+        raise ValueError(f"eps must lie in [{EPS_RANGE[0]:.3g}, {EPS_RANGE[1]:.3g}] (a float32 normal number, as its "
+                         f"reciprocal; the kernels compute in float32), got {eps!r}")
+    if scale is not None and not math.isfinite(_real("scale", scale)):
+        raise ValueError(f"scale must be finite (or None for D ** -0.5), got {scale!r}")
 
 
 def check_streams(
@@ -77,8 +97,16 @@ def check_streams(
 
 
 def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when Triton runs the kernels in its CPU interpreter: as Triton decided when the kernels were
+    imported, or, before that, as it would decide now (``TRITON_INTERPRET`` = 1, true, on or yes)."""
+    config = sys.modules.get("crocnet._triton._config")
+    if config is not None:
+        return config.INTERPRETING
+    try:
+        import triton.knobs
+    except Exception:  # pragma: no cover - triton is a Linux dependency
+        return False
+    return bool(triton.knobs.runtime.interpret)
 
 
 def triton_available() -> bool:

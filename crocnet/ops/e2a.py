@@ -95,7 +95,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, _dG, _dstats, _dnk):
     q, k, w_g, proj_weight, G, stats, nk = ctx.saved_tensors
     dq, dk, dw_g, dw, db = _e2a_backward(dy.contiguous(), q, k, w_g, proj_weight, G, stats, nk, ctx.scale, ctx.token_norm, ctx.eps)
-    dw_g = dw_g.to(w_g.dtype).reshape(w_g.shape)
+    # token_norm "none" gives every token weight 1: w_g takes no part, and gets no gradient (as on the torch path)
+    dw_g = None if ctx.token_norm == "none" else dw_g.to(w_g.dtype).reshape(w_g.shape)
     dw = dw.to(proj_weight.dtype)
     db = db.to(proj_weight.dtype) if ctx.has_bias else None
     return dq, dk, dw_g, dw, db, None, None, None
@@ -151,7 +152,7 @@ def cross_e2a(
     Returns:
         ``(S, B, N, D)`` in q's dtype (the autocast dtype under autocast with the Triton backend).
     """
-    _checks.check_options(token_norm, backend, eps)
+    _checks.check_options(token_norm, backend, eps, scale)
     _checks.check_streams(q, k, w_g, proj_weight, proj_bias)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if _checks.resolve_backend(backend, q) == "torch":
@@ -204,7 +205,7 @@ def e2a(
     if proj_bias is not None and proj_bias.shape != (dim,):
         raise ValueError(f"proj_bias must have shape ({dim},) to match q's width {dim}, got {tuple(proj_bias.shape)}")
     bias = None if proj_bias is None else proj_bias[None, None]
-    _checks.check_options(token_norm, backend, eps)
+    _checks.check_options(token_norm, backend, eps, scale)
     _checks.check_streams(q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias)
     scale = dim**-0.5 if scale is None else float(scale)
     if _checks.resolve_backend(backend, q) == "torch":

@@ -2,7 +2,8 @@
 
 This is the readable reference: the tests' oracle and the CPU path (``backend="torch"``). It follows
 SwiftFormer / timm line by line, so autograd through ``F.normalize`` gives exactly their gradients,
-including the ``eps`` branches for zero-norm vectors.
+including the ``eps`` branches for zero-norm vectors. One departure, as in the kernels: norms of float16 and
+bfloat16 tensors are computed in float32 (:func:`normalize`).
 
 Shapes: ``q, k`` are ``(S, B, N, D)`` stacks of S streams (E2A is the case S = 1), ``w_g`` is ``(S, D)``,
 ``proj_weight`` ``(S, S, D, D)`` (``[s, t]`` maps the keys of stream t into stream s), ``proj_bias``
@@ -17,12 +18,22 @@ import torch
 import torch.nn.functional as F
 
 TOKEN_NORMS = ("l2", "softmax", "none")
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def normalize(x: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
+    """``F.normalize``, computed in float32 for float16/bfloat16 inputs and returned in their dtype: in
+    float16 the default eps 1e-12 is 0, so a zero vector would give 0/0 = NaN (timm's module does that), and
+    a sum of squares over many tokens can overflow."""
+    if x.dtype in _HALF:
+        return F.normalize(x.float(), dim=dim, eps=eps).to(x.dtype)
+    return F.normalize(x, dim=dim, eps=eps)
 
 
 def token_weights(a: torch.Tensor, token_norm: str, eps: float) -> torch.Tensor:
     """Normalise the token scores ``a (..., N, 1)`` over the token axis."""
     if token_norm == "l2":
-        return F.normalize(a, dim=-2, eps=eps)
+        return normalize(a, dim=-2, eps=eps)
     if token_norm == "softmax":
         return torch.softmax(a, dim=-2)
     if token_norm == "none":
@@ -54,8 +65,8 @@ def cross_e2a_streams(
     Nothing is stacked: modules that hold one tensor per stream call this on the PyTorch path, where
     stacking the streams' activations for :func:`cross_e2a_naive` would copy each of them once more.
     """
-    q_hat = [F.normalize(q, dim=-1, eps=eps) for q in qs]
-    k_hat = [F.normalize(k, dim=-1, eps=eps) for k in ks]
+    q_hat = [normalize(q, dim=-1, eps=eps) for q in qs]
+    k_hat = [normalize(k, dim=-1, eps=eps) for k in ks]
     out = []
     for s in range(len(qs)):
         g = global_query(q_hat[s], w_gs[s], scale, token_norm, eps)
@@ -97,7 +108,7 @@ def e2a_naive(
     eps: float = 1e-12,
 ) -> torch.Tensor:
     """``y = proj(G ⊙ k̂) + q̂`` for ``q, k (B, N, D)``, exactly as timm's ``EfficientAdditiveAttention``."""
-    q_hat = F.normalize(q, dim=-1, eps=eps)
-    k_hat = F.normalize(k, dim=-1, eps=eps)
+    q_hat = normalize(q, dim=-1, eps=eps)
+    k_hat = normalize(k, dim=-1, eps=eps)
     g = global_query(q_hat, w_g, scale, token_norm, eps)
     return F.linear(g * k_hat, proj_weight, proj_bias) + q_hat

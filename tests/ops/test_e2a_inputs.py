@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from kernel_env import interpreting, triton_device
@@ -68,14 +72,42 @@ def test_tensors_on_different_devices_are_rejected():
     [
         ({"token_norm": "max"}, "token_norm must be one of ('l2', 'softmax', 'none'), got 'max'"),
         ({"backend": "cuda"}, "backend must be one of ('auto', 'triton', 'torch'), got 'cuda'"),
-        ({"eps": 0.0}, "eps must be positive and finite, got 0.0"),
-        ({"eps": float("inf")}, "eps must be positive and finite, got inf"),
+        ({"eps": 0.0}, "eps must lie in [1.18e-38, 8.51e+37] (a float32 normal number, as its reciprocal; the kernels compute in float32), got 0.0"),
+        ({"eps": float("inf")}, "eps must lie in [1.18e-38, 8.51e+37]"),
+        ({"eps": 1e-40}, "got 1e-40"),  # float32-subnormal: 1 / eps is inf in the kernels, 0 · inf = NaN
+        ({"eps": 1e39}, "got 1e+39"),   # beyond float32
+        ({"scale": float("inf")}, "scale must be finite (or None for D ** -0.5), got inf"),
+        ({"scale": float("nan")}, "scale must be finite (or None for D ** -0.5), got nan"),
     ],
 )
-def test_bad_options(kwargs, message):
+@pytest.mark.parametrize("op", ["e2a", "cross_e2a"])
+def test_bad_options(kwargs, message, op):
+    args = _args() if op == "e2a" else _stacked()
     with pytest.raises(ValueError) as info:
-        e2a(*_args(), **kwargs)
+        (e2a if op == "e2a" else cross_e2a)(*args, **kwargs)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"scale": "0.5"}, "scale must be a real number, got str '0.5'"),
+                                             ({"eps": True}, "eps must be a real number, got bool True")])
+def test_options_of_the_wrong_type(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        e2a(*_args(), **kwargs)
+
+
+def _stacked():
+    q, k, w_g, W, b = _args()
+    return q[None], k[None], w_g.reshape(1, -1), W[None, None], b[None, None]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_token_norm_none_gives_w_g_no_gradient(backend):
+    """With unit token weights w_g takes no part: both paths leave its .grad None (a zero tensor would
+    still be moved by weight decay in AdamW, so the two paths would train differently)."""
+    args = [t.to(_dev(backend)).requires_grad_(True) for t in _args()]
+    e2a(*args, token_norm="none", backend=backend).sum().backward()
+    assert args[2].grad is None
+    assert all(a.grad is not None for i, a in enumerate(args) if i != 2)
 
 
 def test_width_above_the_kernels_maximum_is_rejected_for_triton_only():
@@ -86,7 +118,9 @@ def test_width_above_the_kernels_maximum_is_rejected_for_triton_only():
 
 
 def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    import crocnet._triton._config as config  # as if the kernels had been built for the GPU compiler
+
+    monkeypatch.setattr(config, "INTERPRETING", False)
     with pytest.raises(RuntimeError, match="needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1"):
         e2a(*_args(), backend="triton")
     assert e2a(*_args(), backend="auto").shape == (2, 9, 16)  # auto falls back to the PyTorch path
@@ -141,13 +175,40 @@ def test_zero_vectors_behave_like_f_normalize(backend, token_norm):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_nan_inputs_propagate_and_stay_in_their_image(backend):
-    """A NaN in one image poisons that image's output (as in timm) and no other image."""
-    args = _args(B=2, N=20, D=16, device=_dev(backend))
-    args[0][1, 4, 2] = float("nan")
-    y = e2a(*args, backend=backend)
-    assert torch.isnan(y[1]).any()
-    assert torch.isfinite(y[0]).all()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_zero_tokens_in_half_precision_stay_finite(backend, dtype):
+    """eps = 1e-12 is 0 in float16: norms are computed in float32 on both paths, so a zero token gives the
+    float32 result (timm's float16 module gives NaN for the whole image), not 0/0."""
+    q, k, w_g, W, b = _args(B=2, N=20, D=16)
+    q[0, 3] = 0.0
+    k[0, 5] = 0.0
+    ref = e2a(q, k, w_g, W, b, backend="torch")
+    y = e2a(*(t.to(_dev(backend), dtype) for t in (q, k, w_g, W, b)), backend=backend).float().cpu()
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, ref, rtol=0.05, atol=0.05)  # half-precision matmuls: ~3 significant digits
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("token_norm", ["l2", "softmax", "none"])
+@pytest.mark.parametrize("where", [0, 1])
+def test_nan_inputs_propagate_and_stay_in_their_image(backend, token_norm, where):
+    """A NaN in one token of q or k poisons that image's output (as in timm) and no other image, and the
+    gradients are NaN exactly where the reference's are (a NaN norm must not take the eps branch, which
+    would turn it into large finite gradients that GradScaler and anomaly checks cannot see)."""
+    dev = _dev(backend)
+    args = _args(B=2, N=20, D=16)
+    args[where][1, 4, 2] = float("nan")
+    dy = torch.randn(2, 20, 16, generator=torch.Generator().manual_seed(2))
+    outs = []
+    for fn, device in ((lambda *a: e2a(*a, token_norm=token_norm, backend=backend), dev),
+                       (lambda *a: e2a_naive(*a, 16 ** -0.5, token_norm), "cpu")):
+        leaves = [t.clone().to(device).requires_grad_(True) for t in args[:2]]
+        y = fn(*leaves, *(t.to(device) for t in args[2:]))
+        y.backward(dy.to(device))
+        outs.append([t.detach().cpu() for t in (y, *(a.grad for a in leaves))])
+    for label, a, r in zip(["y", "dq", "dk"], *outs):
+        assert torch.isnan(a[1]).any() and torch.isfinite(a[0]).all(), label
+        assert torch.equal(torch.isnan(a), torch.isnan(r)), f"{label}: NaN at other places than the reference's"
 
 
 def test_kernels_write_every_output_element(monkeypatch):
@@ -210,3 +271,32 @@ def test_cross_op_rejects_bad_stacks():
         cross_e2a(q, q, torch.randn(2, 8), torch.randn(3, 3, 8, 8))
     with pytest.raises(ValueError, match=r"q must have shape \(streams, batch, tokens, dim\)"):
         cross_e2a(q[0], q[0], torch.randn(3, 8), torch.randn(3, 3, 8, 8))
+
+
+_INTERPRETER_PROBE = """
+import os, sys, torch
+late = sys.argv[1] == "late"
+if late:
+    import crocnet._triton.e2a  # kernels built for the compiler: setting the variable afterwards changes nothing
+    os.environ["TRITON_INTERPRET"] = "1"
+from crocnet.ops import e2a
+from crocnet.ops._checks import interpreting
+print("interpreting", interpreting())
+x = torch.randn(1, 4, 8)
+try:
+    e2a(x, x, torch.randn(8), torch.randn(8, 8), backend="triton")
+except RuntimeError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="probes the CPU-only case: no CUDA device to fall back on")
+@pytest.mark.parametrize("value, when", [("false", "early"), ("0", "late")])
+def test_interpreter_is_detected_as_triton_decides_it(value, when):
+    """``TRITON_INTERPRET=false`` is off for Triton, and so is a value set after the kernels were imported:
+    the project's error says so, instead of Triton's bare "0 active drivers"."""
+    env = {**os.environ, "TRITON_INTERPRET": value, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _INTERPRETER_PROBE, when], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "interpreting False" in out.stdout
+    assert "backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before triton" in out.stdout
