@@ -39,6 +39,8 @@ CASES = {  # report folder under results/: (stage 1, stage 2: None, a folder or 
     "acdc/inference_options/e2aunet_l234_w16_ft192-tta": ("e2aunet_l234_w16_ft192", None),  # fine-tuned with --init
     "acdc/e2aunet_l234_s192_ft256": ("e2aunet_l234_s192_ft256", None),  # 256 px, fine-tuned with --init
     "acdc/label_fill_ab/fill/postprocess-structures": ("label_fill_ab/fill", None),  # --outside-label background
+    "acdc/e2aunet_noattn_s192e42_cont30": ("e2aunet_noattn_s192e42_cont30", None),  # 30 more epochs with --init
+    "acdc/cv_s192_noattn_cont30/fold1/report": ("cv_s192_noattn_cont30/fold1", None),
     "acdc/crocnet_specialists": ("e2aunet", "crocnet_specialists"),
     "acdc/cv_crocnet_s192_l234_native/fold1/report": ("cv_s192_l234/fold1", "cv_crocnet_s192_l234_native/fold1"),
     "acdc/cv_crocnet_s192_l234_native_seeds01": (  # its first rows are fold 0's
