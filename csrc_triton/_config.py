@@ -8,6 +8,8 @@ import os
 import torch
 import triton
 
+from crocnet.ops._checks import interpret_requested
+
 #: Token tiles are never smaller than this; the grid is sized from it so it never depends on a config.
 MIN_BLOCK_N = 16
 
@@ -15,7 +17,7 @@ MIN_BLOCK_N = 16
 #: Whether ``triton.jit`` built the kernels for Triton's CPU interpreter. Triton decides it once, when it
 #: decorates them at import (reading ``TRITON_INTERPRET`` with its own parsing: 1, true, on, yes), and so
 #: does this: setting the variable later changes nothing.
-INTERPRETING = bool(triton.knobs.runtime.interpret)
+INTERPRETING = interpret_requested()
 
 
 def interpreting() -> bool:

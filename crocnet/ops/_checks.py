@@ -102,11 +102,19 @@ def interpreting() -> bool:
     config = sys.modules.get("crocnet._triton._config")
     if config is not None:
         return config.INTERPRETING
+    return interpret_requested()
+
+
+def interpret_requested() -> bool:
+    """Whether ``triton.jit`` would build kernels for the interpreter if they were decorated now."""
     try:
-        import triton.knobs
+        import triton
     except Exception:  # pragma: no cover - triton is a Linux dependency
         return False
-    return bool(triton.knobs.runtime.interpret)
+    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4
+    if knobs is None:  # pragma: no cover - older Triton reads the variable itself, "1" only
+        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return bool(knobs.runtime.interpret)
 
 
 def triton_available() -> bool:
