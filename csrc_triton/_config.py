@@ -20,13 +20,9 @@ MIN_BLOCK_N = 16
 INTERPRETING = interpret_requested()
 
 
-def interpreting() -> bool:
-    return INTERPRETING
-
-
 def autotune_enabled() -> bool:
     """``CROCNET_AUTOTUNE=0`` turns autotuning off (one default config); the interpreter never tunes."""
-    return os.environ.get("CROCNET_AUTOTUNE", "1") not in ("0", "false", "False", "") and not interpreting()
+    return os.environ.get("CROCNET_AUTOTUNE", "1") not in ("0", "false", "False", "") and not INTERPRETING
 
 
 #: Elements of one [BLOCK_N, BLOCK_D] tile per thread: the kernels hold three or four such tiles at once,
@@ -64,7 +60,7 @@ def _ordered(keep: list[triton.Config], tile_key) -> list[triton.Config]:
 
 def row_configs() -> list[triton.Config]:
     """Configs for the token-row kernels (one [BLOCK_N, BLOCK_D] tile of whole rows at a time)."""
-    if interpreting():
+    if INTERPRETING:
         return [triton.Config({"BLOCK_N": MIN_BLOCK_N}, num_warps=4)]
     return [
         triton.Config({"BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
@@ -84,7 +80,7 @@ def prune_rows(configs, named_args, **kwargs):
 
 def out_configs() -> list[triton.Config]:
     """Configs for the forward key-interaction kernel (token tile x output-column tile)."""
-    if interpreting():  # the interpreter pays per program: the widest tile that fits, small token tiles
+    if INTERPRETING:  # the interpreter pays per program: the widest tile that fits, small token tiles
         return [triton.Config({"BLOCK_N": MIN_BLOCK_N, "BLOCK_O": o}, num_warps=4) for o in (128, 64, 32, 16)]
     return [
         triton.Config({"BLOCK_N": block_n, "BLOCK_O": block_o}, num_warps=warps, num_stages=stages)
@@ -112,7 +108,7 @@ def prune_out(configs, named_args, **kwargs):
 
 
 def weight_grad_configs() -> list[triton.Config]:
-    if interpreting():
+    if INTERPRETING:
         return [
             triton.Config({"BLOCK_N": MIN_BLOCK_N, "BLOCK_O": o, "BLOCK_I": o}, num_warps=4) for o in (64, 32, 16)
         ]
@@ -142,7 +138,7 @@ def prune_weight_grad(configs, named_args, **kwargs):
 def dot_precision(dtype: torch.dtype) -> str:
     """Triton ``input_precision`` for float32 GEMMs, following ``torch.set_float32_matmul_precision``:
     highest → ieee (the default, as exact as cuBLAS fp32), high → tf32x3, medium → tf32."""
-    if interpreting() or dtype != torch.float32:
+    if INTERPRETING or dtype != torch.float32:
         return "ieee"
     return {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}[torch.get_float32_matmul_precision()]
 
@@ -161,7 +157,7 @@ def programs_per_row(tokens: int, rows: int, device: torch.device) -> int:
 
 def key_grad_block_o(block_d: int, dtype: torch.dtype) -> int:
     """Output-column chunk of the key-gradient GEMM (its reduction axis); small for fp32 FMA GEMMs."""
-    if dtype == torch.float32 and not interpreting():
+    if dtype == torch.float32 and not INTERPRETING:
         return 16 if block_d >= 256 else 32
     return min(block_d, 64)
 

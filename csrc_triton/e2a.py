@@ -417,7 +417,7 @@ def _dtypes(x: torch.Tensor):
     if x.dtype == torch.float64:
         return torch.float64, tl.float64, tl.float64, True, "ieee"
     # The interpreter's bf16/fp16 dot is inexact: keep its operands in fp32 there.
-    dot_in_acc = _config.interpreting() or x.dtype == torch.float32
+    dot_in_acc = _config.INTERPRETING or x.dtype == torch.float32
     return torch.float32, tl.float32, _TL_DTYPES[x.dtype], dot_in_acc, _config.dot_precision(x.dtype)
 
 
