@@ -9,6 +9,7 @@ long-axis images have rotated affines).
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +66,44 @@ def read_nifti(path: str | Path) -> NiftiVolume:
         array = array[..., None]
     if array.ndim != 3 or array.size == 0:
         raise DataError(f"{path}: expected a 2D or 3D image, got an array of shape {array.shape}")
-    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
-    zooms = zooms + tuple(float(np.linalg.norm(image.affine[:3, a])) for a in range(len(zooms), 3))
-    spacing = zooms if all(np.isfinite(zooms)) and min(zooms) > 0 else None
-    return NiftiVolume(array=array, affine=image.affine.copy(), spacing=spacing, header=image.header, path=path)
+    return NiftiVolume(array=array, affine=image.affine.copy(), spacing=_spacing(image, path), header=image.header,
+                       path=path)
+
+
+def _fmt(values) -> tuple[float, ...]:
+    return tuple(round(float(v), 6) for v in values)
+
+
+def _spacing(image, path: Path) -> tuple[float, float, float] | None:
+    """Voxel size in mm: the header's ``pixdim`` where it agrees with the affine's column lengths.
+
+    nibabel reports a stored size of 0 as 1.0, so the raw, unchecked ``pixdim`` is read. Where ``pixdim`` is missing (0,
+    negative, non-finite) or disagrees with the affine by more than 0.1 %, the sform affine (when the file has
+    one) is the geometry every viewer uses, so its column lengths are taken, with a warning; without an
+    sform the size is unknown (``None``), never a guess of 1 mm.
+    """
+    header = image.header
+    try:  # nibabel's header check on load turns a stored 0 into 1: read the raw header again, unchecked
+        with nib.openers.ImageOpener(path) as f:
+            header = type(image.header).from_fileobj(f, check=False)
+    except Exception:  # noqa: BLE001 - the checked header read already succeeded; keep it
+        pass
+    from_affine = np.linalg.norm(np.asarray(image.affine, dtype=np.float64)[:3, :3], axis=0)
+    n = min(int(header["dim"][0]), 3) if "dim" in header else 3
+    raw = np.array([float(z) for z in header["pixdim"][1:1 + n]] if "pixdim" in header else [], dtype=np.float64)
+    raw = np.concatenate([raw, from_affine[len(raw):]])  # a 2D file's slice thickness comes from the affine
+    valid = lambda z: bool(np.all(np.isfinite(z)) and np.all(z > 0))
+    if valid(raw) and np.allclose(raw, from_affine, rtol=1e-3, atol=0):
+        return tuple(float(z) for z in raw)
+    sform = int(header["sform_code"]) > 0 if "sform_code" in header else False
+    if sform and valid(from_affine):
+        warnings.warn(f"{path}: the header's voxel size (pixdim) {_fmt(raw)} does not match the sform "
+                      f"affine's {_fmt(from_affine)}; using the affine's", stacklevel=3)
+        return tuple(float(z) for z in from_affine)
+    warnings.warn(f"{path}: expected a positive voxel size in the header (pixdim) matching the affine, got "
+                  f"pixdim {_fmt(raw)} and affine column lengths {_fmt(from_affine)}; "
+                  "the spacing is unknown (distances are reported in pixels)", stacklevel=3)
+    return None
 
 
 def write_nifti(

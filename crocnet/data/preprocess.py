@@ -33,6 +33,19 @@ def _pair(value, name: str) -> tuple:
     return values
 
 
+def _positive_pair(value, name: str, integer: bool = False) -> tuple:
+    """``_pair`` whose entries must be finite and > 0 (and whole numbers when ``integer``)."""
+    values = _pair(value, name)
+    try:
+        ok = all(np.isfinite(float(v)) and float(v) > 0 and (not integer or float(v) == int(v)) for v in values)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        kind = "positive whole numbers" if integer else "finite and > 0"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return tuple(int(v) for v in values) if integer else tuple(float(v) for v in values)
+
+
 @dataclass(frozen=True)
 class PlaneTransform:
     """Resample ``native_shape`` → ``resampled_shape``, then place it in a ``size`` frame at ``offset``.
@@ -72,13 +85,13 @@ class PlaneTransform:
             center: the native pixel ``(row, col)`` placed at the output's centre (e.g. the centre of the
                 heart); default: the image centre.
         """
-        native = (int(shape[-2]), int(shape[-1]))
+        native = _positive_pair(tuple(shape[-2:]), "shape (H, W)", integer=True)
         if spacing is not None and target_spacing is not None:
-            s, t = _pair(spacing, "spacing"), _pair(target_spacing, "target_spacing")
+            s, t = _positive_pair(spacing, "spacing"), _positive_pair(target_spacing, "target_spacing")
             resampled = tuple(max(1, int(round(n * a / b))) for n, a, b in zip(native, s, t))
         else:
             resampled = native
-        out = resampled if size is None else tuple(int(n) for n in _pair(size, "size"))
+        out = resampled if size is None else _positive_pair(size, "size", integer=True)
         if center is None:
             offset = tuple((o - r) // 2 for o, r in zip(out, resampled))
         else:

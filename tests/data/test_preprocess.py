@@ -86,3 +86,20 @@ def test_real_label_round_trip(mnm2_subject):
         assert dice(back == k, label == k) > 0.97
     probabilities = np.stack([finer.apply((label == k).astype(np.float32)) for k in range(4)])
     assert np.mean(finer.invert(probabilities, "probabilities").argmax(0) == label) > 0.995
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(shape=(0, 70)), r"shape \(H, W\) must be positive whole numbers, got \(0, 70\)"),
+        (dict(shape=(90, 70), size=(128, 0)), r"size must be positive whole numbers, got \(128, 0\)"),
+        (dict(shape=(90, 70), size=(128.5, 96)), r"size must be positive whole numbers"),
+        (dict(shape=(90, 70), spacing=(0, 1.5), target_spacing=1.0), r"spacing must be finite and > 0, got \(0, 1\.5\)"),
+        (dict(shape=(90, 70), spacing=(1.5, 1.5), target_spacing=float("inf")), r"target_spacing must be finite and > 0"),
+        (dict(shape=(90, 70), spacing=(1.5, float("nan")), target_spacing=1.0), r"spacing must be finite and > 0"),
+        (dict(shape=(90, 70), spacing=("a", 1.0), target_spacing=1.0), r"spacing must be finite and > 0"),
+    ],
+)
+def test_plan_rejects_empty_shapes_and_non_positive_sizes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PlaneTransform.plan(**kwargs)

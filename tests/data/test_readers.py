@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import struct
 
 import h5py
 import nibabel as nib
@@ -269,6 +270,40 @@ def test_corrupt_header_names_the_file(tmp_path):
     path.write_bytes(gzip.compress(bytes(raw)))
     with pytest.raises(DataError, match=r"001_LA_ED\.nii\.gz: expected a readable NIfTI image, got a corrupt or truncated file \(HeaderDataError"):
         load_mnm2(tmp_path)
+
+
+def _set_header(path, pixdim=None, sform_code=None):
+    """Rewrite raw header fields of a .nii.gz (nibabel would fill them in from the affine on save)."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    if pixdim is not None:
+        struct.pack_into("<3f", raw, 80, *pixdim)  # pixdim[1:4]
+    if sform_code is not None:
+        struct.pack_into("<h", raw, 254, sform_code)
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+def test_spacing_is_the_headers_when_it_agrees_with_the_affine(tmp_path):
+    path = write_nifti(tmp_path / "a.nii.gz", _case()[0], AFFINE)
+    assert read_nifti(path).spacing == pytest.approx((1.5, 1.5, 8.0))
+
+
+@pytest.mark.parametrize("pixdim", [(0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (1.5, 1.5, 5.0), (1.5, float("nan"), 8.0)])
+def test_spacing_falls_back_to_the_sform_affine_with_a_warning(tmp_path, pixdim):
+    path = write_nifti(tmp_path / "a.nii.gz", _case()[0], AFFINE)
+    _set_header(path, pixdim=pixdim)
+    with pytest.warns(UserWarning, match=r"a\.nii\.gz: the header's voxel size \(pixdim\) .* does not match the sform "
+                      r"affine's \(1\.5, 1\.5, 8\.0\); using the affine's"):
+        volume = read_nifti(path)
+    assert volume.spacing == pytest.approx((1.5, 1.5, 8.0))
+
+
+def test_spacing_without_sform_or_pixdim_is_unknown_not_one_mm(tmp_path):
+    path = write_nifti(tmp_path / "a.nii.gz", _case()[0], AFFINE)
+    _set_header(path, pixdim=(0.0, 0.0, 0.0), sform_code=0)
+    with pytest.warns(UserWarning, match=r"expected a positive voxel size in the header \(pixdim\) matching the "
+                      r"affine, got pixdim \(0\.0, 0\.0, 0\.0\).*the spacing is unknown"):
+        volume = read_nifti(path)
+    assert volume.spacing is None
 
 
 def test_nan_in_image(tmp_path):
