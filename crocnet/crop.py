@@ -31,6 +31,16 @@ class CropBox:
     bottom: int
     right: int
 
+    def __post_init__(self):
+        values = (self.top, self.left, self.bottom, self.right)
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            raise TypeError(f"CropBox expects integer pixel bounds, got {values}")
+        if min(self.top, self.left) < 0 or self.bottom <= self.top or self.right <= self.left:
+            raise ValueError(
+                f"CropBox expects 0 <= top < bottom and 0 <= left < right, got top={self.top}, left={self.left}, "
+                f"bottom={self.bottom}, right={self.right}"
+            )
+
     @property
     def height(self) -> int:
         return self.bottom - self.top
@@ -45,14 +55,30 @@ class CropBox:
         return slice(self.top, self.bottom), slice(self.left, self.right)
 
 
+def _check_mask(mask, name: str = "foreground") -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.size == 0:
+        raise ValueError(f"expected a non-empty (H, W) {name} mask, got shape {mask.shape}")
+    if mask.dtype == bool:
+        return mask
+    if np.issubdtype(mask.dtype, np.integer) and np.isin(mask, (0, 1)).all():
+        return mask.astype(bool)
+    raise ValueError(
+        f"expected a boolean {name} mask (or 0/1 integers; e.g. labels != 0, probabilities > 0.5), "
+        f"got dtype {mask.dtype} with values in [{mask.min()}, {mask.max()}]"
+    )
+
+
 def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     """The largest connected component (by pixel count) of a boolean ``(H, W)`` mask, as a boolean mask.
 
     ``connectivity`` 1 joins edge neighbours (4-connectivity, ``scipy.ndimage.label``'s default), 2 also
     diagonal ones. Ties go to the component met first in raster order; an empty mask gives an empty mask.
     """
+    if connectivity not in (1, 2):
+        raise ValueError(f"connectivity must be 1 (edge neighbours) or 2 (also diagonal), got {connectivity}")
     structure = ndimage.generate_binary_structure(2, connectivity)
-    labelled, count = ndimage.label(np.asarray(mask, dtype=bool), structure=structure)
+    labelled, count = ndimage.label(_check_mask(mask), structure=structure)
     if count == 0:
         return np.zeros(labelled.shape, dtype=bool)
     sizes = np.bincount(labelled.ravel())[1:]
@@ -81,14 +107,34 @@ def heart_boxes(foreground: torch.Tensor, margin: int = 15, connectivity: int = 
     """:func:`heart_box` of every image of a boolean ``(B, H, W)`` foreground (on any device)."""
     if foreground.dim() != 3:
         raise ValueError(f"expected a (B, H, W) foreground mask, got shape {tuple(foreground.shape)}")
-    masks = foreground.detach().to("cpu", torch.bool).numpy()
+    if foreground.dtype != torch.bool:
+        raise ValueError(f"expected a boolean (B, H, W) foreground mask (e.g. labels != 0), got {foreground.dtype}")
+    masks = foreground.detach().cpu().numpy()
     return [heart_box(mask, margin, connectivity) for mask in masks]
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if x.dtype == torch.bool:
+        if mode not in ("nearest", "nearest-exact"):
+            raise ValueError(f"boolean masks are resized with mode 'nearest' or 'nearest-exact', got {mode!r}")
+        return F.interpolate(x.to(torch.uint8), size=size, mode=mode).bool()
     if mode in ("bilinear", "bicubic"):
         return F.interpolate(x, size=size, mode=mode, align_corners=False)
     return F.interpolate(x, size=size, mode=mode)
+
+
+def _check_boxes(boxes: Sequence[CropBox | None], count: int, image_size: tuple[int, int], what: str) -> None:
+    if len(boxes) != count:
+        raise ValueError(f"need one box per {what}: {count} {what}s, {len(boxes)} boxes")
+    H, W = image_size
+    for i, box in enumerate(boxes):
+        if not isinstance(box, CropBox):
+            raise ValueError(
+                f"box {i}: expected a CropBox, got {box!r}"
+                + (" (no foreground found: give that image a box of its own, e.g. CropBox(0, 0, H, W))" if box is None else "")
+            )
+        if box.bottom > H or box.right > W:
+            raise ValueError(f"box {i}: {box} reaches outside the {H}x{W} image")
 
 
 def crop_and_resize(
@@ -99,8 +145,11 @@ def crop_and_resize(
     Use ``mode="bilinear"`` for intensities and ``"nearest-exact"`` for masks (they stay binary).
     """
     size = (size, size) if isinstance(size, int) else tuple(size)
-    if len(boxes) != x.shape[0]:
-        raise ValueError(f"need one box per image: {x.shape[0]} images, {len(boxes)} boxes")
+    if x.dim() != 4:
+        raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
+    if len(size) != 2 or not all(isinstance(n, int) and n > 0 for n in size):
+        raise ValueError(f"size must be a positive int or (h, w) of positive ints, got {size}")
+    _check_boxes(boxes, x.shape[0], tuple(x.shape[-2:]), "image")
     crops = [_resize(x[i : i + 1, :, box.slices[0], box.slices[1]], size, mode) for i, box in enumerate(boxes)]
     return torch.cat(crops) if crops else x.new_empty((0, x.shape[1], *size))
 
@@ -114,8 +163,9 @@ def paste_back(
 ) -> torch.Tensor:
     """Resize crop i of ``crops (B, C, h, w)`` to ``boxes[i]`` and place it on a ``fill``-valued canvas of
     ``image_size (H, W)``: ``(B, C, H, W)``. Inverse of :func:`crop_and_resize` up to resampling."""
-    if len(boxes) != crops.shape[0]:
-        raise ValueError(f"need one box per crop: {crops.shape[0]} crops, {len(boxes)} boxes")
+    if crops.dim() != 4:
+        raise ValueError(f"expected crops (B, C, h, w), got shape {tuple(crops.shape)}")
+    _check_boxes(boxes, crops.shape[0], tuple(image_size), "crop")
     out = crops.new_full((crops.shape[0], crops.shape[1], *image_size), fill)
     for i, box in enumerate(boxes):
         out[i, :, box.slices[0], box.slices[1]] = _resize(crops[i : i + 1], (box.height, box.width), mode)[0]

@@ -153,6 +153,18 @@ def load_acdc(
     return records
 
 
+def _h5_array(f, key: str, path: Path) -> np.ndarray:
+    """The non-empty dataset ``key`` of an open HDF5 file, read as an array."""
+    import h5py
+
+    item = f[key]
+    if not isinstance(item, h5py.Dataset):
+        raise DataError(f"{path}: expected '{key}' to be an HDF5 dataset, got a {type(item).__name__.lower()}")
+    if not item.size:  # size 0, or None for a dataset without a dataspace
+        raise DataError(f"{path}: expected a non-empty '{key}' dataset, got shape {item.shape}")
+    return item[()]
+
+
 def load_acdc_h5(root: str | Path, subjects: Iterable[str] | None = None) -> list[Record]:
     """Read SSL4MIS/WSL4MIS ACDC volumes ``patientNNN_frameFF.h5`` into records with remapped labels.
 
@@ -174,8 +186,8 @@ def load_acdc_h5(root: str | Path, subjects: Iterable[str] | None = None) -> lis
         for (frame, path), phase in zip(frames, phases):
             try:
                 with h5py.File(path, "r") as f:
-                    image = f["image"][()]
-                    label = f["label"][()] if "label" in f else None
+                    image = _h5_array(f, "image", path)
+                    label = _h5_array(f, "label", path) if "label" in f else None
             except (OSError, KeyError) as exc:
                 raise DataError(
                     f"{path}: expected an HDF5 file with an 'image' dataset, got an unreadable file ({exc})"

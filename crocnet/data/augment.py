@@ -80,7 +80,7 @@ class Augment:
         """Augment a batch.
 
         Args:
-            image: float ``(B, C, H, W)``.
+            image: floating-point ``(B, C, H, W)`` (an integer tensor is a ``TypeError``).
             label: ``(B, H, W)`` integer label maps or ``(B, K, H, W)`` masks / one-hot maps (any dtype),
                 on the image's device, or ``None``.
             generator: source of randomness (``None``: torch's global generator).
@@ -89,6 +89,8 @@ class Augment:
             ``(image, label)`` of the same shapes, dtypes and device; samples no operation touched are
             returned bit-for-bit unchanged.
         """
+        if not image.is_floating_point():
+            raise TypeError(f"expected a floating-point image tensor, got {image.dtype}")
         if image.ndim != 4:
             raise ValueError(f"image must be (B, C, H, W), got shape {tuple(image.shape)}")
         b, _, h, w = image.shape
@@ -141,7 +143,8 @@ class Augment:
             if do_noise.any():
                 idx = do_noise.nonzero()[:, 0]
                 std = x[idx].flatten(1).std(dim=1).view(-1, 1, 1, 1)
-                x[idx] = x[idx] + noise[idx][:, channels] * (noise_std[idx].view(-1, 1, 1, 1) * std)
+                scaled = (noise[idx][:, channels] * noise_std[idx].view(-1, 1, 1, 1)).to(x.dtype)  # float32 draws
+                x[idx] = x[idx] + scaled * std
             image[:, channels] = x
         return image, label
 

@@ -40,22 +40,31 @@ _SUBJECT = re.compile(r"^\d{3}$")
 def read_dataset_information(path: str | Path) -> dict[str, dict[str, str]]:
     """Read ``dataset_information.csv`` into ``{"001": {"DISEASE": ..., "VENDOR": ..., ...}, ...}``.
 
-    Subject codes are written as three digits whether the csv stores ``1`` or ``001``.
+    Subject codes are written as three digits whether the csv stores ``1`` or ``001``; two rows for one
+    subject are an error. A UTF-8 byte-order mark (as spreadsheet programs write) is skipped.
     """
     path = require_file(Path(path), "M&Ms-2 dataset_information.csv")
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in INFORMATION_COLUMNS if c not in columns]
         if missing:
             raise DataError(f"{path}: expected columns {', '.join(INFORMATION_COLUMNS)}, missing {', '.join(missing)}")
-        table = {}
+        table, rows = {}, {}
         for row in reader:
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
             code = row["SUBJECT_CODE"]
             if not code.isdigit():
                 raise DataError(f"{path}: expected a numeric SUBJECT_CODE, got {code!r}")
-            table[f"{int(code):03d}"] = {k: row[k] for k in INFORMATION_COLUMNS[1:]}
+            subject = f"{int(code):03d}"
+            if subject in rows:
+                first_code, first_line = rows[subject]
+                raise DataError(
+                    f"{path}: expected one row per subject, got SUBJECT_CODE {first_code!r} (line {first_line}) "
+                    f"and {code!r} (line {reader.line_num}), both subject {subject}"
+                )
+            rows[subject] = (code, reader.line_num)
+            table[subject] = {k: row[k] for k in INFORMATION_COLUMNS[1:]}
     return table
 
 

@@ -21,6 +21,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .validation import DataError
+
 __all__ = ["LABELS", "Record", "slices"]
 
 #: label value -> structure name, the project's convention (M&Ms-2)
@@ -33,8 +35,8 @@ class Record:
 
     Attributes:
         image: float32, ``(H, W, Z)`` in the file's voxel-axis order (``Z = 1`` for LA images).
-        label: uint8 of the same shape in the project's convention (0 bg, 1 LV, 2 MYO, 3 RV), or ``None``
-            when the case has no label map.
+        label: uint8 of the same shape (checked on construction) in the project's convention (0 bg, 1 LV,
+            2 MYO, 3 RV), or ``None`` when the case has no label map.
         spacing: voxel size in mm per array axis, or ``None`` when unknown (e.g. ACDC HDF5 files).
         affine: ``(4, 4)`` voxel → world (mm) matrix, or ``None`` when unknown.
         subject: subject identifier, e.g. ``"001"`` (M&Ms-2) or ``"patient021"`` (ACDC).
@@ -60,6 +62,14 @@ class Record:
     source: Path | None = None
     header: object | None = field(default=None, repr=False)
     info: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.label is not None and np.shape(self.label) != np.shape(self.image):
+            where = f" ({self.source})" if self.source is not None else ""
+            raise DataError(
+                f"record {self.name}{where}: expected a label map of the image's shape {np.shape(self.image)}, "
+                f"got {np.shape(self.label)}"
+            )
 
     @classmethod
     def from_nifti(cls, volume, image: np.ndarray, label: np.ndarray | None, **metadata) -> "Record":

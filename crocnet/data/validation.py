@@ -37,17 +37,27 @@ def require_file(path: Path, what: str) -> Path:
 
 
 def check_image(image: np.ndarray, path: Path | str) -> np.ndarray:
-    """Return ``image`` as float32 after checking that every voxel is finite."""
+    """Return ``image`` as float32 after checking that it is real and every voxel is finite and fits float32."""
     image = np.asarray(image)
     if not np.issubdtype(image.dtype, np.number):
         raise DataError(f"{path}: expected a numeric image, got dtype {image.dtype}")
-    image = image.astype(np.float32, copy=False)
+    if np.iscomplexobj(image):
+        raise DataError(f"{path}: expected a real-valued image, got {image.dtype}")
+    # checked before the cast, which turns values beyond float32's range into inf
     bad = ~np.isfinite(image)
     if bad.any():
         raise DataError(
             f"{path}: expected finite intensities, got {int(bad.sum())} NaN/inf voxels of {image.size}"
         )
-    return image
+    limit = np.finfo(np.float32).max
+    if np.issubdtype(image.dtype, np.floating) and np.finfo(image.dtype).max > limit:
+        peak = np.abs(image).max(initial=0)
+        if peak > limit:
+            raise DataError(
+                f"{path}: expected intensities within float32's range (±{limit:.4g}), "
+                f"got values up to {peak:.4g}, beyond float32's range"
+            )
+    return image.astype(np.float32, copy=False)
 
 
 def check_label(label: np.ndarray, path: Path | str, lookup: np.ndarray | None = None) -> np.ndarray:

@@ -96,6 +96,7 @@ def check_streams(
         raise ValueError(f"all inputs must be on one device, got {sorted(str(d) for d in devices)}")
 
 
+@torch.compiler.assume_constant_result  # torch.compile cannot trace Triton's knob read (a C call); it is a constant
 def interpreting() -> bool:
     """True when Triton runs the kernels in its CPU interpreter: as Triton decided when the kernels were
     imported, or, before that, as it would decide now (``TRITON_INTERPRET`` = 1, true, on or yes)."""

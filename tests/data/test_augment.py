@@ -96,6 +96,21 @@ def test_shape_errors():
         Augment()(torch.rand(2, 1, 8, 8), torch.zeros(2, 8, 9, dtype=torch.long))
 
 
+def test_integer_image_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"^expected a floating-point image tensor, got torch\.uint8$"):
+        Augment()(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+    with pytest.raises(TypeError, match=r"got torch\.int64$"):
+        Augment.identity()(torch.zeros(2, 1, 8, 8, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_noise_on_half_precision_images(dtype):
+    image = torch.rand(3, 2, 16, 12).to(dtype)
+    out, _ = Augment(p_flip=0, p_affine=0, p_elastic=0, p_blur=0, p_gamma=0, p_noise=1)(image, None, torch.Generator().manual_seed(0))
+    assert out.dtype == dtype and out.shape == image.shape
+    assert not torch.equal(out, image) and (out.float() - image.float()).abs().max() < 0.2
+
+
 @pytest.mark.gpu
 def test_on_cuda_with_a_cuda_generator():
     label = _labels(device="cuda")

@@ -28,6 +28,7 @@ from crocnet.data import (
     slices,
     write_nifti,
 )
+from crocnet.data.validation import check_image
 
 AFFINE = np.array([[0.0, 1.5, 0.0, -10.0], [-1.5, 0.0, 0.0, 20.0], [0.0, 0.0, 8.0, 5.0], [0, 0, 0, 1]])
 
@@ -315,6 +316,28 @@ def test_nan_in_image(tmp_path):
         load_mnm2(tmp_path)
 
 
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_image_is_rejected_not_truncated(tmp_path, dtype):
+    image = np.ones((2, 3, 1), dtype) * (1 + 2j)
+    with pytest.raises(DataError, match=rf"a\.nii: expected a real-valued image, got {np.dtype(dtype)}$"):
+        check_image(image, tmp_path / "a.nii")
+
+
+def test_float64_beyond_float32_range_is_not_reported_as_nan(tmp_path):
+    path = tmp_path / "patient001_frame01.h5"
+    with h5py.File(path, "w") as f:
+        f["image"] = np.full((2, 4, 5), 0.5)
+        f["image"][1, 2, 3] = -1e300
+    with pytest.raises(DataError, match=r"patient001_frame01\.h5: expected intensities within float32's range "
+                       r"\(±3\.403e\+38\), got values up to 1e\+300, beyond float32's range"):
+        load_acdc_h5(tmp_path)
+    image = np.full((2, 2, 1), 1e300)
+    image[0, 0, 0] = np.inf
+    with pytest.raises(DataError, match=r"b\.nii: expected finite intensities, got 1 NaN/inf voxels of 4"):
+        check_image(image, "b.nii")
+    assert check_image(np.full((2, 2, 1), 3e38), "c.nii").dtype == np.float32  # within range: kept
+
+
 def test_empty_folders(tmp_path):
     with pytest.raises(DataError, match="found none"):
         load_mnm2(tmp_path)
@@ -341,6 +364,24 @@ def test_csv_is_checked(tmp_path):
     assert (record.vendor, record.disease, record.info["FIELD"]) == ("GE", "NOR", "1.5")
 
 
+def test_csv_with_byte_order_mark(tmp_path):
+    _write_subject(tmp_path)
+    text = "SUBJECT_CODE,DISEASE,VENDOR,SCANNER,FIELD\n1,NOR,GE,Signa,1.5\n"
+    (tmp_path / "dataset_information.csv").write_bytes(text.encode("utf-8-sig"))
+    record = load_mnm2(tmp_path)[0]
+    assert (record.vendor, record.disease) == ("GE", "NOR")
+
+
+def test_csv_duplicate_subject_codes(tmp_path):
+    _write_subject(tmp_path)
+    (tmp_path / "dataset_information.csv").write_text(
+        "SUBJECT_CODE,DISEASE,VENDOR,SCANNER,FIELD\n1,NOR,GE,Signa,1.5\n2,DCM,GE,Signa,1.5\n001,HCM,Philips,Achieva,3\n"
+    )
+    with pytest.raises(DataError, match=r"dataset_information\.csv: expected one row per subject, got SUBJECT_CODE "
+                       r"'1' \(line 2\) and '001' \(line 4\), both subject 001"):
+        load_mnm2(tmp_path)
+
+
 def test_h5_errors(tmp_path):
     path = tmp_path / "patient001_frame01.h5"
     with h5py.File(path, "w") as f:
@@ -351,6 +392,25 @@ def test_h5_errors(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"patient001_frame01\.h5: expected an HDF5 file"):
         load_acdc_h5(tmp_path)
+
+
+def test_h5_empty_image_or_group_names_the_file(tmp_path):
+    path = tmp_path / "patient001_frame01.h5"
+    with h5py.File(path, "w") as f:
+        f["image"] = np.zeros((0, 4, 5), np.float32)
+    with pytest.raises(DataError, match=r"patient001_frame01\.h5: expected a non-empty 'image' dataset, got shape \(0, 4, 5\)"):
+        load_acdc_h5(tmp_path)
+    with h5py.File(path, "w") as f:
+        f["image"] = h5py.Empty("f4")
+    with pytest.raises(DataError, match=r"patient001_frame01\.h5: expected a non-empty 'image' dataset, got shape None"):
+        load_acdc_h5(tmp_path)
+    for key in ("image", "label"):
+        with h5py.File(path, "w") as f:
+            f.create_group(key).create_dataset("data", data=np.zeros((2, 4, 5), np.uint8))
+            if key == "label":
+                f["image"] = np.zeros((2, 4, 5), np.float32)
+        with pytest.raises(DataError, match=rf"patient001_frame01\.h5: expected '{key}' to be an HDF5 dataset, got a group"):
+            load_acdc_h5(tmp_path)
 
 
 def test_h5_patient_with_three_frames_keeps_unique_case_names(tmp_path):
@@ -368,6 +428,14 @@ def test_record_slices_and_repr():
     record = Record(image.astype(np.float32), label, (1.0, 1.0, 10.0), None, "007", "ED", "SA", "mnm2")
     assert len(list(slices(record))) == 3 and len(list(slices(record, labelled_only=True))) == 2
     assert "007_SA_ED" in repr(record) and record.in_plane_spacing == (1.0, 1.0)
+
+
+def test_record_rejects_a_label_of_another_shape():
+    image, label = _case((6, 5, 3))
+    with pytest.raises(DataError, match=r"record 007_SA_ED \(a\.nii\.gz\): expected a label map of the image's "
+                       r"shape \(6, 5, 3\), got \(6, 5, 2\)"):
+        Record(image, label[..., :2], None, None, "007", "ED", "SA", "mnm2", source="a.nii.gz")
+    assert Record(image, None, None, None, "007", "ED", "SA", "mnm2").label is None
 
 
 def test_copy_of_real_subject_reads_without_csv(mnm2_subject, tmp_path):

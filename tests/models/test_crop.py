@@ -83,3 +83,65 @@ def test_paste_back_inverts_the_crop():
     inside[2:18, 3:19] = True
     assert (pasted[0][:, ~inside] == -7.0).all()
     assert (pasted[1, :, :, :4] == -7.0).all() and pasted.shape == (2, 2, 24, 20)
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (np.full((8, 8), 0.3), r"expected a boolean foreground mask .* got dtype float64 with values in \[0\.3, 0\.3\]"),
+        (np.full((8, 8), 2), r"got dtype int64 with values in \[2, 2\]"),
+        (np.zeros((2, 8, 8), bool), r"expected a non-empty \(H, W\) foreground mask, got shape \(2, 8, 8\)"),
+        (np.zeros((0, 8), bool), r"got shape \(0, 8\)"),
+    ],
+)
+def test_heart_box_rejects_masks_that_are_not_boolean_images(mask, message):
+    with pytest.raises(ValueError, match=message):
+        heart_box(mask)
+
+
+def test_heart_box_accepts_zero_one_integers_and_heart_boxes_wants_bool():
+    assert heart_box(blob((20, 20), 5, 6, 9, 12).astype(np.uint8), margin=0) == CropBox(5, 6, 9, 12)
+    with pytest.raises(ValueError, match=r"expected a boolean \(B, H, W\) foreground mask .*got torch\.float32"):
+        heart_boxes(torch.rand(2, 8, 8))
+    with pytest.raises(ValueError, match="connectivity must be 1 .* or 2"):
+        heart_box(blob((20, 20), 5, 6, 9, 12), connectivity=3)
+
+
+@pytest.mark.parametrize(
+    "bounds, error, message",
+    [
+        ((5, 5, 5, 9), ValueError, r"0 <= top < bottom .* got top=5, left=5, bottom=5, right=9"),
+        ((-1, 0, 4, 4), ValueError, "got top=-1"),
+        ((0.5, 0, 4, 4), TypeError, r"integer pixel bounds, got \(0\.5, 0, 4, 4\)"),
+    ],
+)
+def test_crop_box_rejects_empty_negative_or_fractional_bounds(bounds, error, message):
+    with pytest.raises(error, match=message):
+        CropBox(*bounds)
+
+
+def test_crop_and_paste_reject_missing_and_out_of_image_boxes():
+    x = torch.rand(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"box 1: expected a CropBox, got None \(no foreground found"):
+        crop_and_resize(x, [CropBox(0, 0, 8, 8), None], 8)
+    with pytest.raises(ValueError, match=r"box 0: CropBox\(.*\) reaches outside the 16x16 image"):
+        crop_and_resize(x, [CropBox(0, 0, 8, 20), CropBox(0, 0, 8, 8)], 8)
+    with pytest.raises(ValueError, match=r"expected images \(B, C, H, W\), got shape \(16, 16\)"):
+        crop_and_resize(x[0, 0], [], 8)
+    with pytest.raises(ValueError, match=r"size must be a positive int"):
+        crop_and_resize(x, [CropBox(0, 0, 8, 8)] * 2, 0)
+    with pytest.raises(ValueError, match=r"box 0: expected a CropBox, got None"):
+        paste_back(torch.rand(1, 1, 8, 8), [None], (16, 16))
+    with pytest.raises(ValueError, match=r"reaches outside the 12x12 image"):
+        paste_back(torch.rand(1, 1, 8, 8), [CropBox(0, 0, 16, 16)], (12, 12))
+
+
+def test_boolean_masks_crop_and_paste_back_as_booleans():
+    mask = torch.from_numpy(blob((16, 16), 4, 4, 12, 12))[None, None]
+    box = [CropBox(2, 2, 14, 14)]
+    crop = crop_and_resize(mask, box, 24, mode="nearest-exact")
+    assert crop.dtype == torch.bool and crop.sum() == 16 * 16
+    back = paste_back(crop, box, (16, 16), mode="nearest-exact")
+    assert back.dtype == torch.bool and torch.equal(back, mask)
+    with pytest.raises(ValueError, match=r"boolean masks are resized with mode 'nearest' or 'nearest-exact', got 'bilinear'"):
+        crop_and_resize(mask, box, 24)

@@ -31,6 +31,22 @@ def test_compile_fullgraph_matches_eager(backend):
         torch.testing.assert_close(g, x.grad, rtol=1e-5, atol=1e-5)
 
 
+def test_compile_before_any_kernel_import_in_a_fresh_process():
+    """The backend choice reads Triton's interpreter switch (a C call dynamo cannot trace); a fresh process
+    that compiles before anything imported the kernels must still trace one full graph on CPU."""
+    code = (
+        "import torch\n"
+        "from crocnet.nn import EfficientAdditiveAttention\n"
+        "m = EfficientAdditiveAttention(8, 16)\n"
+        "y = torch.compile(m, fullgraph=True, backend='eager')(torch.randn(2, 5, 8))\n"
+        "print(tuple(y.shape))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "(2, 5, 16)"
+
+
 def test_second_image_size_does_not_recompile_the_graph():
     """With dynamic shapes one traced graph serves every token count (the op's fake kernel is symbolic)."""
     from torch._dynamo.testing import CompileCounterWithBackend
