@@ -27,7 +27,8 @@ both empty        1.0         0.0
 one empty         0.0         NaN ("undefined")
 ================  ==========  =========================
 
-No metric raises on empty masks, so a batch never crashes. NaN is never averaged away silently:
+No metric raises on empty masks, so a batch never crashes. (Arrays with no voxels at all, size 0, are
+not masks of an image and are refused.) NaN is never averaged away silently:
 :func:`summarize` reports the mean over the defined values *and* how many values were undefined, and
 evaluation code should print both (e.g. ``HD95 LV 3.1 mm (2 of 40 cases undefined)``).
 """
@@ -35,6 +36,7 @@ evaluation code should print both (e.g. ``HD95 LV 3.1 mm (2 of 40 cases undefine
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
@@ -75,7 +77,29 @@ def _as_masks(pred, gt) -> tuple[np.ndarray, np.ndarray]:
     pred, gt = _binary("pred", pred), _binary("gt", gt)
     if pred.shape != gt.shape:
         raise ValueError(f"pred and gt must have the same shape, got {pred.shape} and {gt.shape}")
+    if pred.size == 0:
+        raise ValueError(f"expected non-empty arrays (at least one voxel), got shape {pred.shape}")
     return pred, gt
+
+
+def _labels(name: str, x, allowed: set[int]) -> np.ndarray:
+    """``x`` as a NumPy label map, after checking (as ``crocnet.data.validation.check_label`` does) that it is
+    numeric and every value is an integer in ``allowed``."""
+    x = _as_numpy(x)
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{name}: expected an integer label map, got dtype {x.dtype}")
+    values = np.unique(x)
+    bad = values[~np.isin(values, sorted(allowed))]  # NaN, inf and non-integers are never in `allowed`
+    if bad.size:
+        raise ValueError(f"{name}: expected integer labels in {{{', '.join(map(str, sorted(allowed)))}}}, "
+                         f"got {', '.join(f'{v:g}' for v in bad[:5])}{', ...' if bad.size > 5 else ''}")
+    return x
+
+
+def _percentile(percentile) -> float:
+    if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real) or not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be a number in [0, 100] (e.g. 95 for HD95), got {percentile!r}")
+    return float(percentile)
 
 
 def _spacing(spacing, ndim: int) -> np.ndarray:
@@ -84,8 +108,8 @@ def _spacing(spacing, ndim: int) -> np.ndarray:
     spacing = np.asarray(spacing, dtype=np.float64).ravel()
     if spacing.size != ndim:
         raise ValueError(f"spacing must have one value per axis ({ndim}), got {tuple(spacing.tolist())}")
-    if not np.all(spacing > 0):
-        raise ValueError(f"spacing must be positive, got {tuple(spacing.tolist())}")
+    if not np.all(np.isfinite(spacing) & (spacing > 0)):
+        raise ValueError(f"spacing must be finite and > 0, got {tuple(spacing.tolist())}")
     return spacing
 
 
@@ -145,13 +169,15 @@ def hausdorff_distance(pred, gt, spacing=None, percentile: float | None = None) 
         pred, gt: masks of the same shape, 2D or 3D (axes of length 1 are dropped).
         spacing: voxel size in mm per axis, or ``None`` for voxel units.
         percentile: ``None`` for the maximum (classic Hausdorff); ``95`` for medpy's HD95, the 95th
-            percentile of the pooled directed surface distances in both directions.
+            percentile of the pooled directed surface distances in both directions (any number in [0, 100]).
 
     Returns:
         The distance; 0.0 when both masks are empty and NaN when exactly one is (see the module's policy).
     """
     pred, gt = _as_masks(pred, gt)
     _spacing(spacing, pred.ndim)  # checked even where the masks make it unused
+    if percentile is not None:
+        _percentile(percentile)
     has_pred, has_gt = bool(pred.any()), bool(gt.any())
     if not has_pred and not has_gt:
         return 0.0
@@ -177,13 +203,20 @@ def segmentation_metrics(
             ``(H, W, 1)``, a short-axis stack ``(H, W, Z)``).
         spacing: voxel size in mm per axis, or ``None`` for voxel units.
         structures: label value -> structure name (default: 1 LV, 2 MYO, 3 RV).
-        percentile: the percentile of the second Hausdorff distance (95 → key ``"hd95"``).
+        percentile: the percentile of the second Hausdorff distance, a number in [0, 100] (95 → key
+            ``"hd95"``); not ``None``, since the maximum is always reported as ``"hd"``.
 
     Returns:
         ``{name: {"dice": d, "hd": h, "hd95": h95}}`` per structure, following the module's empty-mask
         policy (NaN Hausdorff distances where exactly one of the two masks of a structure is empty).
+
+    Raises:
+        ValueError: a label value that is not an integer in {0, 1, 2, 3} or a key of ``structures`` (e.g.
+            4.5, NaN, 7), label maps of different shapes or of size 0, a bad ``spacing`` or ``percentile``.
     """
-    pred, gt = _as_numpy(pred), _as_numpy(gt)
+    percentile = _percentile(percentile)
+    allowed = {0, *STRUCTURES, *structures}
+    pred, gt = _labels("pred", pred, allowed), _labels("gt", gt, allowed)
     if pred.shape != gt.shape:
         raise ValueError(f"pred and gt must have the same shape, got {pred.shape} and {gt.shape}")
     key = f"hd{percentile:g}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -106,9 +107,78 @@ def test_label_maps_and_bad_spacing_are_refused_even_for_empty_masks():
     with pytest.raises(ValueError, match="gt must be a mask"):
         hausdorff_distance(labels == 1, labels * 0.5)
     empty = np.zeros((4, 4), bool)
-    with pytest.raises(ValueError, match=r"spacing must be positive, got \(-1.0, 1.0\)"):
+    with pytest.raises(ValueError, match=r"spacing must be finite and > 0, got \(-1.0, 1.0\)"):
         hausdorff_distance(empty, empty, spacing=(-1.0, 1.0))
     assert dice(np.array([[0, 1]], np.uint8), np.array([[0.0, 1.0]])) == 1.0  # 0/1 in any dtype is a mask
+
+
+@pytest.mark.parametrize("spacing", [(math.inf, 1.0), (1.0, -math.inf), (math.nan, 1.0)])
+def test_non_finite_spacing_is_refused(spacing):
+    a = np.zeros((4, 4), bool)
+    a[1, 1] = True
+    shown = re.escape(str(tuple(spacing)))
+    for call in (lambda: hausdorff_distance(a, a, spacing), lambda: surface_distances(a, a, spacing),
+                 lambda: segmentation_metrics(a.astype(np.uint8), a.astype(np.uint8), spacing)):
+        with pytest.raises(ValueError, match=rf"spacing must be finite and > 0, got {shown}"):
+            call()
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (0,), (3, 0, 2)])
+def test_size_zero_arrays_are_refused(shape):
+    none = np.zeros(shape, bool)
+    message = rf"expected non-empty arrays \(at least one voxel\), got shape {re.escape(str(shape))}"
+    for call in (lambda: dice(none, none), lambda: hausdorff_distance(none, none),
+                 lambda: hausdorff_distance(none, none, percentile=95), lambda: surface_distances(none, none),
+                 lambda: segmentation_metrics(none.astype(np.uint8), none.astype(np.uint8))):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+@pytest.mark.parametrize(
+    "bad, shown",
+    [(4.5, "4.5"), (math.nan, "nan"), (7, "7"), (-1, "-1"), (math.inf, "inf")],
+)
+@pytest.mark.parametrize("side", ["pred", "gt"])
+def test_segmentation_metrics_refuses_bad_labels(bad, shown, side):
+    good = np.zeros((6, 6), np.float64)
+    good[1:4, 1:4] = 1
+    wrong = good.copy()
+    wrong[5, 5] = bad
+    args = (wrong, good) if side == "pred" else (good, wrong)
+    with pytest.raises(ValueError, match=rf"^{side}: expected integer labels in \{{0, 1, 2, 3\}}, got {shown}$"):
+        segmentation_metrics(*args)
+    with pytest.raises(ValueError, match=rf"^{side}: expected integer labels in \{{0, 1, 2, 3\}}, got {shown}$"):
+        segmentation_metrics(*(torch.from_numpy(a) for a in args))  # torch input is checked the same way
+
+
+def test_segmentation_metrics_label_check_details():
+    labels = np.array([[0, 1], [2, 3]], np.int64)
+    with pytest.raises(ValueError, match=r"^gt: expected an integer label map, got dtype bool$"):
+        segmentation_metrics(labels, labels == 1)
+    many = np.arange(20).reshape(4, 5)
+    with pytest.raises(ValueError, match=r"^pred: expected integer labels in \{0, 1, 2, 3\}, got 4, 5, 6, 7, 8, \.\.\.$"):
+        segmentation_metrics(many, many)
+    # integer-valued floats are labels (M&Ms-2 stores them as float64); extra structures extend the set
+    assert segmentation_metrics(labels.astype(np.float32), labels)["LV"]["dice"] == 1.0
+    out = segmentation_metrics(labels + (labels == 3), labels + (labels == 3), structures={4: "X"})
+    assert out == {"X": {"dice": 1.0, "hd": 0.0, "hd95": 0.0}}
+
+
+@pytest.mark.parametrize("percentile", [None, -1, 100.5, math.nan, "95", True])
+def test_segmentation_metrics_refuses_bad_percentile(percentile):
+    labels = np.array([[0, 1], [2, 3]])
+    with pytest.raises(ValueError, match=rf"^percentile must be a number in \[0, 100\] \(e.g. 95 for HD95\), got {re.escape(repr(percentile))}$"):
+        segmentation_metrics(labels, labels, percentile=percentile)
+    if percentile is not None:  # None is hausdorff_distance's maximum; a bad number is refused even for empty masks
+        empty = np.zeros((3, 3), bool)
+        with pytest.raises(ValueError, match=r"percentile must be a number in \[0, 100\]"):
+            hausdorff_distance(empty, empty, percentile=percentile)
+
+
+def test_segmentation_metrics_percentile_key():
+    labels = np.array([[0, 1, 1], [2, 2, 3]])
+    assert set(segmentation_metrics(labels, labels, percentile=50)["LV"]) == {"dice", "hd", "hd50"}
+    assert set(segmentation_metrics(labels, labels, percentile=np.float64(99.5))["RV"]) == {"dice", "hd", "hd99.5"}
 
 
 def test_segmentation_metrics_per_structure_and_torch_input():
