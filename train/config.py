@@ -90,11 +90,11 @@ class TrainConfig:
         if self.resolved_model() not in allowed:
             raise ValueError(f"stage {self.stage} trains one of {', '.join(allowed)}, got --model {self.model!r}")
         if self.split_file:
-            import json
+            from crocnet.data import read_splits
 
             if not Path(self.split_file).is_file():
                 raise FileNotFoundError(f"--split-file {self.split_file!r} not found")
-            self.folds = len(json.loads(Path(self.split_file).read_text())["folds"])
+            self.folds = len(read_splits(self.split_file)["folds"])
         if self.fold != "all" and not (self.fold.isdigit() and int(self.fold) < self.folds):
             raise ValueError(f"--fold must be 'all' or an integer in 0..{self.folds - 1}, got {self.fold!r}")
         if self.epochs < 1 or self.batch_size < 1:

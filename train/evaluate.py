@@ -23,7 +23,6 @@ stage-2 models)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from crocnet.data import DataError
+from crocnet.data import DataError, read_splits
 from crocnet.metrics import segmentation_metrics
 from crocnet.postprocess import POSTPROCESS_MODES
 
@@ -48,10 +47,13 @@ def select_subjects(records, split_file: str | None, split: str | None, subjects
     if subjects:
         wanted = set(subjects)
     elif split_file:
-        data = json.loads(Path(split_file).read_text())
+        data = read_splits(split_file)
         split = split or "test"
         if split in ("test", "pool"):
-            wanted = set(data[split])
+            listed = data.get(split, [])
+            if not isinstance(listed, list):
+                raise ValueError(f"{split_file}: --split {split} needs a list of subjects there, got {listed!r}")
+            wanted = set(listed)
             if not wanted:
                 raise ValueError(f"{split_file} has no {split} subjects (the run held none out: no --test-fraction); "
                                  f"use --split pool, fold:K or cv")
@@ -160,7 +162,7 @@ def evaluate_cross_validation(records, split_file: str, stage1: list[str], out: 
     Writes the same files as :func:`evaluate` (``cases.csv`` gains a ``fold`` column) plus a per-fold table
     per method in ``table.md`` and ``folds`` (each fold's summary) in ``summary.json``.
     """
-    folds = json.loads(Path(split_file).read_text())["folds"]
+    folds = read_splits(split_file)["folds"]
     paths = fold_checkpoints(stage1, len(folds))
     paths2 = fold_checkpoints(stage2, len(folds), "--stage2") if stage2 else [None] * len(folds)
     rows, cases, fallback, per_fold, names = [], [], 0, [], {}

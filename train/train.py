@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from crocnet.crop import CropBox, crop_and_resize, heart_box
-from crocnet.data import DataError, kfold, load_dataset
+from crocnet.data import DataError, kfold, load_dataset, read_splits
 from crocnet.data.validation import name_list
 from crocnet.models import STAGE1_TARGET_FILL, label_masks, stage1_targets, stage1_to_labels, stage2_inputs
 
@@ -61,7 +61,7 @@ def make_split(subjects: list[str], cfg: TrainConfig) -> dict:
 def prepare_split(cfg: TrainConfig, records, out: Path) -> dict:
     path = out / "splits.json"
     if cfg.split_file:
-        given = json.loads(Path(cfg.split_file).read_text())
+        given = read_splits(cfg.split_file)  # checked: no subject in two parts or folds, keys present
         test = sorted(given.get("official", {}).get("test", []))
         pool = sorted({s for f in given["folds"] for s in f["val"]})
         split = {"seed": given.get("seed"), "test": test, "pool": pool, "folds": given["folds"], "source": cfg.split_file}

@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from .datasets import list_subjects
 from .mnm2 import find_information_csv, read_dataset_information
+from .validation import DataError, name_list
 
 __all__ = [
     "MNM2_OFFICIAL_RANGES",
@@ -36,14 +38,16 @@ __all__ = [
 MNM2_OFFICIAL_RANGES = {"train": (1, 160), "val": (161, 200), "test": (201, 360)}
 
 
-def mnm2_official_split(subjects: Iterable[str] | None = None) -> dict[str, list[str]]:
+def mnm2_official_split(subjects: Iterable[str | int] | None = None) -> dict[str, list[str]]:
     """The official M&Ms-2 split: 001–160 train, 161–200 val, 201–360 test.
 
     Args:
         subjects: the subject codes present (e.g. ``list_subjects("mnm2", root)``); ``None`` lists all 360.
-            Codes outside 001–360 are an error.
+            Integers are taken as subject numbers (``7`` is ``"007"``). Codes outside 001–360 are an error.
     """
-    codes = [f"{n:03d}" for n in range(1, 361)] if subjects is None else sorted(subjects)
+    if isinstance(subjects, (str, bytes)):
+        raise TypeError(f"subjects must be a list of subject codes like ['001', '002'], got the string {subjects!r}")
+    codes = [f"{n:03d}" for n in range(1, 361)] if subjects is None else sorted(map(_subject_code, subjects))
     split: dict[str, list[str]] = {part: [] for part in MNM2_OFFICIAL_RANGES}
     for code in codes:
         number = int(code) if code.isdigit() else -1
@@ -52,6 +56,15 @@ def mnm2_official_split(subjects: Iterable[str] | None = None) -> dict[str, list
             raise ValueError(f"subject {code!r} is not an M&Ms-2 code 001-360")
         split[part].append(code)
     return split
+
+
+def _subject_code(subject) -> str:
+    """An M&Ms-2 subject code: strings as they are, integers zero-padded to three digits."""
+    if isinstance(subject, str):
+        return subject
+    if isinstance(subject, int) and not isinstance(subject, bool):
+        return f"{subject:03d}"
+    raise TypeError(f"subject codes must be strings like '001' (or integers like 1), got {type(subject).__name__} {subject!r}")
 
 
 def kfold(
@@ -134,12 +147,79 @@ def write_splits(path: str | Path, splits: dict) -> Path:
 
 
 def read_splits(path: str | Path) -> dict:
-    """Read a split description written by :func:`write_splits` (checks that folds do not overlap)."""
-    splits = json.loads(Path(path).read_text())
-    for fold in splits.get("folds", []):
-        if set(fold["train"]) & set(fold["val"]):
-            raise ValueError(f"{path}: fold {fold['fold']} has subjects in both train and val")
+    """Read a split description written by :func:`write_splits` or by ``crocnet train`` (``splits.json``).
+
+    Checks that it is a JSON object with ``folds`` (each with ``train`` and ``val`` lists of subject codes);
+    that no list repeats a subject; that no subject is in both parts of a fold, in the validation lists of
+    two folds, or in two parts of ``official``; and that ``test`` subjects (a training run's) are in no fold.
+
+    Raises:
+        DataError: naming the file, what was expected and the offending subjects.
+    """
+    try:
+        splits = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: expected a JSON split description, got invalid JSON ({exc})") from None
+    if not isinstance(splits, dict):
+        raise DataError(f"{path}: expected a JSON object with 'folds', got {type(splits).__name__}")
+    _require_keys(splits, ("folds",), path, "the split description")
+    if not isinstance(splits["folds"], list):
+        raise DataError(f"{path}: expected 'folds' to be a list, got {type(splits['folds']).__name__}")
+    for part in ("subjects", "test", "pool"):  # a `crocnet splits` "pool" is a name ("all", ...), a run's a list
+        if part in splits and (part != "pool" or isinstance(splits[part], list)):
+            _subject_list(splits[part], path, f"'{part}'")
+    official = splits.get("official")
+    if official is not None:
+        if not isinstance(official, dict):
+            raise DataError(f"{path}: expected 'official' to be an object, got {type(official).__name__}")
+        _require_keys(official, tuple(MNM2_OFFICIAL_RANGES), path, "'official'")
+        _disjoint({p: _subject_list(official[p], path, f"official {p!r}") for p in MNM2_OFFICIAL_RANGES},
+                  path, "the official split")
+    validated: dict[str, int] = {}
+    for i, fold in enumerate(splits["folds"]):
+        if not isinstance(fold, dict):
+            raise DataError(f"{path}: expected fold {i} to be an object with 'train' and 'val', got {type(fold).__name__}")
+        name = f"fold {fold.get('fold', i)}"
+        _require_keys(fold, ("train", "val"), path, name)
+        parts = {p: _subject_list(fold[p], path, f"{name} {p!r}") for p in ("train", "val")}
+        _disjoint(parts, path, name)
+        twice = sorted(s for s in parts["val"] if s in validated)
+        if twice:
+            raise DataError(f"{path}: expected each subject in the val list of at most one fold, got "
+                            f"{name_list(twice)} in both fold {validated[twice[0]]} and {name}")
+        validated.update((s, fold.get("fold", i)) for s in parts["val"])
+        if "test" in splits:
+            leaked = sorted(set(splits["test"]) & (set(parts["train"]) | set(parts["val"])))
+            if leaked:
+                raise DataError(f"{path}: expected 'test' subjects in no fold, got {name_list(leaked)} "
+                                f"in 'test' and {name}")
     return splits
+
+
+def _require_keys(obj: dict, keys: tuple[str, ...], path, what: str) -> None:
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise DataError(f"{path}: {what} is missing {', '.join(map(repr, missing))}; expected keys "
+                        f"{', '.join(map(repr, keys))}, got {', '.join(map(repr, obj)) or 'none'}")
+
+
+def _subject_list(value, path, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise DataError(f"{path}: expected {what} to be a list of subject codes (strings), got {value!r:.80}")
+    repeated = sorted(s for s, n in Counter(value).items() if n > 1)
+    if repeated:
+        raise DataError(f"{path}: expected each subject once in {what}, got {name_list(repeated)} more than once")
+    return value
+
+
+def _disjoint(parts: dict[str, list[str]], path, what: str) -> None:
+    names = list(parts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = sorted(set(parts[a]) & set(parts[b]))
+            if both:
+                raise DataError(f"{path}: expected disjoint parts in {what}, got {name_list(both)} "
+                                f"in both {a} and {b}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,3 +68,69 @@ def test_make_splits_json_round_trip_and_cli(phantom_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["splits", "-h"])
     assert "--pool" in capsys.readouterr().out
+
+
+def test_official_mnm2_split_takes_subject_numbers_and_refuses_other_types():
+    assert mnm2_official_split([170, 1, "201"]) == {"train": ["001"], "val": ["170"], "test": ["201"]}
+    with pytest.raises(ValueError, match="'361' is not an M&Ms-2 code"):
+        mnm2_official_split([361])
+    with pytest.raises(TypeError, match="subject codes must be strings like '001' .* got float 1.0"):
+        mnm2_official_split([1.0])
+    with pytest.raises(TypeError, match="got the string '001'"):
+        mnm2_official_split("001")
+
+
+SPLITS = {
+    "dataset": "mnm2", "subjects": ["001", "002", "161", "201"],
+    "official": {"train": ["001", "002"], "val": ["161"], "test": ["201"]},
+    "folds": [{"fold": 0, "train": ["002", "161"], "val": ["001"]}, {"fold": 1, "train": ["001", "161"], "val": ["002"]}],
+}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"official": {"train": ["001", "002"], "val": ["002", "161"], "test": ["201"]}},
+     "expected disjoint parts in the official split, got 002 in both train and val"),
+    ({"official": {"train": ["001"], "val": ["161"], "test": ["001", "201"]}},
+     "expected disjoint parts in the official split, got 001 in both train and test"),
+    ({"official": {"train": ["001"], "val": ["161", "201"], "test": ["201"]}},
+     "expected disjoint parts in the official split, got 201 in both val and test"),
+    ({"folds": [{"fold": 0, "train": ["002", "001"], "val": ["001"]}]},
+     "expected disjoint parts in fold 0, got 001 in both train and val"),
+    ({"folds": [{"fold": 0, "train": ["002", "161", "002"], "val": ["001"]}]},
+     "expected each subject once in fold 0 'train', got 002 more than once"),
+    ({"official": {"train": ["001", "001"], "val": ["161"], "test": ["201"]}},
+     "expected each subject once in official 'train', got 001 more than once"),
+    ({"folds": [{"fold": 0, "train": ["161"], "val": ["001", "002"]}, {"fold": 1, "train": ["161"], "val": ["002"]}]},
+     "expected each subject in the val list of at most one fold, got 002 in both fold 0 and fold 1"),
+    ({"folds": [{"fold": 0, "train": ["002"]}]},
+     "fold 0 is missing 'val'; expected keys 'train', 'val', got 'fold', 'train'"),
+    ({"official": {"train": ["001"], "test": ["201"]}},
+     "'official' is missing 'val'; expected keys 'train', 'val', 'test', got 'train', 'test'"),
+    ({"folds": None}, "expected 'folds' to be a list, got NoneType"),
+    ({"folds": [{"fold": 0, "train": [1], "val": ["001"]}]},
+     "expected fold 0 'train' to be a list of subject codes (strings), got [1]"),
+    ({"test": ["001"], "pool": ["001", "002"]}, "expected 'test' subjects in no fold, got 001 in 'test' and fold 0"),
+], ids=["official-train-val", "official-train-test", "official-val-test", "fold-train-val", "fold-repeat",
+        "official-repeat", "val-in-two-folds", "fold-missing-val", "official-missing-val", "folds-not-list",
+        "int-subject", "test-in-fold"])
+def test_read_splits_rejects_overlaps_repeats_and_missing_keys(tmp_path, change, message):
+    path = write_splits(tmp_path / "splits.json", {**SPLITS, **change})
+    with pytest.raises(ValueError) as info:
+        read_splits(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_read_splits_names_the_file_when_it_is_not_a_split_description(tmp_path):
+    path = tmp_path / "splits.json"
+    for text, message in [("{}", "the split description is missing 'folds'; expected keys 'folds', got none"),
+                          ('{"train": []}', "is missing 'folds'; expected keys 'folds', got 'train'"),
+                          ("[]", "expected a JSON object with 'folds', got list"),
+                          ("{", "expected a JSON split description, got invalid JSON")]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match="splits.json: ") as info:
+            read_splits(path)
+        assert str(info.value).startswith(f"{path}: ") and message in str(info.value), text
+    path = write_splits(path, SPLITS)
+    assert read_splits(path) == SPLITS  # a valid description, and a training run's layout, still load
+    run_layout = {"seed": 0, "test": ["201"], "pool": ["001", "002"], "folds": SPLITS["folds"]}
+    assert read_splits(write_splits(path, run_layout)) == run_layout

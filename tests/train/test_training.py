@@ -241,6 +241,22 @@ def test_evaluate_and_predict_errors(tmp_path, capsys):
         ckpt_mod.read_checkpoint(bad)
 
 
+def test_train_checks_the_split_file_it_is_given(phantoms, tmp_path, capsys):
+    folds = [{"fold": 0, "train": ["002", "003"], "val": ["001"]}, {"fold": 1, "train": ["001"], "val": ["002", "003"]}]
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"official": {"train": ["001", "002", "003"], "val": [], "test": []}, "folds": folds}))
+    cfg = train.TrainConfig(split_file=str(good))
+    split = train.prepare_split(cfg, [], tmp_path / "run")
+    assert (split["pool"], split["test"], split["folds"]) == (["001", "002", "003"], [], folds)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"folds": [folds[0], {"fold": 1, "train": ["002"], "val": ["001", "003"]}]}))
+    with pytest.raises(ValueError, match="bad.json: expected each subject in the val list of at most one fold, got 001"):
+        train.prepare_split(train.TrainConfig(split_file=str(bad)), [], tmp_path / "run2")
+    assert train.main(["--data", str(phantoms), "--split-file", str(bad), "--out", str(tmp_path / "run3"), *TINY[:4]]) == 2
+    assert f"{bad}: expected each subject in the val list of at most one fold, got 001 in both fold 0 and fold 1" in capsys.readouterr().err
+    assert not (tmp_path / "run3" / "splits.json").exists()
+
+
 def test_evaluate_split_errors_say_what_is_wrong(demo_run, tmp_path, capsys):
     base = ["--stage1", str(demo_run / "stage1-e2aunet/fold0"), "--data", str(demo_run / "data"), "--no-progress",
             "--out", str(tmp_path / "eval")]
@@ -260,6 +276,21 @@ def test_evaluate_split_errors_say_what_is_wrong(demo_run, tmp_path, capsys):
     no_test.write_text(json.dumps({**json.loads(Path(splits).read_text()), "test": []}))
     assert evaluate.main(base + ["--split-file", str(no_test)]) == 2
     assert "has no test subjects (the run held none out: no --test-fraction); use --split pool, fold:K or cv" in capsys.readouterr().err
+    overlapping = tmp_path / "splits-overlap.json"
+    data = json.loads(Path(splits).read_text())
+    moved = data["folds"][0]["val"][0]
+    data["folds"][1]["val"].append(moved)  # now in the val lists of folds 0 and 1
+    data["folds"][1]["train"].remove(moved)
+    overlapping.write_text(json.dumps(data))
+    for extra in (["--split", "fold:0"], ["--split", "cv"]):
+        assert evaluate.main(base + ["--split-file", str(overlapping), *extra]) == 2
+        assert f"{overlapping}: expected each subject in the val list of at most one fold" in capsys.readouterr().err
+    assert train.main(["--data", str(demo_run / "data"), "--split-file", str(tmp_path / "missing-folds.json"),
+                       "--out", str(tmp_path / "run")]) == 2
+    (tmp_path / "missing-folds.json").write_text("{}")
+    assert train.main(["--data", str(demo_run / "data"), "--split-file", str(tmp_path / "missing-folds.json"),
+                       "--out", str(tmp_path / "run")]) == 2
+    assert "missing-folds.json: the split description is missing 'folds'" in capsys.readouterr().err
 
 
 def test_predict_and_export_refuse_bad_outputs_and_weights_that_do_not_fit(demo_run, tmp_path, capsys):
