@@ -32,7 +32,8 @@ def _one(folder: str) -> str:
     return str(files[0])
 
 
-CASES = {  # report folder under results/: (stage 1, stage 2: None, a folder or several), under results/acdc/
+CASES = {  # report folder under results/: (stage 1, stage 2: None, a folder or several[, the fold of a
+    # cross-validation report whose first patient is checked; default: the report's first row]), under results/acdc/
     "acdc/e2aunet": ("e2aunet", None),
     "acdc/e2aunet_l234_w16": ("e2aunet_l234_w16", None),  # float16 with two running_var tensors kept in float32
     "acdc/inference_options/s192e42-tta-structures": ("e2aunet_noattn_s192e42", None),
@@ -41,6 +42,7 @@ CASES = {  # report folder under results/: (stage 1, stage 2: None, a folder or 
     "acdc/label_fill_ab/fill/postprocess-structures": ("label_fill_ab/fill", None),  # --outside-label background
     "acdc/e2aunet_noattn_s192e42_cont30": ("e2aunet_noattn_s192e42_cont30", None),  # 30 more epochs with --init
     "acdc/cv_s192_noattn_cont30/fold1/report": ("cv_s192_noattn_cont30/fold1", None),
+    "acdc/cv_s192_noattn_cont30": ("cv_s192_noattn_cont30/fold3", None, 3),  # the five-fold report, fold 3's weights
     "acdc/crocnet_specialists": ("e2aunet", "crocnet_specialists"),
     "acdc/cv_crocnet_s192_l234_native/fold1/report": ("cv_s192_l234/fold1", "cv_crocnet_s192_l234_native/fold1"),
     "acdc/cv_crocnet_s192_l234_native_seeds01": (  # its first rows are fold 0's
@@ -54,8 +56,8 @@ METRICS = [f"{s}_{m}" for s in ("LV", "MYO", "RV") for m in ("dice", "hd95")]
 def test_published_checkpoint_reproduces_its_cases(report, request, tmp_path):
     summary = json.loads((RESULTS / report / "summary.json").read_text())
     published = list(csv.DictReader((RESULTS / report / "cases.csv").open()))
-    subject = published[0]["subject"]
-    stage1, stage2 = CASES[report]
+    stage1, stage2, *fold = CASES[report]
+    subject = next(r["subject"] for r in published if not fold or r["fold"] == str(fold[0]))
     if report.startswith("mnm2"):
         data = ["--data", str(request.getfixturevalue("mnm2_subject").parent), "--dataset", "mnm2", "--views", "LA", "SA"]
     else:
