@@ -14,7 +14,7 @@ SUBCOMMANDS = {
     "evaluate": ("crocnet.train.evaluate", "evaluate checkpoints: per-case CSV, summary JSON, Table-1 style table"),
     "compare": ("crocnet.train.compare", "paired comparison of two evaluations: differences, bootstrap CI, Wilcoxon test"),
     "predict": ("crocnet.train.predict", "segment NIfTI files with a checkpoint"),
-    "export": ("crocnet.train.checkpoint", "write a checkpoint's weights as .safetensors (--half: float16)"),
+    "export": ("crocnet.train.export", "write a checkpoint's weights as .safetensors (--half: float16)"),
 }
 
 

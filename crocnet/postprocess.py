@@ -20,6 +20,8 @@ on validation data (``crocnet evaluate --postprocess``) before using it on a tes
 
 from __future__ import annotations
 
+from collections.abc import Sequence, Set
+
 import numpy as np
 from scipy import ndimage
 
@@ -45,16 +47,35 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     return components == int(np.argmax(sizes))
 
 
+def _structure_values(structures) -> tuple[int, ...]:
+    """``structures`` as a tuple of ints, or a ``TypeError``/``ValueError`` saying what was expected."""
+    expected = "postprocess_labels: expected structures as a non-empty sequence of ints (label values, e.g. (1, 2, 3))"
+    if isinstance(structures, np.ndarray):
+        if structures.ndim != 1 or not np.issubdtype(structures.dtype, np.integer):
+            raise TypeError(f"{expected}, got an array of shape {structures.shape} and dtype {structures.dtype}")
+        structures = structures.tolist()
+    if isinstance(structures, (str, bytes)) or not isinstance(structures, (Sequence, Set)):
+        raise TypeError(f"{expected}, got {type(structures).__name__} {structures!r}")
+    bad = [v for v in structures if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_))]
+    if bad:
+        raise TypeError(f"{expected}, got {structures!r} (not ints: {', '.join(map(repr, bad))})")
+    if not structures:
+        raise ValueError(f"{expected}, got an empty {type(structures).__name__}")
+    return tuple(int(v) for v in structures)
+
+
 def postprocess_labels(labels: np.ndarray, mode: str = "both", structures=(1, 2, 3)) -> np.ndarray:
     """Remove islands from an integer label map ``labels`` (any shape, 0 = background); returns a new array.
 
     Args:
         labels: label map, e.g. ``(H, W)`` or ``(H, W, Z)``, integer dtype.
         mode: one of :data:`POSTPROCESS_MODES` (see the module docstring); ``"none"`` returns a copy.
-        structures: the label values treated as structures (default the project's 1 LV, 2 MYO, 3 RV).
+        structures: the label values treated as structures, a non-empty sequence of ints (default the
+            project's 1 LV, 2 MYO, 3 RV).
     """
-    if mode not in POSTPROCESS_MODES:
+    if not isinstance(mode, str) or mode not in POSTPROCESS_MODES:
         raise ValueError(f"post-processing mode must be one of {POSTPROCESS_MODES}, got {mode!r}")
+    structures = _structure_values(structures)
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"postprocess_labels: expected an integer label map, got dtype {labels.dtype}")

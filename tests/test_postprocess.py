@@ -124,3 +124,22 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(TypeError, match="boolean mask, got dtype uint8"):
         keep_largest_component(np.zeros((3, 3), np.uint8))
     assert POSTPROCESS_MODES[0] == "none"
+
+
+@pytest.mark.parametrize("structures, got", [
+    ("123", "got str '123'"),  # iterated as characters: no label equals '1', so nothing was removed
+    (1, "got int 1"),
+    ((1, 2.0), "got (1, 2.0) (not ints: 2.0)"),
+    ([True, 2], "got [True, 2] (not ints: True)"),
+    (np.array([1.0, 2.0]), "got an array of shape (2,) and dtype float64"),
+    ((), "got an empty tuple"),
+])
+def test_structures_must_be_a_sequence_of_ints(structures, got):
+    labels = _heart_with_islands()
+    with pytest.raises((TypeError, ValueError)) as info:
+        postprocess_labels(labels, "both", structures=structures)
+    assert str(info.value) == ("postprocess_labels: expected structures as a non-empty sequence of ints "
+                               f"(label values, e.g. (1, 2, 3)), {got}")
+    expected = postprocess_labels(labels, "both")
+    for same in ([1, 2, 3], range(1, 4), np.array([1, 2, 3]), (np.uint8(1), np.int64(2), 3)):
+        np.testing.assert_array_equal(postprocess_labels(labels, "both", structures=same), expected)

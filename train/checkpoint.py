@@ -14,8 +14,8 @@ too: :func:`resolve_checkpoint` picks its ``best.pt`` (or ``best.safetensors``, 
 from __future__ import annotations
 
 import json
+import math
 import os
-import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -162,10 +162,92 @@ def read_checkpoint(path: str | Path) -> dict:
             out = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(out, dict):
+        raise ValueError(f"{path} is not a crocnet checkpoint: expected a dict with the model description and "
+                         f"state_dict, got {type(out).__name__}")
     missing = [k for k in ("model", "model_kwargs", "state_dict") if k not in out]
     if missing:
         raise ValueError(f"{path} is not a crocnet checkpoint: missing {', '.join(missing)}")
+    check_description(out, path)
     return out
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def check_description(ckpt: dict, path: str | Path) -> None:
+    """Raise a ``ValueError`` naming ``path`` and the field unless the description of ``ckpt`` is one inference can
+    use: ``model`` a name, ``model_kwargs`` a dict, ``stage`` 1 or 2, ``state_dict`` a dict of tensors, and
+    ``preprocess`` a dict with a positive ``image_size`` (stage 1: a ``target_spacing``, ``None`` or positive;
+    stage 2: an optional ``crop_from`` of ``"frame"``/``"native"`` and a ``margin`` >= 0)."""
+    if not isinstance(ckpt["model"], str) or not ckpt["model"]:
+        raise ValueError(f"{path}: expected a model name (a string) in 'model', got {ckpt['model']!r}")
+    kwargs = ckpt["model_kwargs"]
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"{path}: expected a dict of keyword arguments in 'model_kwargs', got {kwargs!r}")
+    sd = ckpt["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        got = type(sd).__name__ if not isinstance(sd, dict) else "a dict holding " + ", ".join(
+            sorted({type(v).__name__ for v in sd.values() if not isinstance(v, torch.Tensor)}))
+        raise ValueError(f"{path}: expected a dict of tensors in 'state_dict', got {got}")
+    stage = ckpt.get("stage", 1)
+    if not _is_int(stage) or stage not in (1, 2):
+        raise ValueError(f"{path}: expected 'stage' 1 or 2, got {stage!r}")
+    if "preprocess" not in ckpt:
+        raise ValueError(f"{path}: expected a model description with 'preprocess', got keys "
+                         f"{', '.join(map(str, ckpt))}")
+    pre = ckpt["preprocess"]
+    if not isinstance(pre, dict):
+        raise ValueError(f"{path}: expected 'preprocess' to be a dict (image_size, ...), got {pre!r}")
+    if "image_size" not in pre:
+        raise ValueError(f"{path}: expected 'preprocess' with 'image_size', got keys {', '.join(map(str, pre)) or 'none'}")
+    size = pre["image_size"]
+    if not _is_int(size) or size < 1:
+        raise ValueError(f"{path}: expected 'preprocess' 'image_size' to be a positive integer, got {size!r}")
+    if stage == 1:
+        if "target_spacing" not in pre:
+            raise ValueError(f"{path}: expected 'preprocess' with 'target_spacing' (null or mm), got keys "
+                             f"{', '.join(map(str, pre))}")
+        ts = pre["target_spacing"]
+        pair = isinstance(ts, (list, tuple)) and len(ts) == 2 and all(_is_positive_number(v) for v in ts)
+        if ts is not None and not _is_positive_number(ts) and not pair:
+            raise ValueError(f"{path}: expected 'preprocess' 'target_spacing' to be null or a positive number of mm "
+                             f"(or a pair), got {ts!r}")
+    else:
+        if pre.get("crop_from", "frame") not in ("frame", "native"):
+            raise ValueError(f"{path}: expected 'preprocess' 'crop_from' to be 'frame' or 'native', got {pre['crop_from']!r}")
+        margin = pre.get("margin", 15)
+        if not _is_int(margin) or margin < 0:
+            raise ValueError(f"{path}: expected 'preprocess' 'margin' to be an integer >= 0, got {margin!r}")
+
+
+_RESUME_KEYS = ("state_dict", "optimizer", "scheduler", "history", "best", "epoch")
+
+
+def read_resume_state(path: str | Path) -> dict:
+    """The training state in ``last.pt`` (``path``), or a ``ValueError`` naming it and saying what to do when it is
+    unreadable (truncated, empty) or not a resumable checkpoint (e.g. a copy of ``best.pt``, which has no optimizer)."""
+    path = Path(path)
+    fix = (f"Delete or rename {path} to start this run from epoch 1, or run without --resume "
+           f"(which also starts again from epoch 1)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001  (a torn file raises EOFError, RuntimeError, UnpicklingError, OSError...)
+        raise ValueError(f"--resume: {path} could not be read ({type(exc).__name__}: {exc}). {fix}.") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"--resume: {path} is not a training checkpoint: expected a dict with {', '.join(_RESUME_KEYS)}, "
+                         f"got {type(state).__name__}. {fix}.")
+    missing = [k for k in _RESUME_KEYS if k not in state]
+    if missing:
+        hint = " (a copy of best.pt? best.pt holds only the model)" if "optimizer" in missing and "state_dict" in state else ""
+        raise ValueError(f"--resume: {path} is not a training checkpoint: expected {', '.join(_RESUME_KEYS)}, "
+                         f"missing {', '.join(missing)}{hint}. {fix}.")
+    return state
 
 
 def build_model(name: str, kwargs: dict):
@@ -176,6 +258,23 @@ def build_model(name: str, kwargs: dict):
     return timm.create_model(name, **kwargs)
 
 
+def build_described_model(ckpt: dict, path: str | Path):
+    """``build_model`` of a checkpoint's description; a ``ValueError`` naming ``path`` and the field when the model
+    name is unknown or ``model_kwargs`` are not that model's arguments."""
+    import timm
+
+    import crocnet.models  # noqa: F401  (registers the models)
+
+    name, kwargs = ckpt["model"], ckpt["model_kwargs"]
+    if not timm.is_model(name):
+        ours = ", ".join(sorted(n for n in timm.list_models() if "e2aunet" in n or "crocnet" in n))
+        raise ValueError(f"{path}: expected a known model in 'model' (e.g. {ours}), got {name!r}")
+    try:
+        return build_model(name, kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{path}: the 'model_kwargs' {kwargs} are not arguments of {name} ({exc})") from exc
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes and load its weights; returns ``(model.eval(), checkpoint)``."""
     ckpt = read_checkpoint(path)
@@ -184,7 +283,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
         warnings.warn(f"checkpoint {str(path)!r} holds NaN or inf in {', '.join(bad)}: the model is loaded as it is, but "
                       "its outputs may differ from the trained network's (re-export it from the float32 checkpoint)",
                       stacklevel=2)
-    model = build_model(ckpt["model"], ckpt["model_kwargs"])
+    model = build_described_model(ckpt, path)
     check_weights_fit(model, ckpt["state_dict"], f"checkpoint {str(path)!r} ({ckpt['model']} {ckpt['model_kwargs']})")
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
@@ -201,32 +300,3 @@ def check_weights_fit(model: torch.nn.Module, state_dict: dict, what: str) -> No
         parts = [f"{len(lst)} {name} (first: {lst[0]})" for name, lst in
                  (("missing weights", missing), ("unexpected weights", unexpected), ("shape mismatches, saved vs model", shapes)) if lst]
         raise ValueError(f"the weights of {what} do not fit that model: {'; '.join(parts)}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``crocnet export SRC DST.safetensors [--half]``: write a checkpoint's weights and description as
-    safetensors, which ``evaluate``, ``predict`` and ``load_model`` read like the ``.pt``. With ``--half``
-    floating-point tensors are stored as float16, except those with values beyond float16's range (BatchNorm
-    running variances can reach 1e7), which stay float32."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="crocnet export", description=main.__doc__)
-    ap.add_argument("src", help="checkpoint (.pt / .safetensors) or run folder")
-    ap.add_argument("dst", help="output .safetensors file")
-    ap.add_argument("--half", action="store_true", help="store floating-point weights as float16 (half the size)")
-    args = ap.parse_args(argv)
-    dtype = torch.float16 if args.half else None
-    try:
-        ckpt = read_checkpoint(args.src)
-        out = export_safetensors(ckpt, args.dst, dtype)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"crocnet export: error: {exc}", file=sys.stderr)
-        return 2
-    kept = narrowed_out_of_range(ckpt["state_dict"], dtype) if dtype is not None else []
-    note = f"; kept in float32, beyond float16's range: {', '.join(kept)}" if kept else ""
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB){note}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

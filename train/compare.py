@@ -26,6 +26,7 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from .checkpoint import atomic_write_text
+from .outputs import check_distinct, check_output_file
 from .report import TABLE_ORDER
 
 
@@ -61,6 +62,8 @@ def compare(a: dict[str, dict], b: dict[str, dict], metric: str = "dice", n_boot
     """
     if metric not in ("dice", "hd", "hd95"):
         raise ValueError(f"metric must be dice, hd or hd95, got {metric!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot (bootstrap resamples) must be an integer >= 1, got {n_boot!r}")
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     if only_a or only_b:
         raise ValueError(f"the reports must cover the same cases: {len(only_a)} only in the first (e.g. {only_a[:3]}), "
@@ -112,10 +115,15 @@ def main(argv: list[str] | None = None) -> int:
                                        "the same cases.csv twice, --method-b CroCNet)")
     ap.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    ap.add_argument("--out", help="also write the comparison as JSON here")
+    ap.add_argument("--out", help="also write the comparison as JSON here (not one of the reports)")
     args = ap.parse_args(argv)
     method_b = args.method_b or args.method
     try:
+        if args.bootstrap < 1:
+            raise ValueError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+        if args.out:
+            check_output_file(args.out, "--out", kind="JSON")
+            check_distinct([("--out", args.out)], [("report A", args.a), ("report B", args.b)])
         a, b = read_cases(args.a, args.method), read_cases(args.b, method_b)
         results = {m: compare(a, b, m, args.bootstrap, args.seed) for m in args.metric}
     except (ValueError, FileNotFoundError) as exc:

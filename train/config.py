@@ -105,8 +105,20 @@ class TrainConfig:
             raise ValueError("--outside-label applies to stage 1 (stage-2 targets have no background channel)")
         if self.val_every < 1:
             raise ValueError(f"--val-every must be >= 1, got {self.val_every}")
-        if self.image_size % (2**self.depth):
-            raise ValueError(f"--image-size must be a multiple of 2**depth = {2**self.depth}, got {self.image_size}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"--test-fraction must be in [0, 1): the fraction of subjects held out as a test split, "
+                             f"got {self.test_fraction}")
+        if self.max_train_batches is not None and self.max_train_batches < 1:
+            raise ValueError(f"--max-train-batches must be >= 1 (or left out for every batch), got {self.max_train_batches}")
+        milestones = tuple(self.lr_milestones or ())  # none: a constant learning rate
+        if not all(0.0 < m < 1.0 for m in milestones) or any(a >= b for a, b in zip(milestones, milestones[1:])):
+            raise ValueError(f"--lr-milestones must be fractions of --epochs in (0, 1), strictly ascending "
+                             f"(e.g. 0.2 0.4), got {' '.join(map(str, milestones))}")
+        if self.depth < 0:
+            raise ValueError(f"--depth must be >= 0 (the number of down-samplings), got {self.depth}")
+        divisor = 2**self.depth  # every stage-1 and stage-2 model needs H and W divisible by it
+        if self.image_size < 1 or self.image_size % divisor:
+            raise ValueError(f"--image-size must be a positive multiple of 2**depth = {divisor}, got {self.image_size}")
         if self.attention_levels is not None:
             if self.stage != 1:
                 raise ValueError("--attention-levels applies to stage-1 models only")

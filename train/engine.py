@@ -29,7 +29,8 @@ from crocnet.metrics import dice as mask_dice
 from crocnet.models import merge_binary_maps, stage1_to_labels
 
 from .checkpoint import (atomic_save, atomic_savefig, atomic_write_text, build_model, check_weights_fit, export_safetensors,
-                         nonfinite_tensors, read_checkpoint, remove_stale_temporaries, resolve_checkpoint)
+                         nonfinite_tensors, read_checkpoint, read_resume_state, remove_stale_temporaries,
+                         resolve_checkpoint)
 from .config import TrainConfig
 from .losses import segmentation_loss
 
@@ -227,7 +228,7 @@ def fit(
     if cfg.resume and not resuming and ddp.main:
         print(f"{run_dir}: no last.pt to resume from yet, starting at epoch 1")
     if resuming:
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        state = read_resume_state(last_path)  # a ValueError naming last.pt and the fix when it is torn or foreign
         check_resumable(state, cfg, name, kwargs, last_path)
         check_weights_fit(model, state["state_dict"], f"--resume checkpoint {str(last_path)!r}")
         model.load_state_dict(state["state_dict"])

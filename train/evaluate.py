@@ -38,6 +38,7 @@ from crocnet.postprocess import POSTPROCESS_MODES
 from .checkpoint import atomic_write_text
 from .config import DATASET_CHOICES, TrainConfig
 from .inference import Segmenter
+from .outputs import check_output_folder
 from .report import METRICS, STRUCTURES, case_table, fold_table, overlay_png, summary, table, write_cases_csv, write_summary
 from .train import load_records
 
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
+        check_output_folder(args.out, "--out", "the report (cases.csv, summary.json, table.md, overlays/)")
         cfg = TrainConfig(data=args.data, dataset=args.dataset, views=tuple(args.views))
         if not Path(args.data).exists():
             raise FileNotFoundError(f"--data {args.data!r} does not exist")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from crocnet.data import Record
+from crocnet.data.validation import check_image
 from crocnet.models import CroCNet, FlipTTA, MeanEnsemble, merge_binary_maps, stage1_to_labels
 from crocnet.postprocess import POSTPROCESS_MODES, postprocess_labels
 
@@ -26,6 +27,22 @@ def _load_stage(path: str | Path, stage: int, device: torch.device):
     if ckpt.get("stage", 1) != stage:
         raise ValueError(f"{path} is a stage-{ckpt.get('stage', 1)} checkpoint; expected stage {stage}")
     return model, ckpt
+
+
+def check_record_image(record: Record) -> None:
+    """Raise a ``ValueError`` naming ``record`` unless its image is a NumPy array ``(H, W, Z)`` (each >= 1) of a real
+    numeric dtype whose voxels are all finite (:func:`~crocnet.data.validation.check_image`): a NaN voxel would
+    make the normalisation of its whole slice NaN, and the slice background."""
+    where = f"record {record.name}" + (f" ({record.source})" if record.source is not None else "")
+    image = record.image
+    expected = "expected image (H, W, Z) with H, W, Z >= 1 and a real numeric dtype"
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{where}: {expected} (a NumPy array), got a {type(image).__module__}.{type(image).__name__}"
+                         + (f" of shape {tuple(image.shape)}" if hasattr(image, "shape") else ""))
+    real = (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)) and image.dtype != bool
+    if image.ndim != 3 or min(image.shape, default=0) < 1 or not real:
+        raise ValueError(f"{where}: {expected}, got shape {image.shape} and dtype {image.dtype}")
+    check_image(image, where)  # DataError (a ValueError) on NaN/inf voxels or values beyond float32
 
 
 def _counted(names: Counter) -> str:
@@ -73,6 +90,9 @@ class Segmenter:
                  margin: int | None = None, batch_size: int = 8, postprocess: str = "none", tta: bool = False):
         if postprocess not in POSTPROCESS_MODES:
             raise ValueError(f"postprocess must be one of {POSTPROCESS_MODES}, got {postprocess!r}")
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, (bool, np.bool_)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer (slices per forward pass), got {batch_size!r}")
+        batch_size = int(batch_size)
         paths = [stage1] if isinstance(stage1, (str, Path)) else list(stage1)
         if not paths:
             raise ValueError("need at least one stage-1 checkpoint")
@@ -113,6 +133,7 @@ class Segmenter:
 
     @torch.inference_mode()
     def segment(self, record: Record) -> Segmentation:
+        check_record_image(record)
         H, W, Z = record.image.shape
         labels = np.zeros((H, W, Z), np.uint8)
         probs = np.zeros((H, W, Z, 4), np.float32)

@@ -1,9 +1,11 @@
 """``crocnet predict``: segment NIfTI files with trained checkpoints.
 
-Writes uint8 labels in the M&Ms-2 convention (0 background, 1 LV, 2 MYO, 3 RV) with the input's affine
-and header; long-axis files ``(H, W, 1)`` and short-axis stacks ``(H, W, Z)`` slice by slice. With
-``--stage2`` the whole CroCNet pipeline runs; ``--probabilities`` also writes the stage-1 probabilities
-``(H, W, Z, 4)`` (LV, MYO, RV, background); ``--overlay`` a PNG of the middle labelled slice. CPU by default.
+Writes uint8 labels in the M&Ms-2 convention (0 background, 1 LV, 2 MYO, 3 RV) with the input's affine,
+header and array shape; long-axis files ``(H, W)`` or ``(H, W, 1)`` and short-axis stacks ``(H, W, Z)``,
+slice by slice. With ``--stage2`` the whole CroCNet pipeline runs; ``--probabilities`` also writes the
+stage-1 probabilities ``(H, W, Z, 4)`` (LV, MYO, RV, background) as NIfTI; ``--overlay`` a PNG of the
+middle labelled slice. Every output path is checked before the models run: an output may not be the input,
+a checkpoint or another output. CPU by default.
 
     crocnet predict --checkpoint stage1/best.pt [--stage2 stage2/best.pt] --input 001_LA_ED.nii.gz --output seg.nii.gz
 """
@@ -14,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -21,7 +24,9 @@ from crocnet.data import DataError, Record, read_nifti, write_nifti
 from crocnet.data.validation import check_image
 from crocnet.postprocess import POSTPROCESS_MODES
 
+from .checkpoint import resolve_checkpoint
 from .inference import Segmenter
+from .outputs import check_distinct, check_output_file
 from .report import overlay_png
 
 
@@ -35,7 +40,7 @@ def predict_file(segmenter: Segmenter, src: Path, dst: Path, probabilities: Path
         raise DataError(f"{src}: expected a 2D image (H, W) or (H, W, 1) or a stack (H, W, Z), got shape {data.shape}")
     record = Record.from_nifti(vol, data, None, subject=src.name, phase=None, view=None, dataset="nifti")
     seg = segmenter.segment(record)
-    labels = seg.labels.reshape(np.asarray(vol.array).shape)
+    labels = seg.labels.reshape(vol.header.get_data_shape())  # the input file's own shape: (H, W) stays (H, W)
     write_nifti(dst, labels.astype(np.uint8), vol.affine, vol.header)
     if probabilities is not None:
         write_nifti(probabilities, seg.probabilities.astype(np.float32), vol.affine, vol.header)
@@ -43,6 +48,25 @@ def predict_file(segmenter: Segmenter, src: Path, dst: Path, probabilities: Path
         z = int(np.argmax((seg.labels > 0).sum((0, 1))))
         overlay_png(data[:, :, z], seg.stage1[:, :, z], seg.labels[:, :, z], overlay, f"{src.name}: stage 1 (left), final (right)")
     return seg
+
+
+def check_outputs(args) -> None:
+    """Every output path of ``args`` is a file path of its format, in a folder that can be made, and none is
+    the input, a checkpoint or another output: checked before the models load, so nothing is overwritten."""
+    nifti = (".nii.gz", ".nii")
+    check_output_file(args.output, "--output", nifti, "NIfTI")
+    if args.probabilities is not None:
+        check_output_file(args.probabilities, "--probabilities", nifti, "NIfTI")
+    if args.overlay is not None:
+        check_output_file(args.overlay, "--overlay", (".png",), "PNG")
+    inputs = [("the --input file", args.input)]
+    for flag in ("--checkpoint", "--stage2"):
+        for path in getattr(args, flag[2:]) or []:
+            try:
+                inputs.append((f"the {flag} file", resolve_checkpoint(path)))
+            except (FileNotFoundError, ValueError):
+                pass  # the Segmenter says what is wrong with it
+    check_distinct([("--output", args.output), ("--probabilities", args.probabilities), ("--overlay", args.overlay)], inputs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         src = Path(args.input)
         if not src.is_file():
             raise FileNotFoundError(f"--input {args.input!r} not found")
-        if Path(args.output).is_dir() or not args.output.endswith((".nii", ".nii.gz")):
-            raise ValueError(f"--output must be a NIfTI file path ending in .nii.gz or .nii, got {args.output!r}")
+        check_outputs(args)
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
         segmenter = Segmenter(args.checkpoint, args.stage2, device=args.device, postprocess=args.postprocess, tta=args.tta)
@@ -76,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crocnet predict: error: {exc}", file=sys.stderr)
         return 2
     counts = {name: int((seg.labels == v).sum()) for v, name in ((1, "LV"), (2, "MYO"), (3, "RV"))}
-    print(f"wrote {args.output} {seg.labels.shape}: " + ", ".join(f"{k} {v} px" for k, v in counts.items()))
+    print(f"wrote {args.output} {nib.load(args.output).shape}: " + ", ".join(f"{k} {v} px" for k, v in counts.items()))
     return 0
 
 

@@ -41,6 +41,9 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,8 +52,9 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .mnm2 import INFORMATION_COLUMNS, find_subjects, load_mnm2
+from .mnm2 import INFORMATION_COLUMNS, find_subjects, load_mnm2, read_dataset_information
 from .nifti import write_nifti
+from .validation import DataError, name_list
 
 __all__ = [
     "DISEASES",
@@ -482,6 +486,27 @@ def _grid(rng: np.random.Generator) -> tuple[tuple[int, int], float]:
     return (rows, cols), round(spacing, 4)
 
 
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _draw_information(rng: np.random.Generator) -> tuple[Vendor, str, float, str]:
+    """A subject's vendor, disease, field strength and scanner: the first draws of its generator."""
+    vendor = VENDORS[int(rng.integers(len(VENDORS)))]
+    disease = str(rng.choice(list(DISEASES), p=np.array(list(DISEASES.values()))))
+    field = float(rng.choice([1.5, 3.0]))
+    scanner = str(rng.choice(vendor.scanners))
+    return vendor, disease, field, scanner
+
+
+def _information_row(seed: int, number: int) -> dict[str, str]:
+    """Subject ``number``'s ``dataset_information.csv`` row (as :func:`write_phantoms` writes it), cheaply."""
+    vendor, disease, field, scanner = _draw_information(np.random.default_rng([seed, number]))
+    return {"SUBJECT_CODE": str(number), "DISEASE": disease, "VENDOR": vendor.name, "SCANNER": scanner,
+            "FIELD": str(field)}
+
+
 def make_subject(seed: int, number: int, views: Sequence[str] = ("LA",)) -> PhantomSubject:
     """Generate subject ``number`` (1-based) of the phantom set with ``seed``; see the module docstring.
 
@@ -493,11 +518,9 @@ def make_subject(seed: int, number: int, views: Sequence[str] = ("LA",)) -> Phan
     Returns:
         A :class:`PhantomSubject` with ED and ES images of each view: LA ``(H, W, 1)``, SA ``(H, W, Z)``.
     """
+    _check_seed(seed)
     rng = np.random.default_rng([seed, number])
-    vendor = VENDORS[int(rng.integers(len(VENDORS)))]
-    disease = str(rng.choice(list(DISEASES), p=np.array(list(DISEASES.values()))))
-    field = float(rng.choice([1.5, 3.0]))
-    scanner = str(rng.choice(vendor.scanners))
+    vendor, disease, field, scanner = _draw_information(rng)
     ed, es = _sample_heart(rng, disease)
     imaging = _Imaging(
         intensities=_tissue_intensities(rng, vendor),
@@ -566,12 +589,32 @@ def write_phantoms(
         views: ``("LA",)`` or ``("LA", "SA")``.
         start: number of the first subject (codes ``start .. start + subjects - 1``, at most 999).
 
+    An existing ``dataset_information.csv`` in ``out`` keeps its other subjects' rows: the new rows are
+    merged in (the file is replaced atomically). A subject it already lists must have the same row as
+    ``seed`` gives (the same phantom), else nothing is written: its files were made with another seed.
+
     Returns:
         The generated subjects (with their arrays).
+
+    Raises:
+        ValueError: for a negative seed, subject numbers outside 1..999, ``out`` naming a file, or
+            existing rows that disagree with the subjects to be written (nothing is written then).
+        DataError: when the existing ``dataset_information.csv`` cannot be read.
     """
     out = Path(out)
+    _check_seed(seed)
+    if subjects < 1:
+        raise ValueError(f"the number of subjects must be at least 1, got {subjects}")
     if not 1 <= start <= start + subjects - 1 <= 999:
-        raise ValueError(f"subject numbers must lie in 1..999, got {start}..{start + subjects - 1}")
+        raise ValueError(f"subject numbers (start .. start + subjects - 1) must lie in 1..999, "
+                         f"got {start}..{start + subjects - 1}")
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)  # the nearest existing path
+    if blocker is not None and not blocker.is_dir():
+        where = "is a file" if blocker == out else f"cannot be created: {blocker} is a file"
+        raise ValueError(f"the output folder {out} {where}; expected a folder (it is created when missing)")
+    info_path = out / "dataset_information.csv"
+    columns, rows = _read_information_rows(info_path)
+    _check_existing_rows(info_path, rows, seed, range(start, start + subjects))
     made = []
     for number in range(start, start + subjects):
         subject = make_subject(seed, number, views)
@@ -580,12 +623,81 @@ def write_phantoms(
             write_nifti(folder / f"{subject.code}_{view}_{phase}.nii.gz", image.astype(np.float64), affine)
             write_nifti(folder / f"{subject.code}_{view}_{phase}_gt.nii.gz", label.astype(np.float64), affine)
         made.append(subject)
-    with (out / "dataset_information.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(INFORMATION_COLUMNS)
-        for s in made:
-            writer.writerow([int(s.code), s.disease, s.vendor, s.scanner, s.field])
+    for s in made:
+        row = {"SUBJECT_CODE": str(int(s.code)), "DISEASE": s.disease, "VENDOR": s.vendor, "SCANNER": s.scanner,
+               "FIELD": str(s.field)}
+        rows[s.code] = {**rows.get(s.code, {}), **row}  # an existing row's extra columns stay
+    _write_rows_atomically(info_path, columns, [rows[code] for code in sorted(rows, key=int)])
     return made
+
+
+def _read_information_rows(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The columns and rows (by three-digit subject code, their text as it is) of an existing
+    ``dataset_information.csv``, checked by :func:`read_dataset_information`; none when it does not exist."""
+    if not path.exists():
+        return list(INFORMATION_COLUMNS), {}
+    read_dataset_information(path)  # DataError for a file that is no dataset description
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        names = [c.strip() for c in (reader.fieldnames or []) if c and c.strip()]
+        rows = {}
+        for row in reader:
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            rows[f"{int(row['SUBJECT_CODE']):03d}"] = row
+    columns = list(INFORMATION_COLUMNS) + [c for c in dict.fromkeys(names) if c not in INFORMATION_COLUMNS]
+    return columns, rows
+
+
+def _same_value(column: str, old: str, new: str) -> bool:
+    if column == "FIELD":
+        try:
+            return float(old) == float(new)
+        except ValueError:
+            pass
+    return old == new
+
+
+def _check_existing_rows(path: Path, rows: dict[str, dict[str, str]], seed: int, numbers: range) -> None:
+    """Raise a ``ValueError`` unless every subject of ``numbers`` that ``rows`` lists has the row ``seed`` gives."""
+    compared = INFORMATION_COLUMNS[1:]
+    conflicts = []
+    for number in numbers:
+        code = f"{number:03d}"
+        if code in rows:
+            new = _information_row(seed, number)
+            if not all(_same_value(c, rows[code].get(c, ""), new[c]) for c in compared):
+                conflicts.append((code, rows[code], new))
+    if conflicts:
+        code, old, new = conflicts[0]
+
+        def show(row: dict[str, str]) -> str:
+            return ", ".join(f"{c}={row.get(c, '')}" for c in compared)
+
+        raise ValueError(
+            f"{path} already lists {len(conflicts)} of the subjects to write with other values than seed {seed} "
+            f"gives ({name_list([c[0] for c in conflicts])}): expected subject {code} as {show(new)}, got "
+            f"{show(old)}. Its files were made with another seed; nothing was written. Use that --seed, "
+            f"other subject numbers (--start), or another --out"
+        )
+
+
+def _write_rows_atomically(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
+    """Write the csv to a temporary file beside ``path``, then ``os.replace`` it: never a torn file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes the file private; give it the mode open() would
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_overview_png(path: str | Path, root: str | Path, count: int = 4, real: str | Path | None = None) -> Path:
@@ -648,10 +760,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.subjects < 1:
         parser.error("--subjects must be at least 1")
     views = ("LA", "SA") if args.sa else ("LA",)
-    t0 = time.perf_counter()
-    made = write_phantoms(args.out, args.subjects, args.seed, views, args.start)
-    elapsed = time.perf_counter() - t0
-    print(f"wrote {len(made)} subjects to {args.out} in {elapsed:.1f} s ({elapsed / len(made):.2f} s per subject)")
-    if args.png is not None:
-        print(f"wrote {write_overview_png(args.png, args.out, real=args.real)}")
+    try:
+        if args.seed < 0:
+            raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
+        if not 1 <= args.start <= args.start + args.subjects - 1 <= 999:
+            raise ValueError(f"subject numbers --start .. --start + --subjects - 1 must lie in 1..999, got "
+                             f"{args.start}..{args.start + args.subjects - 1}")
+        t0 = time.perf_counter()
+        made = write_phantoms(args.out, args.subjects, args.seed, views, args.start)
+        elapsed = time.perf_counter() - t0
+        print(f"wrote {len(made)} subjects to {args.out} in {elapsed:.1f} s ({elapsed / len(made):.2f} s per subject)")
+        if args.png is not None:
+            print(f"wrote {write_overview_png(args.png, args.out, real=args.real)}")
+    except (ValueError, DataError, OSError) as exc:  # OSError: FileNotFoundError, a file where a folder goes, ...
+        print(f"crocnet phantom: error: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -241,8 +242,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="subjects the folds are drawn from: all found, or the official M&Ms-2 train or "
                         "train+val part (default: all)")
     args = parser.parse_args(argv)
-    splits = make_splits(args.dataset, args.data, args.folds, args.seed, args.stratify, args.pool)
-    path = write_splits(args.out, splits)
+    try:
+        if args.folds < 2:
+            raise ValueError(f"--folds must be at least 2 (and at most the number of subjects), got {args.folds}")
+        if args.out.is_dir():
+            raise ValueError(f"--out {str(args.out)!r} is a folder; expected the path of the JSON file to write")
+        blocker = next((p for p in args.out.parents if p.exists()), None)  # the nearest existing folder above
+        if blocker is not None and not blocker.is_dir():
+            raise ValueError(f"--out {str(args.out)!r} cannot be written: {str(blocker)!r} is a file; expected a folder")
+        splits = make_splits(args.dataset, args.data, args.folds, args.seed, args.stratify, args.pool)
+        path = write_splits(args.out, splits)
+    except (ValueError, DataError, OSError) as exc:  # OSError: FileNotFoundError, a file where a folder goes, ...
+        print(f"crocnet splits: error: {exc}", file=sys.stderr)
+        return 2
     sizes = ", ".join(str(len(f["val"])) for f in splits["folds"])
     print(f"wrote {path}: {len(splits['subjects'])} subjects, {args.folds} folds of {sizes} validation subjects")
     return 0

@@ -92,3 +92,93 @@ def test_cli_writes_dataset_and_png(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["phantom", "-h"])
     assert "--subjects" in capsys.readouterr().out
+
+
+def _information(root):
+    with (root / "dataset_information.csv").open(newline="") as f:
+        return {row["SUBJECT_CODE"]: row for row in csv.DictReader(f)}
+
+
+def test_writing_more_subjects_keeps_the_rows_of_the_subjects_already_there(tmp_path, capsys):
+    root = tmp_path / "ph"
+    assert cli(["phantom", "--out", str(root), "--subjects", "3"]) == 0
+    first = _information(root)
+    assert cli(["phantom", "--out", str(root), "--subjects", "1", "--start", "4"]) == 0
+    merged = _information(root)
+    assert list(merged) == ["1", "2", "3", "4"]
+    assert {k: merged[k] for k in ("1", "2", "3")} == first  # 001-003 keep vendor and disease
+    assert merged["4"]["VENDOR"] == make_subject(0, 4).vendor
+    assert len(load_mnm2(root)) == 8 and all(r.vendor for r in load_mnm2(root))
+    assert cli(["phantom", "--out", str(root), "--subjects", "2", "--start", "3"]) == 0  # same seed: same rows
+    assert _information(root) == merged
+    assert not list(root.glob(".*.tmp"))  # the temporary file of the atomic write is gone
+
+
+def test_existing_rows_keep_their_extra_columns_and_spelling(tmp_path):
+    root = tmp_path / "ph"
+    root.mkdir()
+    (root / "dataset_information.csv").write_text("SUBJECT_CODE,DISEASE,VENDOR,SCANNER,FIELD,NOTE\n007,NOR,X,Y,1.5,keep me\n")
+    write_phantoms(root, subjects=1, seed=0)
+    rows = _information(root)
+    assert rows["007"] == {"SUBJECT_CODE": "007", "DISEASE": "NOR", "VENDOR": "X", "SCANNER": "Y", "FIELD": "1.5", "NOTE": "keep me"}
+    assert rows["1"]["NOTE"] == "" and rows["1"]["VENDOR"] == make_subject(0, 1).vendor
+
+
+def test_subjects_listed_with_other_values_are_refused_and_nothing_is_written(tmp_path, capsys):
+    root = tmp_path / "ph"
+    assert cli(["phantom", "--out", str(root), "--subjects", "3"]) == 0
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert cli(["phantom", "--out", str(root), "--subjects", "2", "--start", "2", "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    old, new = make_subject(0, 3), make_subject(5, 3)  # subject 002 happens to get the same row with seed 5
+    assert err.startswith(f"crocnet phantom: error: {root / 'dataset_information.csv'} already lists 1 of the subjects")
+    assert (f"other values than seed 5 gives (003): expected subject 003 as DISEASE={new.disease}, VENDOR={new.vendor}, "
+            f"SCANNER={new.scanner}, FIELD={new.field}, got DISEASE={old.disease}, VENDOR={old.vendor}, "
+            f"SCANNER={old.scanner}, FIELD={old.field}") in err
+    assert "nothing was written" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_an_unreadable_dataset_information_csv_is_refused_before_writing(tmp_path, capsys):
+    root = tmp_path / "ph"
+    root.mkdir()
+    (root / "dataset_information.csv").write_text("SUBJECT,VENDOR\n1,A\n")
+    assert cli(["phantom", "--out", str(root), "--subjects", "1"]) == 2
+    assert "expected columns SUBJECT_CODE, DISEASE, VENDOR, SCANNER, FIELD, missing SUBJECT_CODE" in capsys.readouterr().err
+    assert not (root / "dataset").exists()
+    assert (root / "dataset_information.csv").read_text() == "SUBJECT,VENDOR\n1,A\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+    (["--start", "0"], "subject numbers --start .. --start + --subjects - 1 must lie in 1..999, got 0..0"),
+    (["--start", "999", "--subjects", "2"], "must lie in 1..999, got 999..1000"),
+    (["--png", "{tmp}/o.png", "--real", "{tmp}/missing"], "missing: M&Ms-2 folder not found"),
+])
+def test_cli_errors_are_one_line_on_stderr(tmp_path, capsys, argv, message):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert cli(["phantom", "--out", str(tmp_path / "ph"), "--subjects", "1", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("crocnet phantom: error: ") and message in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_an_output_path_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "afile").write_text("precious")
+    assert cli(["phantom", "--out", str(tmp_path / "afile"), "--subjects", "1"]) == 2
+    assert f"the output folder {tmp_path / 'afile'} is a file; expected a folder" in capsys.readouterr().err
+    assert cli(["phantom", "--out", str(tmp_path / "afile" / "sub"), "--subjects", "1"]) == 2
+    assert f"cannot be created: {tmp_path / 'afile'} is a file" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "precious"
+
+
+def test_write_phantoms_checks_its_arguments(tmp_path):
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer, got -1"):
+        write_phantoms(tmp_path, subjects=1, seed=-1)
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer, got -2"):
+        make_subject(-2, 1)
+    with pytest.raises(ValueError, match=r"the number of subjects must be at least 1, got 0"):
+        write_phantoms(tmp_path, subjects=0)
+    with pytest.raises(ValueError, match=r"must lie in 1..999, got 0..1"):
+        write_phantoms(tmp_path, subjects=2, start=0)
+    assert not list(tmp_path.iterdir())

@@ -134,3 +134,22 @@ def test_read_splits_names_the_file_when_it_is_not_a_split_description(tmp_path)
     assert read_splits(path) == SPLITS  # a valid description, and a training run's layout, still load
     run_layout = {"seed": 0, "test": ["201"], "pool": ["001", "002"], "folds": SPLITS["folds"]}
     assert read_splits(write_splits(path, run_layout)) == run_layout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--folds", "1"], "--folds must be at least 2 (and at most the number of subjects), got 1"),
+    (["--folds", "4"], "k must be between 2 and the number of subjects (3), got 4"),
+    (["--data", "{tmp}/missing"], "missing: M&Ms-2 folder not found"),
+    (["--out", "{tmp}"], "is a folder; expected the path of the JSON file to write"),
+    (["--out", "{tmp}/afile/s.json"], "afile' is a file; expected a folder"),
+    (["--dataset", "acdc"], "expected ACDC patient folders"),
+])
+def test_cli_errors_are_one_line_on_stderr(phantom_root, tmp_path, capsys, argv, message):
+    (tmp_path / "afile").write_text("precious")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    base = {"--data": str(phantom_root), "--out": str(tmp_path / "s.json"), "--folds": "3"}
+    base.update(zip(argv[::2], argv[1::2]))
+    assert cli(["splits", *[x for kv in base.items() for x in kv]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crocnet splits: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "s.json").exists() and (tmp_path / "afile").read_text() == "precious"

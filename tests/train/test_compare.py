@@ -81,6 +81,30 @@ def test_cli_writes_json_and_rejects_different_case_sets(base, tmp_path, capsys)
         cmp.read_cases(tmp_path / "a.csv", "CroCNet")
 
 
+def test_cli_refuses_an_out_that_is_a_report_or_a_folder(base, tmp_path, capsys):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    write_cases_csv(_rows(base), a)
+    write_cases_csv(_rows(base), b)
+    saved = a.read_bytes(), b.read_bytes()
+    assert cmp.main([str(a), str(b), "--out", str(a)]) == 2
+    assert f"--out {a} is report A; choose another path" in capsys.readouterr().err
+    (tmp_path / "link.csv").symlink_to(b)
+    assert cmp.main([str(a), str(b), "--out", str(tmp_path / "link.csv")]) == 2
+    assert f"--out {tmp_path / 'link.csv'} is report B; choose another path" in capsys.readouterr().err
+    assert cmp.main([str(a), str(b), "--out", str(tmp_path)]) == 2
+    assert f"--out must be a JSON file path, got the folder {str(tmp_path)!r}" in capsys.readouterr().err
+    assert (a.read_bytes(), b.read_bytes()) == saved
+
+
+def test_bootstrap_below_one_is_a_clear_error(base, tmp_path, capsys):
+    a = write_cases_csv(_rows(base), tmp_path / "a.csv")
+    for n in ("0", "-5"):
+        assert cmp.main([str(a), str(a), "--bootstrap", n]) == 2
+        assert f"--bootstrap must be >= 1, got {n}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="n_boot .bootstrap resamples. must be an integer >= 1, got 0"):
+        cmp.compare(cmp.read_cases(a), cmp.read_cases(a), "dice", n_boot=0)
+
+
 def test_report_names_say_which_levels_carry_attention():
     from crocnet.train.report import display_name
 

@@ -213,3 +213,63 @@ def test_several_stage2_checkpoints_are_one_averaging_stage2(demo_run, image, re
         Segmenter(one, [relabelled_stage2("frame"), relabelled_stage2("native")])
     with pytest.raises(ValueError, match="stage-1 checkpoint; expected stage 2"):
         Segmenter(one, [s2, one])
+
+
+@pytest.fixture(scope="module")
+def tiny_stage1(tmp_path_factory):
+    """A stage-1 checkpoint of a tiny E-2AUNet: the input checks below need a Segmenter, not a trained one."""
+    from crocnet.train.checkpoint import atomic_save, build_model
+
+    kwargs = {"base_width": 4, "depth": 1}
+    path = tmp_path_factory.mktemp("tiny") / "s1.pt"
+    atomic_save({"model": "e2aunet", "model_kwargs": kwargs, "preprocess": {"image_size": 32, "target_spacing": None},
+                 "stage": 1, "fold": 0, "epoch": 1, "state_dict": build_model("e2aunet", kwargs).state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_segment_refuses_non_finite_voxels_naming_the_record(tiny_stage1, bad):
+    """One NaN voxel used to make its slice's normalisation NaN, and the whole slice background, silently."""
+    image = np.random.default_rng(0).random((20, 24, 2), dtype=np.float32)
+    image[3, 3, 0] = bad
+    rec = record(image)
+    with pytest.raises(ValueError, match=r"^record s_SA: expected finite intensities, got 1 NaN/inf voxels of 960$"):
+        Segmenter(tiny_stage1).segment(rec)
+
+
+EXPECTED_IMAGE = "expected image (H, W, Z) with H, W, Z >= 1 and a real numeric dtype"
+
+
+@pytest.mark.parametrize("image, got", [
+    (np.zeros((20, 24), np.float32), "got shape (20, 24) and dtype float32"),
+    (np.zeros((20, 24, 2, 1), np.float32), "got shape (20, 24, 2, 1) and dtype float32"),
+    (np.zeros((20, 24, 0), np.float32), "got shape (20, 24, 0) and dtype float32"),
+    (np.zeros((0, 24, 2), np.float32), "got shape (0, 24, 2) and dtype float32"),
+    (np.zeros((20, 24, 2), bool), "got shape (20, 24, 2) and dtype bool"),
+    (np.zeros((20, 24, 2), np.complex64), "got shape (20, 24, 2) and dtype complex64"),
+    (torch.zeros(20, 24, 2), "(a NumPy array), got a torch.Tensor of shape (20, 24, 2)"),
+])
+def test_segment_refuses_images_of_the_wrong_shape_or_type_naming_the_record(tiny_stage1, image, got):
+    rec = Record(image=image, label=None, spacing=None, affine=None, subject="s", phase="ED", view="SA", dataset="acdc_h5")
+    with pytest.raises(ValueError) as info:
+        Segmenter(tiny_stage1).segment(rec)
+    assert str(info.value).startswith(f"record s_SA_ED: {EXPECTED_IMAGE}") and got in str(info.value)
+
+
+def test_segment_accepts_integer_and_float64_images(tiny_stage1):
+    image = np.random.default_rng(0).random((20, 24, 2))
+    seg = Segmenter(tiny_stage1)
+    expected = seg.segment(record(image.astype(np.float32))).probabilities
+    np.testing.assert_allclose(seg.segment(record(image)).probabilities, expected, atol=1e-5)
+    assert seg.segment(record((image * 1000).astype(np.int16))).labels.shape == (20, 24, 2)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5, True, "8", None])
+def test_batch_size_must_be_a_positive_integer(tiny_stage1, batch_size):
+    """-1 used to skip every slice (all background), 0 to fail inside range()."""
+    with pytest.raises(ValueError) as info:
+        Segmenter(tiny_stage1, batch_size=batch_size)
+    assert str(info.value) == f"batch_size must be a positive integer (slices per forward pass), got {batch_size!r}"
+    image = np.random.default_rng(0).random((20, 24, 3), dtype=np.float32)
+    one, all_at_once = Segmenter(tiny_stage1, batch_size=1), Segmenter(tiny_stage1, batch_size=np.int64(5))
+    np.testing.assert_allclose(one.segment(record(image)).probabilities, all_at_once.segment(record(image)).probabilities, atol=1e-6)

@@ -18,6 +18,7 @@ from crocnet import cli
 from crocnet.data import write_phantoms
 from crocnet.models import MHSABlock2d
 from crocnet.train import checkpoint as ckpt_mod
+from crocnet.train import export as export_mod
 from crocnet.train import compare, demo, evaluate, predict, train
 from crocnet.train.inference import Segmenter
 
@@ -58,6 +59,33 @@ def test_demo_refuses_a_folder_holding_another_preset(demo_run, capsys):
     assert f"{demo_run} holds a demo with preset 'quick' and seed 0, not 'full' with seed 0; add --fresh" in err
     assert demo.main(["--quick", "--seed", "1", "--out", str(demo_run), "--no-progress"]) == 2
     assert "not 'quick' with seed 1" in capsys.readouterr().err
+
+
+def test_demo_fresh_deletes_only_a_demo_folder_and_checks_the_arguments_first(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    (mine / "thesis").mkdir(parents=True)
+    (mine / "notes.txt").write_text("precious")
+    assert demo.main(["--quick", "--fresh", "--out", str(mine), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert (f"--fresh deletes --out, but {str(mine)!r} is not a crocnet demo folder: it holds no demo.json and 2 entries "
+            f"(notes.txt, thesis/); nothing was deleted") in err
+    (mine / "demo.json").write_text("[]")
+    assert demo.main(["--quick", "--fresh", "--out", str(mine), "--no-progress"]) == 2
+    assert "it holds a demo.json that is not a demo's marker and 3 entries (demo.json, notes.txt, thesis/)" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "precious" and (mine / "thesis").is_dir()
+    # a demo's own folder: bad arguments are refused before --fresh deletes it
+    old = tmp_path / "old-demo"
+    old.mkdir()
+    (old / "demo.json").write_text(json.dumps({"preset": "quick", "seed": 0}))
+    (old / "kept.txt").write_text("x")
+    for extra, message in ((["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+                           (["--seed", "-1"], "--seed must be >= 0, got -1")):
+        assert demo.main(["--quick", "--fresh", "--out", str(old), "--no-progress", *extra]) == 2
+        assert message in capsys.readouterr().err
+        assert sorted(p.name for p in old.iterdir()) == ["demo.json", "kept.txt"]
+    assert demo.main(["--quick", "--fresh", "--out", str(mine / "notes.txt"), "--no-progress"]) == 2
+    assert f"--out must be a folder, got the file {str(mine / 'notes.txt')!r}" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "precious"
 
 
 def _final_weights(run: Path) -> dict:
@@ -151,6 +179,28 @@ def test_resume_refuses_other_settings_and_says_which(phantoms, tmp_path, capsys
     assert len(err.strip().splitlines()) == 1
 
 
+def test_resume_from_a_torn_or_foreign_last_pt_is_a_clear_error(phantoms, tmp_path, capsys):
+    """A truncated or empty last.pt, or best.pt copied over it, used to end in a traceback (OSError, EOFError,
+    KeyError 'optimizer'); now: exit 2, one line naming last.pt and what to do."""
+    args = ["--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "1", *TINY, "--out", str(tmp_path)]
+    assert train.main(args) == 0
+    run = tmp_path / "stage1-e2aunet" / "fold0"
+    last = run / "last.pt"
+    data = last.read_bytes()
+    fix = f"Delete or rename {last} to start this run from epoch 1, or run without --resume"
+    for content, message in ((data[: len(data) // 2], f"--resume: {last} could not be read ("),
+                             (b"", f"--resume: {last} could not be read (EOFError"),
+                             ((run / "best.pt").read_bytes(), f"--resume: {last} is not a training checkpoint: expected "
+                              "state_dict, optimizer, scheduler, history, best, epoch, missing optimizer, scheduler, "
+                              "history, best (a copy of best.pt?")):
+        last.write_bytes(content)
+        capsys.readouterr()
+        assert train.main([*args, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and fix in err and len(err.strip().splitlines()) == 1, err
+        assert last.read_bytes() == content  # left as it was, for the user to look at
+
+
 def test_init_fine_tunes_from_a_checkpoint_each_fold_from_its_own(phantoms, tmp_path, capsys):
     args = ["--data", str(phantoms), "--stage", "1", "--epochs", "1", *TINY]
     assert train.main([*args, "--fold", "all", "--out", str(tmp_path / "pre")]) == 0
@@ -211,7 +261,21 @@ def test_ddp_two_cpu_processes(phantoms, tmp_path):
         (["--fold", "7"], "--fold must be 'all' or an integer in 0..4, got '7'"),
         (["--stage", "2"], "--stage 2 needs --stage1-run"),
         (["--model", "crocnet_single"], "stage 1 trains one of e2aunet, e2aunet_mhsa, e2aunet_noattn"),
-        (["--image-size", "50"], "--image-size must be a multiple of 2**depth = 16, got 50"),
+        (["--image-size", "50"], "--image-size must be a positive multiple of 2**depth = 16, got 50"),
+        (["--image-size", "0"], "--image-size must be a positive multiple of 2**depth = 16, got 0"),
+        (["--image-size", "-32"], "--image-size must be a positive multiple of 2**depth = 16, got -32"),
+        (["--depth", "-1"], "--depth must be >= 0 (the number of down-samplings), got -1"),
+        (["--test-fraction", "-0.25"], "--test-fraction must be in [0, 1): the fraction of subjects held out as a test split, got -0.25"),
+        (["--test-fraction", "1.5"], "--test-fraction must be in [0, 1): the fraction of subjects held out as a test split, got 1.5"),
+        (["--test-fraction", "1"], "--test-fraction must be in [0, 1)"),
+        (["--test-fraction", "nan"], "--test-fraction must be in [0, 1)"),
+        (["--max-train-batches", "0"], "--max-train-batches must be >= 1 (or left out for every batch), got 0"),
+        (["--max-train-batches", "-1"], "--max-train-batches must be >= 1 (or left out for every batch), got -1"),
+        (["--lr-milestones", "2", "-1"], "--lr-milestones must be fractions of --epochs in (0, 1), strictly ascending (e.g. 0.2 0.4), got 2.0 -1.0"),
+        (["--lr-milestones", "0.4", "0.2"], "--lr-milestones must be fractions of --epochs in (0, 1), strictly ascending (e.g. 0.2 0.4), got 0.4 0.2"),
+        (["--lr-milestones", "0.2", "0.2"], "strictly ascending (e.g. 0.2 0.4), got 0.2 0.2"),
+        (["--lr-milestones", "0"], "--lr-milestones must be fractions of --epochs in (0, 1)"),
+        (["--lr-milestones", "1"], "--lr-milestones must be fractions of --epochs in (0, 1)"),
         (["--attention-levels", "1", "5"], "--attention-levels must lie in 0..depth = 0..4, got [1, 5]"),
         (["--val-every", "0"], "--val-every must be >= 1, got 0"),
         (["--stage", "2", "--stage1-run", "x", "--outside-label", "background"], "--outside-label applies to stage 1"),
@@ -221,6 +285,11 @@ def test_bad_arguments_are_clear_errors(phantoms, argv, message, capsys):
     base = ["--data", str(phantoms)] if "--data" not in argv else []
     assert train.main([*base, *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_limits_of_the_checked_options_are_accepted(phantoms):
+    train.TrainConfig(data=str(phantoms), test_fraction=0.0, max_train_batches=1, lr_milestones=(0.5,), image_size=16).validate()
+    train.TrainConfig(data=str(phantoms), test_fraction=0.99, max_train_batches=None, lr_milestones=(), depth=0, image_size=1).validate()
 
 
 def test_unknown_choice_is_an_argparse_error(capsys):
@@ -300,7 +369,7 @@ def test_predict_and_export_refuse_bad_outputs_and_weights_that_do_not_fit(demo_
         assert predict.main(["--checkpoint", str(stage1), "--input", str(image), "--output", output]) == 2
         assert "--output must be a NIfTI file path ending in .nii.gz or .nii" in capsys.readouterr().err
     assert cli.main(["export", str(stage1), str(tmp_path)]) == 2
-    assert "must be a file path, got the folder" in capsys.readouterr().err
+    assert "DST must be a safetensors file path ending in .safetensors, got the folder" in capsys.readouterr().err
     assert not list(tmp_path.glob(".*.tmp"))
     ckpt = ckpt_mod.read_checkpoint(stage1 / "best.pt")
     ckpt["model_kwargs"] = {**ckpt["model_kwargs"], "base_width": 2 * ckpt["model_kwargs"].get("base_width", 4)}
@@ -308,6 +377,86 @@ def test_predict_and_export_refuse_bad_outputs_and_weights_that_do_not_fit(demo_
     assert predict.main(["--checkpoint", str(tmp_path / "wider.pt"), "--input", str(image), "--output", str(tmp_path / "x.nii.gz")]) == 2
     err = capsys.readouterr().err
     assert "do not fit that model" in err and "shape mismatches, saved vs model" in err and len(err.splitlines()) == 1
+
+
+def test_outputs_that_are_inputs_or_other_outputs_are_refused_and_nothing_is_overwritten(demo_run, tmp_path, capsys):
+    stage1 = demo_run / "stage1-e2aunet/fold0"
+    image = tmp_path / "image.nii.gz"
+    shutil.copy(next((demo_run / "data").rglob("*_LA_ED.nii.gz")), image)
+    original = image.read_bytes()
+    base = ["--checkpoint", str(stage1), "--input", str(image)]
+    assert predict.main(base + ["--output", str(image)]) == 2
+    assert f"--output {image} is the --input file; choose another path" in capsys.readouterr().err
+    seg = str(tmp_path / "seg.nii.gz")
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)  # another spelling of the same folder
+    assert predict.main(base + ["--output", seg, "--probabilities", str(tmp_path / "link" / "seg.nii.gz")]) == 2
+    assert f"--probabilities {tmp_path / 'link' / 'seg.nii.gz'} is also the --output path; choose another path" in capsys.readouterr().err
+    assert predict.main(base + ["--output", seg, "--probabilities", str(image)]) == 2
+    assert f"--probabilities {image} is the --input file; choose another path" in capsys.readouterr().err
+    assert image.read_bytes() == original and not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_export_needs_a_safetensors_dst_that_is_not_the_checkpoint_src_reads(demo_run, tmp_path, capsys):
+    stage1 = demo_run / "stage1-e2aunet/fold0"
+    last = tmp_path / "last.pt"
+    shutil.copy(stage1 / "last.pt", last)
+    saved = last.read_bytes()
+    assert cli.main(["export", str(last), str(last)]) == 2
+    assert f"DST must be a safetensors file path ending in .safetensors, got {str(last)!r}" in capsys.readouterr().err
+    assert last.read_bytes() == saved
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(stage1 / "best.safetensors", run / "best.safetensors")
+    weights = (run / "best.safetensors").read_bytes()
+    assert cli.main(["export", str(run / "best.safetensors"), f"{tmp_path}/run/../run/best.safetensors", "--half"]) == 2
+    assert f"DST {tmp_path}/run/../run/best.safetensors is the SRC checkpoint; choose another path" in capsys.readouterr().err
+    assert cli.main(["export", str(run), str(run / "best.safetensors"), "--half"]) == 2
+    assert f"is the SRC checkpoint ({run / 'best.safetensors'}, in SRC {run}); choose another path" in capsys.readouterr().err
+    assert (run / "best.safetensors").read_bytes() == weights
+
+
+def test_predict_checks_every_output_path_before_inference(demo_run, tmp_path, capsys, monkeypatch):
+    stage1 = str(demo_run / "stage1-e2aunet/fold0")
+    image = str(next((demo_run / "data").rglob("*_LA_ED.nii.gz")))
+    seg = tmp_path / "seg.nii.gz"
+    (tmp_path / "odir").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setattr(predict, "Segmenter", lambda *a, **k: pytest.fail("the models ran before the outputs were checked"))
+    for extra, message in (
+        (["--probabilities", str(tmp_path / "probs")], "--probabilities must be a NIfTI file path ending in .nii.gz or .nii, got"),
+        (["--probabilities", str(tmp_path / "probs.npy")], "--probabilities must be a NIfTI file path ending in .nii.gz or .nii, got"),
+        (["--overlay", str(tmp_path / "odir")], f"--overlay must be a PNG file path ending in .png, got the folder {str(tmp_path / 'odir')!r}"),
+        (["--overlay", str(tmp_path / "overlay.jpg")], "--overlay must be a PNG file path ending in .png, got"),
+        (["--probabilities", str(tmp_path / "a-file" / "p.nii.gz")],
+         f"its folder cannot be created, {str(tmp_path / 'a-file')!r} is a file"),
+    ):
+        assert predict.main(["--checkpoint", stage1, "--input", image, "--output", str(seg), *extra]) == 2
+        assert message in capsys.readouterr().err, extra
+        assert not seg.exists() and not list(tmp_path.glob("probs*"))
+
+
+def test_predict_writes_the_labels_in_the_input_files_shape(demo_run, tmp_path):
+    stage1 = str(demo_run / "stage1-e2aunet/fold0")
+    rng = np.random.default_rng(0)
+    for shape in ((48, 40), (48, 40, 1), (48, 40, 3)):
+        src = tmp_path / f"image-{len(shape)}d-{shape[-1]}.nii.gz"
+        nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32), np.diag([1.2, 1.2, 8.0, 1.0])), str(src))
+        out = tmp_path / f"seg-{src.name}"
+        assert predict.main(["--checkpoint", stage1, "--input", str(src), "--output", str(out)]) == 0
+        assert nib.load(str(out)).shape == shape
+
+
+def test_evaluate_refuses_an_out_that_is_a_file_before_evaluating(demo_run, tmp_path, capsys, monkeypatch):
+    report = tmp_path / "report.txt"
+    report.write_text("keep")
+    monkeypatch.setattr(evaluate, "score", lambda *a, **k: pytest.fail("evaluated before --out was checked"))
+    monkeypatch.setattr(evaluate, "evaluate_cross_validation", lambda *a, **k: pytest.fail("evaluated before --out was checked"))
+    for extra in ([], ["--split-file", str(demo_run / "splits.json"), "--split", "cv"]):
+        assert evaluate.main(["--stage1", str(demo_run / "stage1-e2aunet"), "--data", str(demo_run / "data"),
+                              "--no-progress", "--out", str(report), *extra]) == 2
+        assert (f"--out must be a folder for the report (cases.csv, summary.json, table.md, overlays/), got the file "
+                f"{str(report)!r}; choose another path") in capsys.readouterr().err
+    assert report.read_text() == "keep"
 
 
 def test_predict_refuses_nan_and_empty_images(demo_run, tmp_path, capsys):
@@ -476,7 +625,7 @@ def test_half_precision_export_keeps_tensors_beyond_float16_in_float32(demo_run,
     ckpt["state_dict"][name][0] = 1.4e7
     src, dst = tmp_path / "big.pt", tmp_path / "big-fp16.safetensors"
     torch.save(ckpt, src)
-    assert ckpt_mod.main([str(src), str(dst), "--half"]) == 0
+    assert export_mod.main([str(src), str(dst), "--half"]) == 0
     assert f"kept in float32, beyond float16's range: {name}" in capsys.readouterr().out
     stored = load_file(str(dst))
     assert stored[name].dtype == torch.float32 and stored[name][0].item() == 1.4e7
@@ -502,7 +651,7 @@ def test_a_folder_of_exported_weights_resolves_to_its_one_safetensors_file(demo_
     with pytest.raises(FileNotFoundError, match="no checkpoint .* in the folder"):
         ckpt_mod.resolve_checkpoint(folder)
     folder.rmdir()  # the export makes the folder it writes into
-    assert ckpt_mod.main([str(demo_run / "stage1-e2aunet/fold0/best.pt"), str(folder / "unet-fold0-fp16.safetensors"), "--half"]) == 0
+    assert export_mod.main([str(demo_run / "stage1-e2aunet/fold0/best.pt"), str(folder / "unet-fold0-fp16.safetensors"), "--half"]) == 0
     assert ckpt_mod.resolve_checkpoint(folder) == folder / "unet-fold0-fp16.safetensors"
     assert ckpt_mod.load_model(folder)[1]["model"] == "e2aunet"
     (folder / "other.safetensors").write_bytes((folder / "unet-fold0-fp16.safetensors").read_bytes())
