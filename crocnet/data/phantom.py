@@ -500,11 +500,15 @@ def _draw_information(rng: np.random.Generator) -> tuple[Vendor, str, float, str
     return vendor, disease, field, scanner
 
 
+def _row(number: int, disease: str, vendor: str, scanner: str, field: float) -> dict[str, str]:
+    """A ``dataset_information.csv`` row, as :func:`write_phantoms` writes it."""
+    return {"SUBJECT_CODE": str(number), "DISEASE": disease, "VENDOR": vendor, "SCANNER": scanner, "FIELD": str(field)}
+
+
 def _information_row(seed: int, number: int) -> dict[str, str]:
-    """Subject ``number``'s ``dataset_information.csv`` row (as :func:`write_phantoms` writes it), cheaply."""
+    """Subject ``number``'s ``dataset_information.csv`` row, cheaply: only the first draws of its generator."""
     vendor, disease, field, scanner = _draw_information(np.random.default_rng([seed, number]))
-    return {"SUBJECT_CODE": str(number), "DISEASE": disease, "VENDOR": vendor.name, "SCANNER": scanner,
-            "FIELD": str(field)}
+    return _row(number, disease, vendor.name, scanner, field)
 
 
 def make_subject(seed: int, number: int, views: Sequence[str] = ("LA",)) -> PhantomSubject:
@@ -624,8 +628,7 @@ def write_phantoms(
             write_nifti(folder / f"{subject.code}_{view}_{phase}_gt.nii.gz", label.astype(np.float64), affine)
         made.append(subject)
     for s in made:
-        row = {"SUBJECT_CODE": str(int(s.code)), "DISEASE": s.disease, "VENDOR": s.vendor, "SCANNER": s.scanner,
-               "FIELD": str(s.field)}
+        row = _row(int(s.code), s.disease, s.vendor, s.scanner, s.field)
         rows[s.code] = {**rows.get(s.code, {}), **row}  # an existing row's extra columns stay
     _write_rows_atomically(info_path, columns, [rows[code] for code in sorted(rows, key=int)])
     return made
