@@ -15,67 +15,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import save
 
-
-def _umask_mode() -> int:
-    """The mode ``open`` would give a new file (``mkstemp`` makes them private, 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the ``.NAME.*.tmp`` files a killed atomic write left in ``folder``; returns them."""
-    stale = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
-
-
-@contextmanager
-def _replacing(path: str | Path, mode: str):
-    """A file object on a temporary file beside ``path``, synced and renamed onto ``path`` when the block
-    ends without error (deleted otherwise): readers see the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+from crocnet.atomic import atomic_write_text, remove_stale_temporaries, replacing  # noqa: F401 (train imports the first two from here)
 
 
 def atomic_save(obj, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a kill never leaves a torn file."""
-    with _replacing(path, "wb") as f:
+    with replacing(path, "wb") as f:
         torch.save(obj, f)
-    return Path(path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then ``os.replace`` it."""
-    with _replacing(path, "w") as f:
-        f.write(text)
     return Path(path)
 
 
 def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
     """``fig.savefig`` as PNG to a temporary file beside ``path``, then ``os.replace`` it."""
-    with _replacing(path, "wb") as f:
+    with replacing(path, "wb") as f:
         fig.savefig(f, format="png", **kwargs)
     return Path(path)
 
@@ -102,7 +60,7 @@ def export_safetensors(checkpoint: dict, path: str | Path, dtype: torch.dtype | 
         tensors[k] = v.contiguous()
     if path.is_dir():
         raise ValueError(f"the safetensors output must be a file path, got the folder {str(path)!r}")
-    with _replacing(path, "wb") as f:
+    with replacing(path, "wb") as f:
         f.write(save(tensors, metadata=meta))
     return path
 

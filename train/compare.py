@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from scipy.stats import wilcoxon
 
 from .checkpoint import atomic_write_text
 from .outputs import check_distinct, check_output_file
-from .report import TABLE_ORDER
+from .report import TABLE_ORDER, strict_json
 
 
 def read_cases(path: str | Path, method: str = "stage 1") -> dict[str, dict]:
@@ -139,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(a)} paired cases; B − A on the {key} average: {d['diff']:+.2f}, "
           f"95 % CI [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}], Wilcoxon p = {d['p']:.3g}")
     if args.out:
-        atomic_write_text(args.out, json.dumps({"a": args.a, "b": args.b, "method": args.method,
-                                              "method_b": method_b, "bootstrap": args.bootstrap,
-                                              "seed": args.seed, "metrics": results}, indent=2))
+        atomic_write_text(args.out, strict_json({"a": args.a, "b": args.b, "method": args.method,
+                                                "method_b": method_b, "bootstrap": args.bootstrap,
+                                                "seed": args.seed, "metrics": results}))
     return 0
 
 

@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .devices import DEVICE_HELP, resolve_device
+
 DATASET_CHOICES = ("mnm2", "acdc", "acdc_h5", "nnunet", "phantom")
 STAGE1_MODELS = ("e2aunet", "e2aunet_mhsa", "e2aunet_noattn")
 STAGE2_MODELS = ("crocnet_specialists", "crocnet_single")
@@ -82,6 +84,7 @@ class TrainConfig:
         return asdict(self)
 
     def validate(self) -> None:
+        resolve_device(self.device)
         if self.dataset not in DATASET_CHOICES:
             raise ValueError(f"--dataset must be one of {', '.join(DATASET_CHOICES)}, got {self.dataset!r}")
         if self.stage not in (1, 2):
@@ -192,7 +195,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--outside-label", choices=OUTSIDE_LABELS,
                     help="stage 1: the target of pixels that rotation or zoom bring in from outside the image: no class "
                          "(none, the default: the per-channel sigmoid targets allow it) or background")
-    ap.add_argument("--device", help="auto (cuda if available), cpu, cuda, cuda:1 ... (default auto)")
+    ap.add_argument("--device", help=f"{DEVICE_HELP} (default auto)")
     ap.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no bf16 autocast on CUDA")
     ap.add_argument("--out", help=f"run folder root (default {d.out})")
     ap.add_argument("--resume", action="store_const", const=True, help="continue the run in --out from its last checkpoint")

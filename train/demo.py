@@ -23,11 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from crocnet.data import DataError, write_phantoms
 
 from .checkpoint import atomic_write_text
+from .devices import DEVICE_HELP, resolve_device
 from .config import TrainConfig
 from .evaluate import evaluate, select_subjects
 from .inference import Segmenter
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     ap.add_argument("--quick", action="store_true", help="a tiny version (a minute): smoke test of the pipeline")
     ap.add_argument("--seed", type=int, default=0, help="seed of phantoms, splits and training (default 0)")
-    ap.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    ap.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default auto)")
     ap.add_argument("--fresh", action="store_true", help="delete --out first (otherwise an interrupted demo resumes); "
                                                          "only a demo's folder (with its demo.json) or an empty one")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -78,22 +78,6 @@ def _check_preset(out: Path, preset: str, seed: int) -> None:
         )
 
 
-def _check_device(name: str) -> None:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` of a device this machine has."""
-    try:
-        device = None if name == "auto" else torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if name != "auto" and (device is None or device.type not in ("cpu", "cuda")):
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    if device is not None and device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                             f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-
-
 def _check_fresh(out: Path) -> None:
     """``--fresh`` deletes ``out`` only if it is a demo's folder (it holds the ``demo.json`` marker every demo
     writes first) or empty: anything else might be someone's data."""
@@ -120,7 +104,7 @@ def _run(args) -> int:
     preset = "quick" if args.quick else "full"
     p = PRESETS[preset]
     out = Path(args.out)
-    _check_device(args.device)  # every cheap check before anything is deleted or written
+    resolve_device(args.device)  # every cheap check before anything is deleted or written
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if out.exists() and not out.is_dir():
@@ -150,7 +134,7 @@ def _run(args) -> int:
     print(f"[3/4] stage 2 trained on out-of-fold crops in {time.perf_counter() - t2:.0f} s")
     records = select_subjects(load_records(stage1), str(out / "splits.json"), "test", None)
     segmenter = Segmenter(stage1_run / "fold0" / "best.pt", out / "stage2-crocnet_specialists" / "fold0" / "best.pt",
-                          device=args.device if args.device.startswith("cuda") else "cpu")
+                          device=args.device)
     report = out / "report"
     result = evaluate(records, segmenter, report, progress=args.progress)
     for run_dir in sorted(out.glob("stage*/fold*")):

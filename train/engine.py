@@ -32,16 +32,8 @@ from .checkpoint import (atomic_save, atomic_savefig, atomic_write_text, build_m
                          nonfinite_tensors, read_checkpoint, read_resume_state, remove_stale_temporaries,
                          resolve_checkpoint)
 from .config import TrainConfig
+from .devices import resolve_device
 from .losses import segmentation_loss
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name} asked for CUDA, but torch.cuda.is_available() is False")
-    return device
 
 
 def versions() -> dict:

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from crocnet.data import DataError, read_splits
@@ -37,6 +36,7 @@ from crocnet.postprocess import POSTPROCESS_MODES
 
 from .checkpoint import atomic_write_text
 from .config import DATASET_CHOICES, TrainConfig
+from .devices import DEVICE_HELP, resolve_device
 from .inference import Segmenter
 from .outputs import check_output_folder
 from .report import METRICS, STRUCTURES, case_table, fold_table, overlay_png, summary, table, write_cases_csv, write_summary
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                          "stage folder holding fold0 ... (several: each fold an ensemble of their fold-k models); the "
                          "report pools them, out of fold)")
     ap.add_argument("--subjects", nargs="+", help="evaluate only these subjects")
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu)")
     ap.add_argument("--postprocess", default="none", choices=POSTPROCESS_MODES,
                     help="remove islands: keep the largest component of the heart, of each structure, or both (default none)")
     ap.add_argument("--tta", action="store_true", help="test-time augmentation: average the probabilities over the four flips (4x the time)")
@@ -224,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(data=args.data, dataset=args.dataset, views=tuple(args.views))
         if not Path(args.data).exists():
             raise FileNotFoundError(f"--data {args.data!r} does not exist")
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+        resolve_device(args.device)
         if args.split == "cv":
             if not args.split_file:
                 raise ValueError("--split cv needs --split-file (the splits.json the folds were trained on)")

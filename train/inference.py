@@ -17,6 +17,7 @@ from crocnet.models import CroCNet, FlipTTA, MeanEnsemble, merge_binary_maps, st
 from crocnet.postprocess import POSTPROCESS_MODES, postprocess_labels
 
 from .checkpoint import load_model
+from .devices import resolve_device
 from .report import display_name
 from .samples import normalise, plan_transform
 
@@ -97,7 +98,7 @@ class Segmenter:
         if not paths:
             raise ValueError("need at least one stage-1 checkpoint")
         self.postprocess, self.tta, self.batch_size = postprocess, tta, batch_size
-        self.device = torch.device(device)
+        self.device = resolve_device(str(device), "device")
         self.members = []  # (model, preprocessing) per stage-1 checkpoint
         kinds = Counter()
         for path in paths:

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 
 from crocnet.data import DataError, Record, read_nifti, write_nifti
 from crocnet.data.validation import check_image
 from crocnet.postprocess import POSTPROCESS_MODES
 
 from .checkpoint import resolve_checkpoint
+from .devices import DEVICE_HELP, resolve_device
 from .inference import Segmenter
 from .outputs import check_distinct, check_output_file
 from .report import overlay_png
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True, help="output label NIfTI (uint8)")
     ap.add_argument("--probabilities", help="also write stage-1 probabilities (H, W, Z, 4) here")
     ap.add_argument("--overlay", help="also write an overlay PNG here")
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu)")
     ap.add_argument("--postprocess", default="none", choices=POSTPROCESS_MODES,
                     help="remove islands: keep the largest component of the heart, of each structure, or both (default none)")
     ap.add_argument("--tta", action="store_true", help="test-time augmentation: average the probabilities over the four flips (4x the time)")
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if not src.is_file():
             raise FileNotFoundError(f"--input {args.input!r} not found")
         check_outputs(args)
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+        resolve_device(args.device)
         segmenter = Segmenter(args.checkpoint, args.stage2, device=args.device, postprocess=args.postprocess, tta=args.tta)
         seg = predict_file(segmenter, src, Path(args.output),
                            Path(args.probabilities) if args.probabilities else None,

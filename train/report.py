@@ -119,9 +119,30 @@ def case_table(rows: list[dict], unit: str) -> str:
     return "\n".join(lines)
 
 
+def _finite(value):
+    """``value`` with every NaN or infinity (an undefined mean, a p-value of all ties) as ``None``."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def strict_json(value, indent: int | None = 2) -> str:
+    """JSON that every parser reads: NaN and infinities (which ``json.dumps`` writes as bare ``NaN`` and
+    ``Infinity`` tokens, outside the standard) become ``null``."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)
+
+
 def write_summary(summ: dict, extra: dict, path: Path) -> Path:
-    """``summary.json``: the summary plus ``extra`` (unit, counts)."""
-    return atomic_write_text(path, json.dumps({"summary": summ, **extra}, indent=2, default=float))
+    """``summary.json``: the summary plus ``extra`` (unit, counts); undefined values are ``null``."""
+    return atomic_write_text(path, strict_json({"summary": summ, **extra}))
 
 
 def overlay_png(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, path: Path, title: str) -> Path:

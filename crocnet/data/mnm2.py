@@ -43,6 +43,13 @@ def read_dataset_information(path: str | Path) -> dict[str, dict[str, str]]:
     Subject codes are written as three digits whether the csv stores ``1`` or ``001``; two rows for one
     subject are an error. A UTF-8 byte-order mark (as spreadsheet programs write) is skipped.
     """
+    _, rows = read_information_rows(path)
+    return {subject: {k: row[k] for k in INFORMATION_COLUMNS[1:]} for subject, row in rows.items()}
+
+
+def read_information_rows(path: str | Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The columns (M&Ms-2's first, then any others in file order) and the whole rows, by three-digit
+    subject code, of ``dataset_information.csv``, with the checks of :func:`read_dataset_information`."""
     path = require_file(Path(path), "M&Ms-2 dataset_information.csv")
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -50,22 +57,23 @@ def read_dataset_information(path: str | Path) -> dict[str, dict[str, str]]:
         missing = [c for c in INFORMATION_COLUMNS if c not in columns]
         if missing:
             raise DataError(f"{path}: expected columns {', '.join(INFORMATION_COLUMNS)}, missing {', '.join(missing)}")
-        table, rows = {}, {}
+        table, lines = {}, {}
         for row in reader:
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
             code = row["SUBJECT_CODE"]
             if not code.isdigit():
                 raise DataError(f"{path}: expected a numeric SUBJECT_CODE, got {code!r}")
             subject = f"{int(code):03d}"
-            if subject in rows:
-                first_code, first_line = rows[subject]
+            if subject in lines:
+                first_code, first_line = lines[subject]
                 raise DataError(
                     f"{path}: expected one row per subject, got SUBJECT_CODE {first_code!r} (line {first_line}) "
                     f"and {code!r} (line {reader.line_num}), both subject {subject}"
                 )
-            rows[subject] = (code, reader.line_num)
-            table[subject] = {k: row[k] for k in INFORMATION_COLUMNS[1:]}
-    return table
+            lines[subject] = (code, reader.line_num)
+            table[subject] = row
+    extra = [c for c in dict.fromkeys(columns) if c and c not in INFORMATION_COLUMNS]
+    return list(INFORMATION_COLUMNS) + extra, table
 
 
 def find_information_csv(root: str | Path) -> Path | None:

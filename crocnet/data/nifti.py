@@ -9,6 +9,7 @@ long-axis images have rotated affines).
 
 from __future__ import annotations
 
+import gzip
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from .validation import DataError, MissingFileError, check_image, check_label, check_same_grid, require_file
 
 __all__ = ["NiftiVolume", "read_image_and_label", "read_nifti", "write_nifti"]
@@ -114,6 +116,8 @@ def write_nifti(
 ) -> Path:
     """Write ``array`` (in the voxel-axis order of :func:`read_nifti`) as NIfTI, creating parent folders.
 
+    The file is replaced atomically (a temporary file, then a rename): a kill never leaves a torn file.
+
     Args:
         path: output file (``.nii.gz`` compresses).
         array: the voxels; its dtype is stored (use uint8 for label maps).
@@ -122,13 +126,16 @@ def write_nifti(
             codes and units); its data type and scaling are replaced by the array's.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.name.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"a NIfTI path must end in .nii or .nii.gz, got {str(path)!r}")
     header = None if header is None else header.copy()
     image = nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else np.asarray(affine), header=header)
     image.set_data_dtype(np.asarray(array).dtype)
     image.header.set_slope_inter(None, None)
-    nib.save(image, path)
-    return path
+    data = image.to_bytes()
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, compresslevel=1, mtime=0)  # nibabel's level; no time stamp: same array, same bytes
+    return atomic_write_bytes(path, data)
 
 
 def read_image_and_label(

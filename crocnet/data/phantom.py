@@ -41,18 +41,18 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .mnm2 import INFORMATION_COLUMNS, find_subjects, load_mnm2, read_dataset_information
+from ..atomic import replacing
+from .mnm2 import INFORMATION_COLUMNS, find_subjects, load_mnm2, read_information_rows
 from .nifti import write_nifti
 from .validation import DataError, name_list
 
@@ -595,14 +595,16 @@ def write_phantoms(
 
     An existing ``dataset_information.csv`` in ``out`` keeps its other subjects' rows: the new rows are
     merged in (the file is replaced atomically). A subject it already lists must have the same row as
-    ``seed`` gives (the same phantom), else nothing is written: its files were made with another seed.
+    ``seed`` gives, and a subject's files already there must hold the images ``seed`` gives (the same
+    phantom), else nothing is written: they were made with another seed. Files already there are kept, the
+    missing ones written (each atomically), so a run killed half-way is finished by the same command.
 
     Returns:
         The generated subjects (with their arrays).
 
     Raises:
         ValueError: for a negative seed, subject numbers outside 1..999, ``out`` naming a file, or
-            existing rows that disagree with the subjects to be written (nothing is written then).
+            existing rows or files that disagree with the subjects to be written (nothing is written then).
         DataError: when the existing ``dataset_information.csv`` cannot be read.
     """
     out = Path(out)
@@ -617,15 +619,17 @@ def write_phantoms(
         where = "is a file" if blocker == out else f"cannot be created: {blocker} is a file"
         raise ValueError(f"the output folder {out} {where}; expected a folder (it is created when missing)")
     info_path = out / "dataset_information.csv"
-    columns, rows = _read_information_rows(info_path)
-    _check_existing_rows(info_path, rows, seed, range(start, start + subjects))
+    columns, rows = read_information_rows(info_path) if info_path.exists() else (list(INFORMATION_COLUMNS), {})
+    numbers = range(start, start + subjects)
+    _check_existing_rows(info_path, rows, seed, numbers)
+    compared = {n: make_subject(seed, n, views) for n in numbers if any(_files_there(out, f"{n:03d}", views))}
+    _check_existing_files(out, seed, compared.values())
     made = []
-    for number in range(start, start + subjects):
-        subject = make_subject(seed, number, views)
-        folder = out / "dataset" / subject.code
-        for (view, phase), (image, label, affine) in subject.images.items():
-            write_nifti(folder / f"{subject.code}_{view}_{phase}.nii.gz", image.astype(np.float64), affine)
-            write_nifti(folder / f"{subject.code}_{view}_{phase}_gt.nii.gz", label.astype(np.float64), affine)
+    for number in numbers:
+        subject = compared[number] if number in compared else make_subject(seed, number, views)
+        for path, array, affine in _files(out, subject):
+            if not path.exists():  # one that exists holds this very array (checked above)
+                write_nifti(path, array.astype(np.float64), affine)
         made.append(subject)
     for s in made:
         row = _row(int(s.code), s.disease, s.vendor, s.scanner, s.field)
@@ -634,21 +638,49 @@ def write_phantoms(
     return made
 
 
-def _read_information_rows(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """The columns and rows (by three-digit subject code, their text as it is) of an existing
-    ``dataset_information.csv``, checked by :func:`read_dataset_information`; none when it does not exist."""
-    if not path.exists():
-        return list(INFORMATION_COLUMNS), {}
-    read_dataset_information(path)  # DataError for a file that is no dataset description
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        names = [c.strip() for c in (reader.fieldnames or []) if c and c.strip()]
-        rows = {}
-        for row in reader:
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-            rows[f"{int(row['SUBJECT_CODE']):03d}"] = row
-    columns = list(INFORMATION_COLUMNS) + [c for c in dict.fromkeys(names) if c not in INFORMATION_COLUMNS]
-    return columns, rows
+def _files(out: Path, subject: PhantomSubject):
+    """``(path, array, affine)`` of each NIfTI file of ``subject`` under ``out``: image, then label."""
+    folder = out / "dataset" / subject.code
+    for (view, phase), (image, label, affine) in subject.images.items():
+        yield folder / f"{subject.code}_{view}_{phase}.nii.gz", image, affine
+        yield folder / f"{subject.code}_{view}_{phase}_gt.nii.gz", label, affine
+
+
+def _files_there(out: Path, code: str, views: Sequence[str]):
+    folder = out / "dataset" / code
+    for view in views:
+        for phase in ("ED", "ES"):
+            for suffix in ("", "_gt"):
+                yield (folder / f"{code}_{view}_{phase}{suffix}.nii.gz").exists()
+
+
+def _differs(path: Path, array: np.ndarray, affine: np.ndarray) -> str | None:
+    """Why the NIfTI file at ``path`` does not hold ``array`` on ``affine`` (``None`` when it does)."""
+    try:
+        image = nib.load(path)
+        stored = np.asarray(image.dataobj, dtype=np.float64)
+    except Exception as exc:  # nibabel raises many types for a torn or foreign file
+        return f"unreadable ({type(exc).__name__})"
+    if stored.shape != array.shape:
+        return f"shape {stored.shape}, expected {array.shape}"
+    if not np.allclose(image.affine, affine, rtol=1e-5, atol=1e-4):
+        return "another geometry (affine)"
+    if not np.array_equal(stored, array.astype(np.float64)):
+        return "other voxels"
+    return None
+
+
+def _check_existing_files(out: Path, seed: int, subjects) -> None:
+    """Raise a ``ValueError`` unless each file of ``subjects`` already under ``out`` holds what ``seed`` gives."""
+    conflicts = [(path, why) for subject in subjects for path, array, affine in _files(out, subject)
+                 if path.exists() and (why := _differs(path, array, affine))]
+    if conflicts:
+        path, why = conflicts[0]
+        raise ValueError(
+            f"{len(conflicts)} file(s) under {out / 'dataset'} hold other images than seed {seed} gives, e.g. "
+            f"{path}: {why}. They were made with another seed or are not phantoms; nothing was written. Use that "
+            f"--seed, other subject numbers (--start), or another --out"
+        )
 
 
 def _same_value(column: str, old: str, new: str) -> bool:
@@ -685,22 +717,10 @@ def _check_existing_rows(path: Path, rows: dict[str, dict[str, str]], seed: int,
 
 
 def _write_rows_atomically(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
-    """Write the csv to a temporary file beside ``path``, then ``os.replace`` it: never a torn file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes the file private; give it the mode open() would
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replacing(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def write_overview_png(path: str | Path, root: str | Path, count: int = 4, real: str | Path | None = None) -> Path:

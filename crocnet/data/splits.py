@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from .datasets import list_subjects
+from ..atomic import atomic_write_text
 from .mnm2 import find_information_csv, read_dataset_information
 from .validation import DataError, name_list
 
@@ -140,11 +141,8 @@ def make_splits(
 
 
 def write_splits(path: str | Path, splits: dict) -> Path:
-    """Write a split description as indented JSON (parent folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(splits, indent=2) + "\n")
-    return path
+    """Write a split description as indented JSON, atomically (parent folders created)."""
+    return atomic_write_text(path, json.dumps(splits, indent=2) + "\n")
 
 
 def read_splits(path: str | Path) -> dict:

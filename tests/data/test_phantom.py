@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from crocnet.cli import main as cli
-from crocnet.data import load_mnm2, make_subject, write_phantoms
+from crocnet.data import load_mnm2, make_subject, write_nifti, write_phantoms
 from crocnet.data.phantom import VENDORS
 
 
@@ -182,3 +182,42 @@ def test_write_phantoms_checks_its_arguments(tmp_path):
     with pytest.raises(ValueError, match=r"must lie in 1..999, got 0..1"):
         write_phantoms(tmp_path, subjects=2, start=0)
     assert not list(tmp_path.iterdir())
+
+
+def test_files_made_with_another_seed_are_refused_even_when_the_rows_agree(tmp_path, capsys):
+    root = tmp_path / "ph"
+    assert cli(["phantom", "--out", str(root), "--subjects", "2"]) == 0
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert _information(root)["2"]["VENDOR"] == make_subject(5, 2).vendor  # seed 5 gives subject 002 the same row
+    assert cli(["phantom", "--out", str(root), "--subjects", "1", "--start", "2", "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert f"crocnet phantom: error: 4 file(s) under {root / 'dataset'} hold other images than seed 5 gives, e.g. " in err
+    assert f"{root / 'dataset' / '002' / '002_LA_ED.nii.gz'}: shape (" in err
+    assert "nothing was written" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_killed_half_way_is_finished_by_the_same_command(tmp_path, capsys):
+    root = tmp_path / "ph"
+    write_phantoms(root, subjects=2, seed=1)
+    whole = {p: p.read_bytes() for p in root.rglob("*.nii.gz")}
+    missing = root / "dataset" / "002" / "002_LA_ES_gt.nii.gz"
+    missing.unlink()
+    kept = root / "dataset" / "001" / "001_LA_ED.nii.gz"
+    stamp = kept.stat().st_mtime_ns
+    write_phantoms(root, subjects=2, seed=1)
+    assert {p: p.read_bytes() for p in root.rglob("*.nii.gz")} == whole
+    assert kept.stat().st_mtime_ns == stamp  # a file already there is not rewritten
+    edited = root / "dataset" / "001" / "001_LA_ES.nii.gz"
+    image = nib.load(edited)
+    voxels = np.asarray(image.dataobj).copy()
+    voxels[0, 0, 0] += 1
+    write_nifti(edited, voxels, image.affine)
+    with pytest.raises(ValueError, match="1 file.s. under .* hold other images than seed 1 gives, e.g. .*001_LA_ES.nii.gz: other voxels"):
+        write_phantoms(root, subjects=2, seed=1)
+    edited.write_bytes(whole[edited])
+    torn = root / "dataset" / "002" / "002_LA_ED.nii.gz"
+    torn.write_bytes(whole[torn][:200])
+    assert cli(["phantom", "--out", str(root), "--subjects", "2", "--seed", "1"]) == 2
+    assert f"{torn}: unreadable (" in capsys.readouterr().err
+    assert torn.read_bytes() == whole[torn][:200]

@@ -1,0 +1,27 @@
+"""``write_nifti``: atomic, byte-for-byte repeatable files."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import crocnet.atomic
+from crocnet.data import write_nifti
+
+
+def test_write_nifti_is_atomic_deterministic_and_checks_the_name(tmp_path, monkeypatch):
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    a, b = write_nifti(tmp_path / "a.nii.gz", array, None), write_nifti(tmp_path / "sub" / "b.nii.gz", array, None)
+    assert a.read_bytes() == b.read_bytes()  # no time stamp in the gzip header
+    np.testing.assert_array_equal(np.asarray(nib.load(a).dataobj), array)
+    np.testing.assert_array_equal(np.asarray(nib.load(write_nifti(tmp_path / "c.nii", array, None)).dataobj), array)
+    with pytest.raises(ValueError, match=r"a NIfTI path must end in .nii or .nii.gz, got '.*d.img'"):
+        write_nifti(tmp_path / "d.img", array, None)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(crocnet.atomic.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_nifti(a, array * 2, None)
+    np.testing.assert_array_equal(np.asarray(nib.load(a).dataobj), array)  # the old file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "c.nii", "sub"]  # no temporary left
