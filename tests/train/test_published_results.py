@@ -42,6 +42,7 @@ CASES = {  # report folder under results/: (stage 1, stage 2: None, a folder or 
     "acdc/label_fill_ab/fill/postprocess-structures": ("label_fill_ab/fill", None),  # --outside-label background
     "acdc/e2aunet_noattn_s192e42_cont30": ("e2aunet_noattn_s192e42_cont30", None),  # 30 more epochs with --init
     "acdc/cv_s192_noattn_cont30/fold1/report": ("cv_s192_noattn_cont30/fold1", None),
+    "acdc/cv_s192_l234_cont30/fold2/report": ("cv_s192_l234_cont30/fold2", None),  # the E2A hybrid continued
     "acdc/cv_s192_noattn_cont30": ("cv_s192_noattn_cont30/fold3", None, 3),  # the five-fold report, fold 3's weights
     "acdc/crocnet_specialists": ("e2aunet", "crocnet_specialists"),
     "acdc/cv_crocnet_s192_l234_native/fold1/report": ("cv_s192_l234/fold1", "cv_crocnet_s192_l234_native/fold1"),
