@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from train import devices, evaluate, predict, train
-from train.config import TrainConfig
-from train.inference import Segmenter
+from crocnet.train import devices, evaluate, predict, train
+from crocnet.train.config import TrainConfig
+from crocnet.train.inference import Segmenter
 
 
 def test_cpu_and_auto_resolve_on_any_machine():

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from train.report import strict_json, write_summary
+from crocnet.train.report import strict_json, write_summary
 
 
 def _refuse(token):
