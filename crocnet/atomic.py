@@ -42,9 +42,9 @@ def replacing(path: str | Path, mode: str = "w", **open_kwargs):
             os.unlink(tmp)
 
 
-def atomic_write_text(path: str | Path, text: str, newline: str | None = None) -> Path:
-    """Write ``text`` to ``path`` atomically (``newline`` as for ``open``)."""
-    with replacing(path, "w", newline=newline) as f:
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    with replacing(path, "w") as f:
         f.write(text)
     return Path(path)
 

@@ -622,7 +622,8 @@ def write_phantoms(
     columns, rows = read_information_rows(info_path) if info_path.exists() else (list(INFORMATION_COLUMNS), {})
     numbers = range(start, start + subjects)
     _check_existing_rows(info_path, rows, seed, numbers)
-    compared = {n: make_subject(seed, n, views) for n in numbers if any(_files_there(out, f"{n:03d}", views))}
+    compared = {n: make_subject(seed, n, views) for n in numbers
+                if any((out / "dataset" / f"{n:03d}").glob(f"{n:03d}_*.nii.gz"))}
     _check_existing_files(out, seed, compared.values())
     made = []
     for number in numbers:
@@ -644,14 +645,6 @@ def _files(out: Path, subject: PhantomSubject):
     for (view, phase), (image, label, affine) in subject.images.items():
         yield folder / f"{subject.code}_{view}_{phase}.nii.gz", image, affine
         yield folder / f"{subject.code}_{view}_{phase}_gt.nii.gz", label, affine
-
-
-def _files_there(out: Path, code: str, views: Sequence[str]):
-    folder = out / "dataset" / code
-    for view in views:
-        for phase in ("ED", "ES"):
-            for suffix in ("", "_gt"):
-                yield (folder / f"{code}_{view}_{phase}{suffix}.nii.gz").exists()
 
 
 def _differs(path: Path, array: np.ndarray, affine: np.ndarray) -> str | None:
