@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from crocnet.atomic import atomic_write_text, remove_stale_temporaries, replacing  # noqa: F401 (train imports the first two from here)
+from crocnet.atomic import replacing
 
 
 def atomic_save(obj, path: str | Path) -> Path:

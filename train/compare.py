@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wilcoxon
 
-from .checkpoint import atomic_write_text
+from crocnet.atomic import atomic_write_text
+
 from .outputs import check_distinct, check_output_file
 from .report import TABLE_ORDER, strict_json
 

@@ -23,12 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-
+from crocnet.atomic import atomic_write_text
 from crocnet.data import DataError, write_phantoms
 
-from .checkpoint import atomic_write_text
-from .devices import DEVICE_HELP, resolve_device
 from .config import TrainConfig
+from .devices import DEVICE_HELP, resolve_device
 from .evaluate import evaluate, select_subjects
 from .inference import Segmenter
 from .outputs import check_creatable

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from crocnet.atomic import atomic_write_text
 from crocnet.data import DataError, read_splits
 from crocnet.metrics import segmentation_metrics
 from crocnet.postprocess import POSTPROCESS_MODES
 
-from .checkpoint import atomic_write_text
 from .config import DATASET_CHOICES, TrainConfig
 from .devices import DEVICE_HELP, resolve_device
 from .inference import Segmenter

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from crocnet.atomic import atomic_write_text
 from crocnet.metrics import summarize
 
-from .checkpoint import atomic_savefig, atomic_write_text
+from .checkpoint import atomic_savefig
 
 STRUCTURES = ("LV", "MYO", "RV")
 METRICS = ("dice", "hd", "hd95")

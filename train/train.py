@@ -26,14 +26,16 @@ from pathlib import Path
 
 import torch
 
+from crocnet.atomic import atomic_write_text
 from crocnet.crop import CropBox, crop_and_resize, heart_box
 from crocnet.data import DataError, kfold, load_dataset, read_splits
 from crocnet.data.validation import name_list
 from crocnet.models import STAGE1_TARGET_FILL, label_masks, stage1_targets, stage1_to_labels, stage2_inputs
 
-from .checkpoint import atomic_save, atomic_write_text, load_model
+from .checkpoint import atomic_save, load_model
 from .config import TrainConfig, add_arguments, config_from_args
-from .engine import fit, resolve_device
+from .devices import resolve_device
+from .engine import fit
 from .samples import build_slices, config_preprocess, normalise, slice_key
 
 STAGE1_CHANNELS = ["LV", "MYO", "RV"]
