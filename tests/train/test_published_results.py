@@ -2,7 +2,7 @@
 
 ``results/`` publishes checkpoints with their per-case tables. Each case here re-evaluates published
 checkpoints (stage 1 at width 8, and at width 16 stored as float16 with two tensors kept in float32; a
-192-px one with flips and post-processing; a frame-crop and a native-crop CroCNet; a native-crop CroCNet
+192-px one, and an ensemble of two, with flips and post-processing; a frame-crop and a native-crop CroCNet; a native-crop CroCNet
 whose stage 2 is the ensemble of two seeds) on one ACDC validation patient (two volumes), and the CroCNet
 on the real M&Ms-2 subject 001 (LA and SA, HD95 in mm), with ``crocnet evaluate``, and checks every Dice
 and HD95 against the committed ``cases.csv`` rows:
@@ -32,7 +32,11 @@ def _one(folder: str) -> str:
     return str(files[0])
 
 
-CASES = {  # report folder under results/: (stage 1, stage 2: None, a folder or several[, the fold of a
+def _all(folders) -> list[str]:
+    return [_one(f) for f in ((folders,) if isinstance(folders, str) else folders)]
+
+
+CASES = {  # report folder under results/: (stage 1: a folder or several, stage 2: None, a folder or several[, the fold of a
     # cross-validation report whose first patient is checked; default: the report's first row]), under results/acdc/
     "acdc/e2aunet": ("e2aunet", None),
     "acdc/e2aunet_l234_w16": ("e2aunet_l234_w16", None),  # float16 with two running_var tensors kept in float32
@@ -44,6 +48,8 @@ CASES = {  # report folder under results/: (stage 1, stage 2: None, a folder or 
     "acdc/cv_s192_noattn_cont30/fold1/report": ("cv_s192_noattn_cont30/fold1", None),
     "acdc/cv_s192_l234_cont30/fold2/report": ("cv_s192_l234_cont30/fold2", None),  # the E2A hybrid continued
     "acdc/cv_s192_noattn_cont30": ("cv_s192_noattn_cont30/fold3", None, 3),  # the five-fold report, fold 3's weights
+    "acdc/inference_options/cv_ensemble2_s192_cont30_both-tta-structures": (  # the best five-fold number
+        ("cv_s192_noattn_cont30/fold4", "cv_s192_l234_cont30/fold4"), None, 4),
     "acdc/crocnet_specialists": ("e2aunet", "crocnet_specialists"),
     "acdc/cv_crocnet_s192_l234_native/fold1/report": ("cv_s192_l234/fold1", "cv_crocnet_s192_l234_native/fold1"),
     "acdc/cv_crocnet_s192_l234_native_seeds01": (  # its first rows are fold 0's
@@ -63,10 +69,10 @@ def test_published_checkpoint_reproduces_its_cases(report, request, tmp_path):
         data = ["--data", str(request.getfixturevalue("mnm2_subject").parent), "--dataset", "mnm2", "--views", "LA", "SA"]
     else:
         data = ["--data", str(request.getfixturevalue("acdc_h5").parent), "--dataset", "acdc_h5"]
-    argv = ["--stage1", _one(stage1), *data, "--subjects", subject, "--no-progress", "--out", str(tmp_path),
+    argv = ["--stage1", *_all(stage1), *data, "--subjects", subject, "--no-progress", "--out", str(tmp_path),
             "--postprocess", summary.get("postprocess", "none")]
     if stage2:
-        argv += ["--stage2", *(_one(s) for s in ((stage2,) if isinstance(stage2, str) else stage2))]
+        argv += ["--stage2", *_all(stage2)]
     if summary.get("tta"):
         argv.append("--tta")
     assert evaluate.main(argv) == 0
