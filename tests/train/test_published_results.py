@@ -2,13 +2,13 @@
 
 ``results/`` publishes checkpoints with their per-case tables. Each case here re-evaluates published
 checkpoints (stage 1 at width 8, and at width 16 stored as float16 with two tensors kept in float32; a
-192-px one, and an ensemble of two, with flips and post-processing; a frame-crop and a native-crop CroCNet; a native-crop CroCNet
-whose stage 2 is the ensemble of two seeds) on one ACDC validation patient (two volumes), and the CroCNet
-on the real M&Ms-2 subject 001 (LA and SA, HD95 in mm), with ``crocnet evaluate``, and checks every Dice
-and HD95 against the committed ``cases.csv`` rows:
-a change to reading, resampling, decoding, cropping or the metrics that would move a published number
-fails here. Tolerance: 1e-6 on Dice (a fraction) and on HD95 (pixels or mm), room for float summation
-order across thread counts, far below what one pixel of one volume changes (about 1e-4 Dice).
+192-px one, and an ensemble of two, with flips and post-processing; a frame-crop and a native-crop
+CroCNet; a native-crop CroCNet whose stage 2 is the ensemble of two seeds) on one ACDC validation patient
+(two volumes), and the CroCNet on the real M&Ms-2 subject 001 (LA and SA, HD95 in mm), with ``crocnet
+evaluate``, and checks every Dice and HD95 against the committed ``cases.csv`` rows: a change to
+reading, resampling, decoding, cropping or the metrics that would move a published number fails here.
+Tolerance: 1e-6 on Dice (a fraction) and on HD95 (pixels or mm), room for float summation order across
+thread counts, far below what one pixel of one volume changes (about 1e-4 Dice).
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def _all(folders) -> list[str]:
     return [_one(f) for f in ((folders,) if isinstance(folders, str) else folders)]
 
 
-CASES = {  # report folder under results/: (stage 1: a folder or several, stage 2: None, a folder or several[, the fold of a
-    # cross-validation report whose first patient is checked; default: the report's first row]), under results/acdc/
+CASES = {  # report folder under results/: (stage 1: a folder or several, stage 2: None, a folder or
+    # several[, the fold of a cross-validation report whose first patient is checked; default: the report's
+    # first row]), folders under results/acdc/
     "acdc/e2aunet": ("e2aunet", None),
     "acdc/e2aunet_l234_w16": ("e2aunet_l234_w16", None),  # float16 with two running_var tensors kept in float32
     "acdc/inference_options/s192e42-tta-structures": ("e2aunet_noattn_s192e42", None),
