@@ -21,8 +21,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .datasets import list_subjects
 from ..atomic import atomic_write_text
+from .datasets import list_subjects
 from .mnm2 import find_information_csv, read_dataset_information
 from .validation import DataError, name_list
 
