@@ -2,6 +2,9 @@
 
 * E2A: ``timm.models.swiftformer.EfficientAdditiveAttention`` itself (imported, not copied).
 * Softmax token weighting (Fastformer): written out here with an explicit max-subtracted exponential.
+* Unit token weights (``token_norm="none"``): the HuggingFace port's softmax over a size-1 axis, written out.
+* The bare op (no input or output linears): ``timm_core`` runs timm's module with slices for its input
+  linears and the identity for ``final``.
 * Cross-E2A: a line-by-line PyTorch transcription of the CroCNet authors' ``X_EfficientAdditiveAttnetion``
   (their key names, their einops ``repeat`` of the global query, their ``final_myo`` on the RV stream
   behind ``final_bug``) — deliberately sharing no code with ``crocnet``.
@@ -73,6 +76,46 @@ def softmax_e2a_module_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m.final(m.proj(g * k) + q)
 
 
+def unit_weight_e2a_module_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The HuggingFace port's weighting (``token_norm="none"``): its softmax runs over the last axis of the
+    ``(B, N, 1)`` scores, so every token weighs exactly 1; ``x (B, N, C)``."""
+    q = F.normalize(m.to_query(x), dim=-1)
+    k = F.normalize(m.to_key(x), dim=-1)
+    a = (q @ m.w_g * m.scale_factor).softmax(dim=-1)
+    g = torch.sum(a * q, dim=1, keepdim=True)
+    return m.final(m.proj(g * k) + q)
+
+
+class _Take(nn.Module):
+    """``x[..., start:stop]``: stands in for timm's input linears so its forward sees q and k as given."""
+
+    def __init__(self, start: int, stop: int):
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., self.start:self.stop]
+
+
+def timm_core(q, k, w_g, proj_weight, proj_bias, token_norm: str = "l2") -> torch.Tensor:
+    """The E2A core ``proj(G ⊙ k̂) + q̂`` on ``q, k (B, N, D)``, computed by timm's own module.
+
+    timm's ``to_query``/``to_key`` become slices of ``cat(q, k)`` (no matmul, so a NaN in k cannot leak into
+    q through a zero weight), ``final`` the identity, and ``w_g``/``proj`` the given tensors, so gradients
+    reach them. ``"l2"`` runs timm's ``forward``; ``"softmax"`` and ``"none"`` the written-out forms above.
+    """
+    B, N, D = q.shape
+    m = timm_e2a(2 * D, D)
+    m.to_query, m.to_key, m.final = _Take(0, D), _Take(D, 2 * D), nn.Identity()
+    del m.w_g, m.proj.weight, m.proj.bias
+    m.w_g, m.proj.weight, m.proj.bias = w_g.reshape(D, 1), proj_weight, proj_bias
+    x = torch.cat([q, k], dim=-1)
+    if token_norm == "l2":  # timm's forward takes (B, C, H, W)
+        return m(x.transpose(1, 2).reshape(B, 2 * D, N, 1)).reshape(B, D, N).transpose(1, 2)
+    forward = {"softmax": softmax_e2a_module_forward, "none": unit_weight_e2a_module_forward}[token_norm]
+    return forward(m, x)
+
+
 STREAMS = ("lv", "myo", "rv")
 
 
@@ -116,6 +159,21 @@ class AuthorsCrossAttention(nn.Module):
         out_myo = self.final_myo(out_myo)
         out_rv = self.final_myo(out_rv) if self.final_bug else self.final_rv(out_rv)
         return out_lv, out_myo, out_rv
+
+
+def authors_to_ours_names(streams: int = 3) -> dict[str, str]:
+    """Parameter names of ``AuthorsCrossAttention`` → ``CrossEfficientAdditiveAttention`` (and the inputs),
+    written by hand: the converter ``load_crocnet_state_dict`` is what the tests check."""
+    names = {f"input{s}": f"input{s}" for s in range(streams)}
+    for s, st in enumerate(STREAMS):
+        for p in ("weight", "bias"):
+            names[f"to_query_{st}.{p}"] = f"to_query.{s}.{p}"
+            names[f"to_key_{st}.{p}"] = f"to_key.{s}.{p}"
+            names[f"final_{st}.{p}"] = f"final.{s}.{p}"
+            for t in range(3):
+                names[f"Proj_{st}{t + 1}.{p}"] = f"proj.{s}.{t}.{p}"
+        names[f"w_g_{st}"] = f"w_g.{s}"
+    return names
 
 
 def grads(module: nn.Module, inputs) -> dict[str, torch.Tensor]:

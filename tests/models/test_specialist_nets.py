@@ -134,4 +134,4 @@ def test_triton_backend_matches_torch():
     out.square().mean().backward()
     ref.square().mean().backward()
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)  # float32 gradients (see e2a_reference)

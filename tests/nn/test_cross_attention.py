@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from e2a_reference import AuthorsCrossAttention, assert_matches, grads
+from e2a_reference import AuthorsCrossAttention, assert_matches, authors_to_ours_names, grads
 from kernel_env import interpreting
 
 from crocnet.nn import CrossE2ABlock2d, CrossEfficientAdditiveAttention
@@ -41,16 +41,7 @@ def test_matches_the_authors_formulation(backend, final_bug, dtype):
     out, g = _run(ours, [x.to(dev, dtype) for x in xs], [d.to(dev, dtype) for d in dys])
     for s in range(3):
         assert_matches(f"output {s}", out[s], out64[s], dtype)
-    # name map: authors' key -> ours (the converter itself is what we test, so map by hand here)
-    names = {"input0": "input0", "input1": "input1", "input2": "input2"}
-    for s, st in enumerate(("lv", "myo", "rv")):
-        for p in ("weight", "bias"):
-            names[f"to_query_{st}.{p}"] = f"to_query.{s}.{p}"
-            names[f"to_key_{st}.{p}"] = f"to_key.{s}.{p}"
-            names[f"final_{st}.{p}"] = f"final.{s}.{p}"
-            for t in range(3):
-                names[f"Proj_{st}{t + 1}.{p}"] = f"proj.{s}.{t}.{p}"
-        names[f"w_g_{st}"] = f"w_g.{s}"
+    names = authors_to_ours_names()
     assert set(names) == set(g64)
     for theirs, mine in names.items():
         if g64[theirs] is None:  # final_rv is unused under the authors' bug
@@ -129,6 +120,9 @@ def _authors_block_state_dict(dim: int) -> dict:
         sd[f"layer_scale_1_{st}"] = torch.randn(dim, 1, 1)
         sd[f"layer_scale_2_{st}"] = torch.randn(dim, 1, 1)
         bn = torch.nn.BatchNorm2d(dim).state_dict()
+        for k in ("weight", "bias", "running_mean"):
+            bn[k] = torch.randn(dim)
+        bn["running_var"] = torch.rand(dim) + 0.5
         sd.update({f"linear_2d_{st}.norm1.{k}": v for k, v in bn.items()})
         sd[f"linear_2d_{st}.fc1.weight"] = torch.randn(hidden, dim, 1, 1)
         sd[f"linear_2d_{st}.fc1.bias"] = torch.randn(hidden)
@@ -147,6 +141,31 @@ def test_cross_block_loads_the_authors_block_and_keeps_shapes():
     xs = [torch.randn(2, 16, 6, 5) for _ in range(3)]
     outs = block(*xs)
     assert [o.shape for o in outs] == [x.shape for x in xs]
+
+
+@pytest.mark.parametrize("final_bug", [True, False], ids=["authors-final-bug", "per-stream-final"])
+def test_cross_block_matches_the_authors_block(final_bug):
+    """The authors' ``My_NetXd`` per stream: ``x + γ₁ · X_attn(x)_s``, then ``x + γ₂ · linear_2d(x)``, with
+    SwiftFormer's ``Mlp`` (timm's ``swiftformer.Mlp``, the same keys) and the attention transcription."""
+    from timm.models.swiftformer import Mlp
+
+    torch.manual_seed(0)
+    dim, B, H, W = 16, 2, 6, 5
+    sd = {k: v.double() if v.is_floating_point() else v for k, v in _authors_block_state_dict(dim).items()}
+    block = CrossE2ABlock2d(dim, streams=3, backend="torch", authors_final_bug=final_bug).double()
+    block.load_crocnet_state_dict(sd)
+    block.eval()
+    xs = [torch.randn(B, dim, H, W, dtype=torch.float64) for _ in range(3)]
+
+    attn = AuthorsCrossAttention(dim, dim, final_bug=final_bug).double()
+    attn.load_state_dict({k[len("attn_X."):]: v for k, v in sd.items() if k.startswith("attn_X.")})
+    a = attn(*(x.flatten(2).transpose(1, 2) for x in xs))
+    for s, st in enumerate(("lv", "myo", "rv")):
+        mlp = Mlp(dim, 4 * dim).double().eval()
+        mlp.load_state_dict({k[len(f"linear_2d_{st}."):]: v for k, v in sd.items() if k.startswith(f"linear_2d_{st}.")})
+        x = xs[s] + sd[f"layer_scale_1_{st}"] * a[s].transpose(1, 2).reshape(B, dim, H, W)
+        expected = x + sd[f"layer_scale_2_{st}"] * mlp(x)
+        torch.testing.assert_close(block(*xs)[s], expected, rtol=1e-12, atol=1e-12)
 
 
 def test_cross_block_names_the_feature_map_it_expected():

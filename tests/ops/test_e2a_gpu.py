@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from e2a_reference import assert_matches, grads, timm_e2a
+from e2a_reference import AuthorsCrossAttention, assert_matches, authors_to_ours_names, grads, timm_e2a
 
 from crocnet.nn import CrossEfficientAdditiveAttention, EfficientAdditiveAttention2d
 
@@ -78,17 +78,37 @@ def test_int64_offsets_past_2_31_elements():
         assert err < 2e-2, f"tokens {rows}: max error {err:.3g} of the largest value (bfloat16 output: ~4e-3)"
 
 
+def check_cross_against_authors(B, N, D, dtype, device):
+    """Three-stream cross-E2A (Triton) against the authors' form in float64 on the same device: outputs and
+    every gradient (the split reductions at large N show in the gradients first)."""
+    torch.manual_seed(0)
+    ref = AuthorsCrossAttention(D, D).to(device).double()
+    ours = CrossEfficientAdditiveAttention(D, D, streams=3, backend="triton", authors_final_bug=True)
+    ours.load_crocnet_state_dict(ref.state_dict())
+    ours = ours.to(device, dtype)
+    xs = [torch.randn(B, N, D, device=device, dtype=torch.float64) for _ in range(3)]
+    dys = [torch.randn(B, N, D, device=device, dtype=torch.float64) for _ in range(3)]
+
+    def run(module, dt):
+        leaves = [x.to(dt, copy=True).requires_grad_(True) for x in xs]
+        outs = module(*leaves)
+        torch.autograd.backward(outs, [d.to(dt) for d in dys])
+        return [o.detach() for o in outs], grads(module, leaves)
+
+    out64, g64 = run(ref, torch.float64)
+    out, g = run(ours, dtype)
+    base_out, base_g = [None] * 3, {}
+    if dtype != torch.float32:
+        base_out, base_g = run(copy.deepcopy(ref).to(dtype), dtype)
+    for s in range(3):
+        assert_matches(f"stream {s}", out[s], out64[s], dtype, baseline=base_out[s])
+    for theirs, mine in authors_to_ours_names().items():
+        if g64[theirs] is None:  # final_rv is unused under the authors' bug
+            assert theirs.startswith("final_rv"), theirs
+            continue
+        assert_matches(f"grad {theirs}", g[mine], g64[theirs], dtype, grad=True, baseline=base_g.get(theirs))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cross_unet_sizes(dtype):
-    torch.manual_seed(0)
-    ref = CrossEfficientAdditiveAttention(64, 64, backend="torch").cuda().double()
-    ours = CrossEfficientAdditiveAttention(64, 64, backend="triton").cuda().to(dtype)
-    ours.load_state_dict(ref.state_dict())
-    xs = [torch.randn(8, 64 * 64, 64, device="cuda", dtype=torch.float64) for _ in range(3)]
-    out64 = ref(*xs)
-    out = ours(*[x.to(dtype) for x in xs])
-    base = copy.deepcopy(ref).to(dtype)
-    base.backend = "torch"
-    out_low = base(*[x.to(dtype) for x in xs]) if dtype != torch.float32 else [None] * 3
-    for s in range(3):
-        assert_matches(f"stream {s}", out[s], out64[s], dtype, baseline=out_low[s])
+    check_cross_against_authors(8, 64 * 64, 64, dtype, "cuda")

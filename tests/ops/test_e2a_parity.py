@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 from kernel_env import skip_fp64_on_gpu, triton_device
-from e2a_reference import assert_matches, grads, softmax_e2a_module_forward, timm_e2a
+from e2a_reference import assert_matches, grads, softmax_e2a_module_forward, timm_core, timm_e2a
 
 from crocnet.nn import EfficientAdditiveAttention, EfficientAdditiveAttention2d
 from crocnet.ops import e2a, e2a_naive
@@ -93,44 +93,47 @@ def test_wide_rows_span_several_output_tiles():
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_softmax_token_norm_matches_written_out_softmax(backend):
-    """``token_norm="softmax"``: timm's parameters, Fastformer's softmax over tokens written out by hand."""
-    skip_fp64_on_gpu(backend, torch.float64)
+    """``token_norm="softmax"``: timm's parameters, Fastformer's softmax over tokens written out by hand
+    (float64 on CPU, float32 for the compiled kernels on a GPU)."""
     device = triton_device() if backend == "triton" else "cpu"
+    dtype = torch.float32 if device == "cuda" else torch.float64
     ref = timm_e2a(16, 48).double()
     with torch.no_grad():
         ref.w_g.mul_(8.0)  # peaky scores: the max subtraction matters
     x = torch.randn(2, 37, 16, dtype=torch.float64)
     dy = torch.randn(2, 37, 48, dtype=torch.float64)
     out64, g64 = _run(ref, x, dy, forward=lambda t: softmax_e2a_module_forward(ref, t))
-    ours = EfficientAdditiveAttention(16, 48, token_norm="softmax", backend=backend).double().to(device)
+    ours = EfficientAdditiveAttention(16, 48, token_norm="softmax", backend=backend).to(device, dtype)
     ours.load_state_dict(ref.state_dict())
-    out, g = _run(ours, x.to(device), dy.to(device))
-    assert_matches("output", out, out64, torch.float64)
+    out, g = _run(ours, x.to(device, dtype), dy.to(device, dtype))
+    assert_matches("output", out, out64, dtype)
     for name in g64:
-        assert_matches(f"grad {name}", g[name], g64[name], torch.float64, grad=True)
+        assert_matches(f"grad {name}", g[name], g64[name], dtype, grad=True)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("token_norm", ["l2", "softmax", "none"])
-def test_triton_matches_torch_path_for_every_token_norm(token_norm):
-    """The op itself (no linears), on the three token weightings, forward and every gradient."""
-    skip_fp64_on_gpu("triton", torch.float64)
-    dev = triton_device()
+def test_op_matches_timm_for_every_token_norm(backend, token_norm):
+    """The op itself (no linears) against timm's module on the bare op (``timm_core``), on the three token
+    weightings, forward and every gradient: float64 on CPU, float32 for the compiled kernels on a GPU."""
+    dev = triton_device() if backend == "triton" else "cpu"
+    dtype = torch.float32 if dev == "cuda" else torch.float64
     B, N, D = 2, 45, 40
     q, k = torch.randn(2, B, N, D, dtype=torch.float64).unbind(0)
     w_g, W, b = torch.randn(D, 1, dtype=torch.float64), torch.randn(D, D, dtype=torch.float64) / D, torch.randn(D, dtype=torch.float64)
     dy = torch.randn(B, N, D, dtype=torch.float64)
     res = {}
-    for backend, device in (("torch", "cpu"), ("triton", dev)):
-        args = [t.to(device).requires_grad_(True) for t in (q, k, w_g, W, b)]
-        y = e2a(*args, token_norm=token_norm, backend=backend)
-        y.backward(dy.to(device))
-        res[backend] = [y] + [a.grad for a in args]
-    for name, a, ref in zip(["y", "dq", "dk", "dw_g", "dW", "db"], res["triton"], res["torch"]):
-        if ref is None:  # token_norm="none" does not use w_g: no gradient on either path
-            assert name == "dw_g" and token_norm == "none" and a is None, name
+    for name, fn, device, dt in (("ours", lambda *a: e2a(*a, token_norm=token_norm, backend=backend), dev, dtype),
+                                 ("timm", lambda *a: timm_core(*a, token_norm=token_norm), "cpu", torch.float64)):
+        args = [t.to(device, dt).requires_grad_(True) for t in (q, k, w_g, W, b)]
+        y = fn(*args)
+        y.backward(dy.to(device, dt))
+        res[name] = [y] + [a.grad for a in args]
+    for name, a, ref in zip(["y", "dq", "dk", "dw_g", "dW", "db"], res["ours"], res["timm"]):
+        if a is None:  # "none" does not use w_g: no gradient; timm's size-1 softmax passes back exact zeros
+            assert name == "dw_g" and token_norm == "none" and torch.count_nonzero(ref) == 0, name
             continue
-        assert_matches(name, a, ref, torch.float64, grad=name != "y")
-
+        assert_matches(name, a, ref, dtype, grad=name != "y")
 
 
 @pytest.mark.parametrize("token_norm", ["l2", "softmax"])
