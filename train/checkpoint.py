@@ -191,8 +191,7 @@ def read_resume_state(path: str | Path) -> dict:
     """The training state in ``last.pt`` (``path``), or a ``ValueError`` naming it and saying what to do when it is
     unreadable (truncated, empty) or not a resumable checkpoint (e.g. a copy of ``best.pt``, which has no optimizer)."""
     path = Path(path)
-    fix = (f"Delete or rename {path} to start this run from epoch 1, or run without --resume "
-           f"(which also starts again from epoch 1)")
+    fix = f"Delete or rename {path} to start this run from epoch 1, or train into another --out"
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001  (a torn file raises EOFError, RuntimeError, UnpicklingError, OSError...)

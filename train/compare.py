@@ -25,21 +25,54 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from crocnet.atomic import atomic_write_text
+from crocnet.data.validation import not_text
+from crocnet.outputs import check_distinct, check_output_file
 
-from .outputs import check_distinct, check_output_file
-from .report import TABLE_ORDER, strict_json
+from .report import METRICS, TABLE_ORDER, strict_json
 
 
-def read_cases(path: str | Path, method: str = "stage 1") -> dict[str, dict]:
-    """The rows of ``method`` in a ``cases.csv``, keyed by case name."""
+def read_cases(path: str | Path, method: str = "stage 1", metrics: tuple[str, ...] = METRICS) -> dict[str, dict]:
+    """The rows of ``method`` in a ``cases.csv``, keyed by case name, their ``<structure>_<metric>`` cells of
+    ``metrics`` as floats (``nan`` where undefined).
+
+    Raises:
+        ValueError: naming the file and what is wrong: missing columns, a cell that is not a number (its case,
+            line and column), a case listed twice for ``method``, no row of ``method``, bytes that are not text.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (a cases.csv written by crocnet evaluate)")
-    with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("method") == method]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = ["case", "subject", "method"] + [f"{s}_{m}" for s in TABLE_ORDER for m in metrics]
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: expected the columns of a crocnet evaluate cases.csv "
+                                 f"({', '.join(columns)}), missing {', '.join(missing)}")
+            rows, lines = {}, {}
+            for row in reader:
+                if row["method"] != method:
+                    continue
+                case = row["case"]
+                if case in lines:
+                    raise ValueError(f"{path}: expected one row per case and method, got case {case!r} of method "
+                                     f"{method!r} twice (lines {lines[case]} and {reader.line_num})")
+                lines[case] = reader.line_num
+                rows[case] = {**row, **{c: _number(row[c], path, case, reader.line_num, c) for c in columns[3:]}}
+    except UnicodeDecodeError as exc:
+        raise ValueError(not_text(path, "a cases.csv written by crocnet evaluate", exc)) from None
     if not rows:
         raise ValueError(f"{path}: no rows for method {method!r}")
-    return {r["case"]: r for r in rows}
+    return rows
+
+
+def _number(cell: str | None, path: Path, case: str, line: int, column: str) -> float:
+    try:
+        return float(cell)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: expected a number (or nan) in column {column} of case {case!r} (line {line}), "
+                         f"got {cell!r}") from None
 
 
 def _bootstrap_mean(diffs: np.ndarray, subjects: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
@@ -122,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.bootstrap < 1:
             raise ValueError(f"--bootstrap must be >= 1, got {args.bootstrap}")
         if args.out:
-            check_output_file(args.out, "--out", kind="JSON")
+            check_output_file(args.out, "--out", (".json",), "JSON")
             check_distinct([("--out", args.out)], [("report A", args.a), ("report B", args.b)])
-        a, b = read_cases(args.a, args.method), read_cases(args.b, method_b)
+        metrics = tuple(dict.fromkeys(args.metric))
+        a, b = read_cases(args.a, args.method, metrics), read_cases(args.b, method_b, metrics)
         results = {m: compare(a, b, m, args.bootstrap, args.seed) for m in args.metric}
     except (ValueError, FileNotFoundError) as exc:
         print(f"crocnet compare: error: {exc}", file=sys.stderr)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import types
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import get_args, get_origin, get_type_hints
 
 from .devices import DEVICE_HELP, resolve_device
 
@@ -88,7 +90,9 @@ class TrainConfig:
         if self.dataset not in DATASET_CHOICES:
             raise ValueError(f"--dataset must be one of {', '.join(DATASET_CHOICES)}, got {self.dataset!r}")
         if self.stage not in (1, 2):
-            raise ValueError(f"--stage must be 1 or 2, got {self.stage}")
+            raise ValueError(f"--stage must be 1 or 2, got {self.stage!r}")
+        if not self.views or not set(self.views) <= {"LA", "SA"}:
+            raise ValueError(f"--views must be LA and/or SA, got {' '.join(map(str, self.views)) or 'none'}")
         allowed = STAGE1_MODELS if self.stage == 1 else STAGE2_MODELS
         if self.resolved_model() not in allowed:
             raise ValueError(f"stage {self.stage} trains one of {', '.join(allowed)}, got --model {self.model!r}")
@@ -145,24 +149,68 @@ class TrainConfig:
 
 
 def load_config_file(path: str | Path) -> dict:
-    """Read a JSON (or, with PyYAML installed, YAML) file of :class:`TrainConfig` fields."""
+    """Read a JSON (or, with PyYAML installed, YAML) file of :class:`TrainConfig` fields, checking that it is a
+    mapping of known field names to values of the field's type."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} not found")
-    text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as exc:  # pragma: no cover
             raise ImportError("YAML config files need PyYAML (pip install pyyaml); or use JSON") from exc
-        values = yaml.safe_load(text) or {}
+        kind, parse, errors = "YAML", yaml.safe_load, (yaml.YAMLError, UnicodeDecodeError)
     else:
-        values = json.loads(text)
+        kind, parse, errors = "JSON", json.loads, (json.JSONDecodeError, UnicodeDecodeError)
+    try:
+        values = parse(path.read_text())
+    except errors as exc:
+        raise ValueError(f"config file {path} is not valid {kind}: {exc}") from None
+    if values is None and kind == "YAML":  # an empty YAML file: no options
+        values = {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping of option names to values (e.g. {{\"epochs\": 10}}), "
+                         f"got {values!r:.80}")
     names = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(map(str, set(values) - names))
     if unknown:
         raise ValueError(f"unknown keys in {path}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    hints = get_type_hints(TrainConfig)
+    for key, value in values.items():
+        hint = str | int if key == "fold" else hints[key]  # a fold may be written as a number
+        if isinstance(value, str) and float in (hint, *get_args(hint)):
+            try:  # PyYAML reads 1e-4 (no dot) as a string
+                values[key] = value = float(value)
+            except ValueError:
+                pass
+        if not _has_type(value, hint):
+            raise ValueError(f"config file {path}: {key} must be {_describe(hint)}, got {value!r:.80}")
     return values
+
+
+_TYPE_NAMES = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+               str: ("a string", "strings"), dict: ("a mapping", "mappings"), type(None): ("null", "nulls")}
+
+
+def _has_type(value, hint) -> bool:
+    """Whether a config-file ``value`` fits the field type ``hint``; a ``tuple[X, ...]`` field takes a list of X
+    (or one X); a ``float`` one an integer too; ``int`` and ``float`` ones no booleans."""
+    if get_origin(hint) is types.UnionType:
+        return any(_has_type(value, h) for h in get_args(hint))
+    if get_origin(hint) is tuple:
+        return all(_has_type(v, get_args(hint)[0]) for v in (value if isinstance(value, list) else [value]))
+    if isinstance(value, bool) and hint is not bool:
+        return False
+    return isinstance(value, (int, float) if hint is float else hint)
+
+
+def _describe(hint, plural: bool = False) -> str:
+    """``int | None`` → ``an integer or null``; ``tuple[str, ...]`` → ``a list of strings``."""
+    if get_origin(hint) is types.UnionType:
+        return " or ".join(_describe(h, plural) for h in get_args(hint))
+    if get_origin(hint) is tuple:
+        return f"a list of {_describe(get_args(hint)[0], plural=True)}"
+    return _TYPE_NAMES[hint][plural]
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@
 4. evaluates stage 1 and CroCNet on the test subjects: ``REPORT/table.md``, ``cases.csv``,
    ``summary.json``, overlays, and the learning curves of every run.
 
-Sizes are chosen for about ten minutes on 2 CPU cores (``--quick``: under a minute, for smoke tests).
+Sizes are chosen for about fifteen minutes on 2 CPU cores (``--quick``: under a minute, for smoke tests).
 The demo departs from the paper's schedule because it trains for ~100 epochs on 32 images, not 500 on
 thousands: lr 2e-3 (paper 1e-4) dropped at 70 % and 90 % of the epochs (paper 20 % and 40 %), and Dice +
 cross-entropy (paper: Dice). ``crocnet train`` defaults to the paper's settings.
@@ -25,12 +25,12 @@ from pathlib import Path
 
 from crocnet.atomic import atomic_write_text
 from crocnet.data import DataError, write_phantoms
+from crocnet.outputs import check_creatable
 
 from .config import TrainConfig
 from .devices import DEVICE_HELP, resolve_device
 from .evaluate import evaluate, select_subjects
 from .inference import Segmenter
-from .outputs import check_creatable
 from .train import load_records, run
 
 PRESETS = {

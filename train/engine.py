@@ -346,6 +346,25 @@ def check_resumable(state: dict, cfg: TrainConfig, name: str, kwargs: dict, path
                          f"Resume with the original settings, or train into another --out.")
 
 
+def check_new_run(run_dir: Path) -> None:
+    """Refuse to train ``run_dir`` from epoch 1 over a run already there (its ``last.pt`` or ``best.pt``)."""
+    found = earlier_run(Path(run_dir))
+    if found:
+        raise ValueError(f"{run_dir} already holds a run ({found}); pass --resume to continue it, or choose another --out")
+
+
+def earlier_run(run_dir: Path) -> str | None:
+    """What ``run_dir`` holds of an earlier run, for messages (``last.pt at epoch 3 of 10``, ``best.pt``), or None."""
+    last = run_dir / "last.pt"
+    if last.is_file():
+        try:
+            state = torch.load(last, map_location="cpu", weights_only=False)
+            return f"last.pt at epoch {state['epoch']} of {state['config']['epochs']}"
+        except Exception:  # noqa: BLE001  (torn, or not a training checkpoint: still someone's run)
+            return "last.pt"
+    return "best.pt" if (run_dir / "best.pt").is_file() else None
+
+
 def _plain(value):
     return list(value) if isinstance(value, (tuple, list)) else value
 

@@ -32,32 +32,33 @@ from tqdm.auto import tqdm
 
 from crocnet.atomic import atomic_write_text
 from crocnet.data import DataError, read_splits
+from crocnet.data.validation import name_list
 from crocnet.metrics import segmentation_metrics
+from crocnet.outputs import check_output_folder
 from crocnet.postprocess import POSTPROCESS_MODES
 
 from .config import DATASET_CHOICES, TrainConfig
 from .devices import DEVICE_HELP, resolve_device
 from .inference import Segmenter
-from .outputs import check_output_folder
-from .report import METRICS, STRUCTURES, case_table, fold_table, overlay_png, summary, table, write_cases_csv, write_summary
+from .report import (METRICS, OVERLAY_TAGS, STRUCTURES, case_table, fold_table, overlay_png, remove_stale_overlays, summary,
+                     table, write_cases_csv, write_summary)
 from .train import load_records
 
 
 def select_subjects(records, split_file: str | None, split: str | None, subjects: list[str] | None):
-    """The records of ``subjects``, or of a split (``test``, ``pool``, ``fold:K``) of a ``splits.json``, or all."""
+    """The records of ``subjects``, or of a split (``test``, ``pool``, ``fold:K``) of a ``splits.json`` (a
+    training run's, or one written by ``crocnet splits``), or all."""
     if subjects:
         wanted = set(subjects)
     elif split_file:
         data = read_splits(split_file)
         split = split or "test"
         if split in ("test", "pool"):
-            listed = data.get(split, [])
-            if not isinstance(listed, list):
-                raise ValueError(f"{split_file}: --split {split} needs a list of subjects there, got {listed!r}")
-            wanted = set(listed)
+            wanted = _listed_subjects(data, split, split_file)
             if not wanted:
-                raise ValueError(f"{split_file} has no {split} subjects (the run held none out: no --test-fraction); "
-                                 f"use --split pool, fold:K or cv")
+                why = ("its official test part is empty" if "test" not in data and "official" in data
+                       else "the run held none out: no --test-fraction")
+                raise ValueError(f"{split_file} has no {split} subjects ({why}); use --split pool, fold:K or cv")
         elif split.startswith("fold:"):
             k, n = split[5:], len(data["folds"])
             if not (k.isdigit() and int(k) < n):
@@ -72,8 +73,27 @@ def select_subjects(records, split_file: str | None, split: str | None, subjects
         return records
     chosen = [r for r in records if r.subject in wanted]
     if not chosen:
-        raise ValueError(f"none of the {len(wanted)} selected subjects is in the data")
+        present = sorted({r.subject for r in records})
+        raise ValueError(f"none of the {len(wanted)} selected subjects ({name_list(sorted(wanted))}) is in the data; "
+                         f"it has {len(present)} subjects: {name_list(present)}")
     return chosen
+
+
+def _listed_subjects(data: dict, split: str, split_file: str) -> set[str]:
+    """The ``test`` or ``pool`` subjects of a split file: a training run's lists, or of a ``crocnet splits``
+    file its official test part and, for a pool given by name (``"all"``), every fold's validation subjects."""
+    if split == "pool":
+        pool = data.get("pool")
+        return set(pool) if isinstance(pool, list) else {s for f in data["folds"] for s in f["val"]}
+    if "test" in data or "official" not in data:
+        return set(data.get("test", []))
+    test = set(data["official"]["test"])
+    seen = sorted(test & {s for f in data["folds"] for s in f["train"] + f["val"]})
+    if seen:
+        raise ValueError(f"{split_file}: its official test subjects {name_list(seen)} are in its folds too (pool "
+                         f"{data.get('pool')!r}): models trained on these folds have seen them. Expected a split file "
+                         f"made with `crocnet splits --pool train` or `--pool trainval`; or use --split pool, fold:K or cv")
+    return test
 
 
 def score(records, segmenter: Segmenter, progress: bool = True, desc: str = "evaluating", extra: dict | None = None):
@@ -109,10 +129,13 @@ def _write_report(out: Path, methods, rows, cases, unit: str, extra: dict, names
     text = table(summ, unit, names) + appendix
     atomic_write_text(out / "table.md", text + "\n")
     ranked = sorted(cases, key=lambda c: c[2])
-    for tag, (record, pred, score_) in (("worst", ranked[0]), ("best", ranked[-1])):
+    written = []
+    for tag, (record, pred, score_) in zip(OVERLAY_TAGS, (ranked[0], ranked[-1])):
         z = int(np.argmax((record.label > 0).sum((0, 1)))) if record.label.any() else record.image.shape[2] // 2
-        overlay_png(record.image[:, :, z], record.label[:, :, z], pred[:, :, z], out / "overlays" / f"{tag}_{record.name}.png",
-                    f"{tag}: {record.name} ({methods[-1]}, mean Dice {score_:.3f})")
+        written.append(overlay_png(record.image[:, :, z], record.label[:, :, z], pred[:, :, z],
+                                   out / "overlays" / f"{tag}_{record.name}.png",
+                                   f"{tag}: {record.name} ({methods[-1]}, mean Dice {score_:.3f})"))
+    remove_stale_overlays(out / "overlays", written)  # a previous run's, into the same --out
     return summ, text
 
 

@@ -11,8 +11,9 @@ import sys
 
 import torch
 
+from crocnet.outputs import check_distinct, check_output_file
+
 from .checkpoint import export_safetensors, narrowed_out_of_range, read_checkpoint, resolve_checkpoint
-from .outputs import check_distinct, check_output_file
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,12 +21,12 @@ import numpy as np
 
 from crocnet.data import DataError, Record, read_nifti, write_nifti
 from crocnet.data.validation import check_image
+from crocnet.outputs import check_distinct, check_output_file
 from crocnet.postprocess import POSTPROCESS_MODES
 
 from .checkpoint import resolve_checkpoint
 from .devices import DEVICE_HELP, resolve_device
 from .inference import Segmenter
-from .outputs import check_distinct, check_output_file
 from .report import overlay_png
 
 
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         src = Path(args.input)
+        if src.is_dir():
+            raise ValueError(f"--input {args.input!r} is a folder; expected one NIfTI file (.nii or .nii.gz)")
         if not src.is_file():
             raise FileNotFoundError(f"--input {args.input!r} not found")
         check_outputs(args)

@@ -166,3 +166,17 @@ def overlay_png(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, path: Path,
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
+
+
+OVERLAY_TAGS = ("worst", "best")
+
+
+def remove_stale_overlays(folder: Path, keep: list[Path]) -> list[Path]:
+    """Delete the overlay PNGs (``worst_*.png``, ``best_*.png``) an earlier report left in ``folder`` that are
+    not in ``keep`` (this report's), so that a re-run into the same folder shows only its own; other files stay."""
+    keep = {Path(p).resolve() for p in keep}
+    stale = [p for tag in OVERLAY_TAGS for p in sorted(Path(folder).glob(f"{tag}_*.png"))
+             if p.is_file() and p.resolve() not in keep]
+    for p in stale:
+        p.unlink()
+    return stale

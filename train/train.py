@@ -31,11 +31,12 @@ from crocnet.crop import CropBox, crop_and_resize, heart_box
 from crocnet.data import DataError, kfold, load_dataset, read_splits
 from crocnet.data.validation import name_list
 from crocnet.models import STAGE1_TARGET_FILL, label_masks, stage1_targets, stage1_to_labels, stage2_inputs
+from crocnet.outputs import check_output_folder
 
 from .checkpoint import atomic_save, load_model
 from .config import TrainConfig, add_arguments, config_from_args
 from .devices import resolve_device
-from .engine import fit
+from .engine import check_new_run, fit
 from .samples import build_slices, config_preprocess, normalise, slice_key
 
 STAGE1_CHANNELS = ["LV", "MYO", "RV"]
@@ -57,7 +58,8 @@ def make_split(subjects: list[str], cfg: TrainConfig) -> dict:
     n_test = int(round(cfg.test_fraction * len(subjects)))
     test = sorted(shuffled[:n_test])
     pool = sorted(shuffled[n_test:])
-    return {"seed": cfg.split_seed, "test": test, "pool": pool, "folds": kfold(pool, cfg.folds, cfg.split_seed)}
+    return {"seed": cfg.split_seed, "test_fraction": cfg.test_fraction, "test": test, "pool": pool,
+            "folds": kfold(pool, cfg.folds, cfg.split_seed)}
 
 
 def prepare_split(cfg: TrainConfig, records, out: Path) -> dict:
@@ -69,30 +71,69 @@ def prepare_split(cfg: TrainConfig, records, out: Path) -> dict:
         split = {"seed": given.get("seed"), "test": test, "pool": pool, "folds": given["folds"], "source": cfg.split_file}
     else:
         split = make_split([r.subject for r in records], cfg)
+    check_split_subjects(split, records, cfg)
     if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved["pool"] != split["pool"] or saved["test"] != split["test"]:
-            raise ValueError(f"{path} was made from other subjects or settings; use another --out or delete it")
+        saved = read_splits(path)
+        check_same_split(saved, split, path, cfg)
         return saved
     atomic_write_text(path, json.dumps(split, indent=2))
     return split
+
+
+def check_split_subjects(split: dict, records, cfg: TrainConfig) -> None:
+    """Refuse a fold to train whose training or validation subjects are none of the data's (a split of other data)."""
+    present = sorted({r.subject for r in records})
+    for k in cfg.folds_to_run():
+        for part, what in (("train", "training"), ("val", "validation")):
+            wanted = sorted(split["folds"][k][part])
+            if not set(wanted) & set(present):
+                source = f"--split-file {cfg.split_file}" if cfg.split_file else "the split"
+                raise ValueError(f"{source}: fold {k}'s {what} subjects ({name_list(wanted) or 'none'}) are not in "
+                                 f"--data {cfg.data} (subjects there: {name_list(present) or 'none'}); use a split of this data")
+
+
+def check_same_split(saved: dict, split: dict, path: Path, cfg: TrainConfig) -> None:
+    """Refuse to train on ``saved`` (``OUT/splits.json``) when ``split`` (this run's) has other settings or subjects."""
+    same_fraction = "test_fraction" not in saved or saved["test_fraction"] == split.get("test_fraction")
+    if (saved.get("seed") != split["seed"] or len(saved["folds"]) != len(split["folds"]) or not same_fraction
+            or bool(saved.get("source")) != bool(split.get("source"))):
+        raise ValueError(f"{path} has {_split_settings(saved)}, got {_requested_split(cfg, split)}; "
+                         f"use the same settings or another --out")
+    if saved.get("pool") != split["pool"] or saved.get("test") != split["test"] or saved["folds"] != split["folds"]:
+        raise ValueError(f"{path} was made from other subjects or settings; use another --out or delete it")
+
+
+def _split_settings(split: dict) -> str:
+    how = f"from {split['source']}" if split.get("source") else f"seed {split.get('seed')}"
+    if "test_fraction" in split:
+        how += f", test fraction {split['test_fraction']}"
+    return f"{len(split['folds'])} folds ({how})"
+
+
+def _requested_split(cfg: TrainConfig, split: dict) -> str:
+    if cfg.split_file:
+        return f"--split-file {cfg.split_file} ({len(split['folds'])} folds)"
+    return f"--folds {cfg.folds} --split-seed {cfg.split_seed} --test-fraction {cfg.test_fraction}"
 
 
 def _is_volume(records) -> bool:
     return any(r.image.shape[2] > 1 for r in records)
 
 
+def run_dirs(cfg: TrainConfig, out: Path) -> list[Path]:
+    """The run folders of the folds this command trains: ``OUT/stage<s>-<model>/fold<k>``."""
+    return [out / f"stage{cfg.stage}-{cfg.resolved_model()}" / f"fold{k}" for k in cfg.folds_to_run()]
+
+
 def run_stage1(cfg: TrainConfig, records, split: dict, out: Path) -> list[Path]:
     runs = []
-    stage_dir = out / f"stage1-{cfg.resolved_model()}"
-    for k in cfg.folds_to_run():
+    for k, run_dir in zip(cfg.folds_to_run(), run_dirs(cfg, out)):
         fold = split["folds"][k]
         train_recs = [r for r in records if r.subject in set(fold["train"])]
         val_recs = [r for r in records if r.subject in set(fold["val"])]
         tr = build_slices(train_recs, cfg.image_size, cfg.target_spacing, labelled_only=_is_volume(train_recs))
         va = build_slices(val_recs, cfg.image_size, cfg.target_spacing)
         print(f"stage 1 fold {k}: {len(train_recs)} train images ({len(tr)} slices), {len(val_recs)} validation images ({len(va)} slices)")
-        run_dir = stage_dir / f"fold{k}"
         fit(cfg, run_dir, tr.images, stage1_targets(tr.labels), va.images, stage1_targets(va.labels),
             STAGE1_CHANNELS, k, config_preprocess(cfg),
             label_fill=STAGE1_TARGET_FILL if cfg.outside_label == "background" else 0.0)
@@ -138,7 +179,25 @@ def read_oof(stage1_run: Path, crop_from: str = "native") -> dict:
         raise FileNotFoundError(f"no out-of-fold predictions (fold*/{name}) under {stage1_run}; {hint}")
     preds = {}
     for f in files:
-        preds.update(torch.load(f, map_location="cpu", weights_only=False))
+        preds.update(_read_oof_file(f))
+    return preds
+
+
+def _read_oof_file(path: Path) -> dict:
+    """One fold's ``oof.pt`` / ``oof_native.pt``: slice key -> 2D label map, or a ValueError naming the file."""
+    fix = "write it again: train that stage-1 fold once more with --resume (same --out and settings)"
+    try:
+        preds = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001  (a torn file raises EOFError, RuntimeError, UnpicklingError, OSError...)
+        raise ValueError(f"{path} could not be read ({type(exc).__name__}: {exc}); {fix}") from exc
+    if not isinstance(preds, dict):
+        raise ValueError(f"{path} is not stage 1's out-of-fold predictions: expected a dict of slice key -> label map, "
+                         f"got {type(preds).__name__}; {fix}")
+    bad = [k for k, v in preds.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor) and v.dim() == 2)]
+    if bad:
+        hint = " (a checkpoint copied there?)" if "state_dict" in preds else ""
+        raise ValueError(f"{path} is not stage 1's out-of-fold predictions: expected a dict of slice key -> 2D label map, "
+                         f"got keys {name_list(map(repr, bad))}{hint}; {fix}")
     return preds
 
 
@@ -194,8 +253,7 @@ def run_stage2(cfg: TrainConfig, records, split: dict, out: Path) -> list[Path]:
     frame = s1_cfg.get("image_size", cfg.image_size)
     spacing = s1_cfg.get("target_spacing", cfg.target_spacing)
     runs = []
-    stage_dir = out / f"stage2-{cfg.resolved_model()}"
-    for k in cfg.folds_to_run():
+    for k, run_dir in zip(cfg.folds_to_run(), run_dirs(cfg, out)):
         fold = split["folds"][k]
         tr = build_slices([r for r in records if r.subject in set(fold["train"])], frame, spacing, labelled_only=True)
         va = build_slices([r for r in records if r.subject in set(fold["val"])], frame, spacing, labelled_only=True)
@@ -203,7 +261,6 @@ def run_stage2(cfg: TrainConfig, records, split: dict, out: Path) -> list[Path]:
         vx, vy, vskipped = stage2_tensors(va, oof, cfg.image_size, cfg.crop_margin, cfg.crop_from)
         print(f"stage 2 fold {k}: {len(x)} training crops, {len(vx)} validation crops from the {cfg.crop_from} "
               f"images (stage 1 missed the heart in {skipped + vskipped}: whole image used)")
-        run_dir = stage_dir / f"fold{k}"
         fit(cfg, run_dir, x, y, vx, vy, STAGE1_CHANNELS, k, {"image_size": cfg.image_size, "frame": frame, "target_spacing": spacing, "margin": cfg.crop_margin,
              "crop_from": cfg.crop_from})
         runs.append(run_dir)
@@ -213,8 +270,10 @@ def run_stage2(cfg: TrainConfig, records, split: dict, out: Path) -> list[Path]:
 def run(cfg: TrainConfig) -> list[Path]:
     cfg.validate()
     t0 = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(cfg.out, "--out", "the runs (splits.json, stage1-*/, stage2-*/)")
+    if not cfg.resume:
+        for run_dir in run_dirs(cfg, out):
+            check_new_run(run_dir)
     records = load_records(cfg)
     if not records:
         raise DataError(f"no images found in {cfg.data} for --dataset {cfg.dataset}")

@@ -30,7 +30,9 @@ import numpy as np
 
 from .nifti import read_image_and_label
 from .records import Record
-from .validation import DataError, MissingFileError, check_image, check_label, name_list, require_file
+from .validation import (
+    DataError, MissingFileError, check_image, check_label, code_list, name_list, read_text, require_file
+)
 
 __all__ = ["ACDC_TO_PROJECT", "find_h5_volumes", "find_patients", "load_acdc", "load_acdc_h5", "read_info_cfg"]
 
@@ -43,7 +45,7 @@ def read_info_cfg(path: str | Path) -> dict[str, str]:
     """Parse an ACDC ``Info.cfg`` (``key: value`` lines) into a dict of strings."""
     path = require_file(Path(path), "ACDC Info.cfg")
     info = {}
-    for line in path.read_text().splitlines():
+    for line in read_text(path, "an ACDC Info.cfg of 'key: value' lines").splitlines():
         if line.strip():
             key, sep, value = line.partition(":")
             if not sep:
@@ -102,7 +104,7 @@ def find_h5_volumes(root: str | Path) -> dict[str, list[tuple[int, Path]]]:
 def _restrict(found: dict, subjects: Iterable[str] | None, root: Path) -> dict:
     if subjects is None:
         return found
-    wanted = list(subjects)
+    wanted = list(code_list(subjects, "subjects", "['patient001', 'patient002']"))
     absent = [s for s in wanted if s not in found]
     if absent:
         raise MissingFileError(f"{root}: no ACDC files for {', '.join(absent)}")
@@ -127,6 +129,7 @@ def load_acdc(
         Records ordered by patient then phase; ``disease`` is the ACDC group (NOR, DCM, HCM, MINF, RV),
         ``info`` the rest of ``Info.cfg`` (frame, height, weight, number of frames).
     """
+    phases = code_list(phases, "phases", "['ED', 'ES']")
     records = []
     for patient, folder in _restrict(find_patients(root), subjects, root).items():
         info = read_info_cfg(folder / "Info.cfg")

@@ -21,7 +21,7 @@ from typing import Iterable
 
 from .nifti import read_image_and_label
 from .records import Record
-from .validation import DataError, MissingFileError, require_file
+from .validation import DataError, MissingFileError, code_list, not_text, require_file
 
 __all__ = [
     "INFORMATION_COLUMNS",
@@ -51,6 +51,13 @@ def read_information_rows(path: str | Path) -> tuple[list[str], dict[str, dict[s
     """The columns (M&Ms-2's first, then any others in file order) and the whole rows, by three-digit
     subject code, of ``dataset_information.csv``, with the checks of :func:`read_dataset_information`."""
     path = require_file(Path(path), "M&Ms-2 dataset_information.csv")
+    try:
+        return _read_information_rows(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(not_text(path, "a CSV file with columns " + ", ".join(INFORMATION_COLUMNS), exc)) from None
+
+
+def _read_information_rows(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in (reader.fieldnames or [])]
@@ -128,6 +135,8 @@ def read_subject(
     subject_dir = Path(subject_dir)
     subject = subject_dir.name
     information = information or {}
+    views = code_list(views, "views", "['LA', 'SA']")
+    phases = code_list(phases, "phases", "['ED', 'ES']")
     records = []
     for view in views:
         for phase in phases:
@@ -171,6 +180,9 @@ def load_mnm2(
         labels: read the ``_gt`` label maps.
     """
     root = Path(root)
+    views = code_list(views, "views", "['LA', 'SA']")
+    phases = code_list(phases, "phases", "['ED', 'ES']")
+    subjects = code_list(subjects, "subjects", "['001', '002']")
     found = find_subjects(root)
     csv_path = find_information_csv(root)
     information = read_dataset_information(csv_path) if csv_path else {}

@@ -51,8 +51,11 @@ def read_nifti(path: str | Path) -> NiftiVolume:
         DataError: the file is corrupt or truncated, or is not a 2D/3D image.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: expected a NIfTI file, got a folder")
     if not path.is_file():
-        raise MissingFileError(f"{path}: NIfTI file not found")
+        what = "a broken or looping symbolic link" if path.is_symlink() else "not found"
+        raise MissingFileError(f"{path}: NIfTI file {what}")
     try:
         image = nib.load(path)
         array = np.asanyarray(image.dataobj)

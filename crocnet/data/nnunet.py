@@ -22,7 +22,7 @@ import numpy as np
 
 from .nifti import read_image_and_label
 from .records import Record
-from .validation import UNDECLARED, DataError, MissingFileError, name_list, require_file
+from .validation import UNDECLARED, DataError, MissingFileError, code_list, name_list, read_text, require_file
 
 __all__ = ["find_cases", "load_nnunet_raw", "parse_case_name"]
 
@@ -43,15 +43,35 @@ def _declared_labels(description: dict, path: Path) -> dict[int, str]:
     declared = {}
     for key, value in labels.items():
         if str(key).isdigit():  # v1: {"0": "background"}
-            declared[int(key)] = str(value)
+            number, name = int(key), str(value)
         elif isinstance(value, int):  # v2: {"background": 0}
-            declared[value] = str(key)
+            number, name = value, str(key)
+            if isinstance(value, bool) or number < 0:
+                raise DataError(f"{path}: expected label values to be integers >= 0, got {key!r}: {value!r}")
         else:
             raise DataError(
                 f"{path}: expected labels as name -> integer (v2) or integer -> name (v1), got {key!r}: {value!r}"
                 " (region-based labels are not supported)"
             )
+        if number in declared:
+            raise DataError(f"{path}: expected each label value once, got {number} for both "
+                            f"{declared[number]!r} and {name!r}")
+        declared[number] = name
     return declared
+
+
+def _read_description(path: Path) -> dict:
+    """The JSON object of an nnU-Net ``dataset.json``, with a checked ``file_ending`` (default ``.nii.gz``)."""
+    try:
+        description = json.loads(read_text(path, "an nnU-Net dataset.json"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: expected valid JSON, got {exc}") from exc
+    if not isinstance(description, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(description).__name__}")
+    ending = description.setdefault("file_ending", ".nii.gz")
+    if not isinstance(ending, str) or not ending.startswith("."):
+        raise DataError(f"{path}: file_ending must be a string such as '.nii.gz', got {ending!r}")
+    return description
 
 
 def _lookup(declared: dict[int, str], label_map: Mapping[int, int] | None, path: Path) -> np.ndarray:
@@ -98,11 +118,13 @@ def find_cases(root: str | Path, split: str = "Tr", ending: str = ".nii.gz") -> 
 
 
 def dataset_file_ending(root: str | Path) -> str:
-    """The ``file_ending`` of ``root/dataset.json`` (``.nii.gz`` when absent or unreadable)."""
-    try:
-        return json.loads((Path(root) / "dataset.json").read_text()).get("file_ending", ".nii.gz")
-    except (OSError, json.JSONDecodeError):
-        return ".nii.gz"
+    """The ``file_ending`` of ``root/dataset.json`` (``.nii.gz`` when the file or the key is absent).
+
+    Raises:
+        DataError: a ``dataset.json`` that is not a JSON object, or whose ``file_ending`` is not a string.
+    """
+    path = Path(root) / "dataset.json"
+    return _read_description(path)["file_ending"] if path.is_file() else ".nii.gz"
 
 
 def load_nnunet_raw(
@@ -125,22 +147,21 @@ def load_nnunet_raw(
 
     Raises:
         MissingFileError: no ``dataset.json``, or a missing label file (named).
-        DataError: unknown label names, labels outside the declared ones, grids that differ, an empty
-            images folder, corrupt files.
+        DataError: a ``dataset.json`` that is not a JSON object, label values that are not integers >= 0,
+            unknown label names, labels outside the declared ones, grids that differ, an empty images folder,
+            corrupt files.
     """
     root = Path(root)
     if not root.is_dir():
         raise MissingFileError(f"{root}: nnU-Net dataset folder not found")
     if split not in ("Tr", "Ts"):
         raise ValueError(f"split must be 'Tr' or 'Ts', got {split!r}")
+    subjects = code_list(subjects, "subjects", "['001', '002']")
     json_path = require_file(root / "dataset.json", "nnU-Net dataset.json")
-    try:
-        description = json.loads(json_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{json_path}: expected valid JSON, got {exc}") from exc
+    description = _read_description(json_path)
     declared = _declared_labels(description, json_path)
     lookup = _lookup(declared, label_map, json_path)
-    ending = description.get("file_ending", ".nii.gz")
+    ending = description["file_ending"]
     label_dir = root / f"labels{split}"
     with_labels = split == "Tr" or label_dir.is_dir()
     records = []

@@ -52,6 +52,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..atomic import replacing
+from ..outputs import check_output_file
 from .mnm2 import INFORMATION_COLUMNS, find_subjects, load_mnm2, read_information_rows
 from .nifti import write_nifti
 from .validation import DataError, name_list
@@ -720,12 +721,14 @@ def write_overview_png(path: str | Path, root: str | Path, count: int = 4, real:
     """Write a PNG of the LA ED and ES images, with label contours, of the first ``count`` subjects of ``root``.
 
     Args:
-        path: the PNG to write.
+        path: the PNG to write, ending in ``.png``.
         root: a phantom (or M&Ms-2) folder.
         count: number of phantom subjects shown, one per column.
         real: optionally a real M&Ms-2 folder (one subject folder such as ``mnm2/001``, or an archive)
             whose first subject is shown in the first column for comparison.
     """
+    if not str(path).lower().endswith(".png"):
+        raise ValueError(f"the overview path must end in .png, got {str(path)!r}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -782,6 +785,8 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= args.start <= args.start + args.subjects - 1 <= 999:
             raise ValueError(f"subject numbers --start .. --start + --subjects - 1 must lie in 1..999, got "
                              f"{args.start}..{args.start + args.subjects - 1}")
+        if args.png is not None:
+            check_output_file(args.png, "--png", (".png",), "PNG")
         t0 = time.perf_counter()
         made = write_phantoms(args.out, args.subjects, args.seed, views, args.start)
         elapsed = time.perf_counter() - t0

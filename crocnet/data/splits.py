@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ..atomic import atomic_write_text
+from ..outputs import check_output_file
 from .datasets import list_subjects
 from .mnm2 import find_information_csv, read_dataset_information
-from .validation import DataError, name_list
+from .validation import DataError, name_list, read_text
 
 __all__ = [
     "MNM2_OFFICIAL_RANGES",
@@ -156,7 +157,7 @@ def read_splits(path: str | Path) -> dict:
         DataError: naming the file, what was expected and the offending subjects.
     """
     try:
-        splits = json.loads(Path(path).read_text())
+        splits = json.loads(read_text(Path(path), "a JSON split description"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: expected a JSON split description, got invalid JSON ({exc})") from None
     if not isinstance(splits, dict):
@@ -221,6 +222,18 @@ def _disjoint(parts: dict[str, list[str]], path, what: str) -> None:
                                 f"in both {a} and {b}")
 
 
+def _check_not_data(out: Path, data: Path) -> None:
+    """Refuse an ``out`` that is an existing file inside the ``data`` folder (``dataset.json`` ...), unless it is
+    a split description (written by an earlier run, as ``--out MnM2/splits.json`` does)."""
+    if not (out.exists() and out.resolve().is_relative_to(data.resolve())):
+        return
+    try:
+        read_splits(out)
+    except (DataError, OSError):
+        raise ValueError(f"--out {str(out)!r} is a file of the --data folder {str(data)!r}, not a split "
+                         f"description; choose another path") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``crocnet splits``: write subject-level split and k-fold lists of a dataset folder as JSON."""
     parser = argparse.ArgumentParser(
@@ -243,11 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.folds < 2:
             raise ValueError(f"--folds must be at least 2 (and at most the number of subjects), got {args.folds}")
-        if args.out.is_dir():
-            raise ValueError(f"--out {str(args.out)!r} is a folder; expected the path of the JSON file to write")
-        blocker = next((p for p in args.out.parents if p.exists()), None)  # the nearest existing folder above
-        if blocker is not None and not blocker.is_dir():
-            raise ValueError(f"--out {str(args.out)!r} cannot be written: {str(blocker)!r} is a file; expected a folder")
+        check_output_file(args.out, "--out", (".json",), "JSON")
+        _check_not_data(args.out, args.data)
         splits = make_splits(args.dataset, args.data, args.folds, args.seed, args.stratify, args.pool)
         path = write_splits(args.out, splits)
     except (ValueError, DataError, OSError) as exc:  # OSError: FileNotFoundError, a file where a folder goes, ...

@@ -28,6 +28,28 @@ def name_list(names, limit: int = 5) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
+def code_list(codes, name: str, example: str):
+    """``codes`` unless it is a bare string, which would be read character by character: then raise
+    TypeError saying a list like ``example`` was expected (``name``: the argument, e.g. ``"subjects"``)."""
+    if isinstance(codes, (str, bytes)):
+        raise TypeError(f"{name} must be a list of codes like {example}, got the string {codes!r}")
+    return codes
+
+
+def read_text(path: Path, what: str) -> str:
+    """The text of ``path`` read as UTF-8 (a byte-order mark skipped); :class:`DataError` naming the file and
+    ``what`` it should be when it is not UTF-8 text."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(not_text(path, what, exc)) from None
+
+
+def not_text(path: Path | str, what: str, exc: UnicodeDecodeError) -> str:
+    """The message for a ``path`` that should be ``what`` (a UTF-8 text file) but is not UTF-8 text."""
+    return f"{path}: expected {what} (UTF-8 text), got bytes that are not UTF-8 text (byte {exc.start}: {exc.reason})"
+
+
 def require_file(path: Path, what: str) -> Path:
     """Return ``path`` if it is a file, else raise :class:`MissingFileError` saying which ``what`` it is."""
     path = Path(path)

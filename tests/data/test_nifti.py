@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import crocnet.atomic
-from crocnet.data import write_nifti
+from crocnet.data import DataError, MissingFileError, read_nifti, write_nifti
 
 
 def test_write_nifti_is_atomic_deterministic_and_checks_the_name(tmp_path, monkeypatch):
@@ -25,3 +25,15 @@ def test_write_nifti_is_atomic_deterministic_and_checks_the_name(tmp_path, monke
         write_nifti(a, array * 2, None)
     np.testing.assert_array_equal(np.asarray(nib.load(a).dataobj), array)  # the old file, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "c.nii", "sub"]  # no temporary left
+
+
+def test_a_folder_or_a_dangling_link_given_as_a_nifti_file_is_named_as_such(tmp_path):
+    with pytest.raises(DataError, match=r"expected a NIfTI file, got a folder"):
+        read_nifti(tmp_path)
+    (tmp_path / "loop.nii.gz").symlink_to(tmp_path / "loop.nii.gz")
+    (tmp_path / "dangling.nii.gz").symlink_to(tmp_path / "absent.nii.gz")
+    for name in ("loop.nii.gz", "dangling.nii.gz"):
+        with pytest.raises(MissingFileError, match=r"NIfTI file a broken or looping symbolic link"):
+            read_nifti(tmp_path / name)
+    with pytest.raises(MissingFileError, match=r"absent\.nii\.gz: NIfTI file not found"):
+        read_nifti(tmp_path / "absent.nii.gz")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from crocnet.cli import main as cli
-from crocnet.data import load_mnm2, make_subject, write_nifti, write_phantoms
+from crocnet.data import load_mnm2, make_subject, write_nifti, write_overview_png, write_phantoms
 from crocnet.data.phantom import VENDORS
 
 
@@ -86,7 +86,8 @@ def test_short_axis_stack():
 def test_cli_writes_dataset_and_png(tmp_path, capsys):
     assert cli(["phantom", "--out", str(tmp_path / "ph"), "--subjects", "2", "--seed", "1", "--png",
                 str(tmp_path / "overview.png")]) == 0
-    assert "wrote 2 subjects" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote 2 subjects" in out and f"wrote {tmp_path / 'overview.png'}\n" in out
     assert (tmp_path / "ph" / "dataset" / "002" / "002_LA_ES_gt.nii.gz").is_file()
     assert (tmp_path / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit):
@@ -161,6 +162,17 @@ def test_cli_errors_are_one_line_on_stderr(tmp_path, capsys, argv, message):
     captured = capsys.readouterr()
     assert captured.err.startswith("crocnet phantom: error: ") and message in captured.err
     assert "Traceback" not in captured.err
+
+
+def test_a_png_path_that_is_no_png_file_is_refused_before_anything_is_written(tmp_path, capsys):
+    (tmp_path / "shots").mkdir()
+    for png, message in [("shots", f"--png must be a PNG file path ending in .png, got the folder {str(tmp_path / 'shots')!r}"),
+                         ("x.nii.gz", f"--png must be a PNG file path ending in .png, got {str(tmp_path / 'x.nii.gz')!r}")]:
+        assert cli(["phantom", "--out", str(tmp_path / "ph"), "--subjects", "1", "--png", str(tmp_path / png)]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shots"]
+    with pytest.raises(ValueError, match="the overview path must end in .png, got '.*shots'"):
+        write_overview_png(tmp_path / "shots", tmp_path / "ph")
 
 
 def test_an_output_path_that_is_a_file_is_refused(tmp_path, capsys):

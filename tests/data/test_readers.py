@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import struct
 
@@ -28,6 +29,8 @@ from crocnet.data import (
     slices,
     write_nifti,
 )
+from crocnet.data.acdc import read_info_cfg
+from crocnet.data.mnm2 import read_dataset_information
 from crocnet.data.validation import check_image
 
 AFFINE = np.array([[0.0, 1.5, 0.0, -10.0], [-1.5, 0.0, 0.0, 20.0], [0.0, 0.0, 8.0, 5.0], [0, 0, 0, 1]])
@@ -190,6 +193,27 @@ def test_nnunet_label_outside_declared_map(tmp_path):
         load_nnunet_raw(tmp_path)
 
 
+V2_LABELS = {"background": 0, "LV": 1, "MYO": 2, "RV": 3}
+
+
+@pytest.mark.parametrize("description, message", [
+    ({"labels": {"background": 0, "MYO": 2, "RV": 3, "LV": -1}}, "expected label values to be integers >= 0, got 'LV': -1"),
+    ({"labels": {**V2_LABELS, "LV": True}}, "expected label values to be integers >= 0, got 'LV': True"),
+    ({"labels": {**V2_LABELS, "RV": 1}}, "expected each label value once, got 1 for both 'LV' and 'RV'"),
+    ([{"labels": V2_LABELS}], "expected a JSON object, got list"),
+    ({"labels": V2_LABELS, "file_ending": 5}, "file_ending must be a string such as '.nii.gz', got 5"),
+], ids=["negative", "bool", "twice", "list", "ending-int"])
+def test_nnunet_dataset_json_that_would_be_misread_is_refused(tmp_path, description, message):
+    _write_nnunet(tmp_path, V2_LABELS, cases=("001_LA_ED",))
+    (tmp_path / "dataset.json").write_text(json.dumps(description))
+    with pytest.raises(DataError) as info:
+        load_dataset("nnunet", tmp_path)
+    assert str(info.value) == f"{tmp_path / 'dataset.json'}: {message}"
+    if isinstance(description, list) or "file_ending" in description:  # listing the subjects reads these too
+        with pytest.raises(DataError, match=re.escape(message)):
+            list_subjects("nnunet", tmp_path)
+
+
 # ---------------------------------------------------------------------------------------- ACDC native
 def _write_acdc_patient(root, number=1, group="DCM", ed=1, es=12):
     folder = root / f"patient{number:03d}"
@@ -213,6 +237,34 @@ def test_acdc_native_remaps_and_reads_info(tmp_path):
     np.testing.assert_array_equal(records[1].label, expected)
     assert records[0].disease == "DCM" and records[0].view == "SA" and records[0].info["Weight"] == "95.0"
     assert list_subjects("acdc", tmp_path) == ["patient001", "patient002"]
+
+
+def test_a_bare_string_of_codes_is_refused_not_read_letter_by_letter(tmp_path):
+    _write_subject(tmp_path / "mnm2")
+    _write_acdc_patient(tmp_path / "acdc", 1)
+    _write_nnunet(tmp_path / "nnunet", V2_LABELS, cases=("001_LA_ED",))
+    for name, options, message in [
+        ("mnm2", {"subjects": "001"}, "subjects must be a list of codes like ['001', '002'], got the string '001'"),
+        ("mnm2", {"views": "LA"}, "views must be a list of codes like ['LA', 'SA'], got the string 'LA'"),
+        ("acdc", {"subjects": "patient001"}, "subjects must be a list of codes like ['patient001', 'patient002'], "
+                                             "got the string 'patient001'"),
+        ("nnunet", {"subjects": "001"}, "subjects must be a list of codes like ['001', '002'], got the string '001'"),
+    ]:
+        with pytest.raises(TypeError) as info:
+            load_dataset(name, tmp_path / name, **options)
+        assert str(info.value) == message
+        assert len(load_dataset(name, tmp_path / name, **{k: [v] for k, v in options.items()})) >= 1
+
+
+def test_text_files_that_are_not_utf8_name_the_file_and_what_was_expected(tmp_path):
+    path = tmp_path / "binary"
+    path.write_bytes(b"\xff\xfe\x00\x01binary")
+    for read, what in [(read_dataset_information, "a CSV file with columns SUBJECT_CODE, DISEASE, VENDOR, SCANNER, FIELD"),
+                       (read_info_cfg, "an ACDC Info.cfg of 'key: value' lines")]:
+        with pytest.raises(DataError) as info:
+            read(path)
+        assert str(info.value) == (f"{path}: expected {what} (UTF-8 text), got bytes that are not UTF-8 text "
+                                   "(byte 0: invalid start byte)")
 
 
 # --------------------------------------------------------------------------------------------- errors

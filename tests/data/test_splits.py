@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -130,6 +131,11 @@ def test_read_splits_names_the_file_when_it_is_not_a_split_description(tmp_path)
         with pytest.raises(ValueError, match="splits.json: ") as info:
             read_splits(path)
         assert str(info.value).startswith(f"{path}: ") and message in str(info.value), text
+    path.write_bytes(b"\xff{}")
+    with pytest.raises(ValueError) as info:
+        read_splits(path)
+    assert str(info.value) == (f"{path}: expected a JSON split description (UTF-8 text), got bytes that are not "
+                               "UTF-8 text (byte 0: invalid start byte)")
     path = write_splits(path, SPLITS)
     assert read_splits(path) == SPLITS  # a valid description, and a training run's layout, still load
     run_layout = {"seed": 0, "test": ["201"], "pool": ["001", "002"], "folds": SPLITS["folds"]}
@@ -140,8 +146,9 @@ def test_read_splits_names_the_file_when_it_is_not_a_split_description(tmp_path)
     (["--folds", "1"], "--folds must be at least 2 (and at most the number of subjects), got 1"),
     (["--folds", "4"], "k must be between 2 and the number of subjects (3), got 4"),
     (["--data", "{tmp}/missing"], "missing: M&Ms-2 folder not found"),
-    (["--out", "{tmp}"], "is a folder; expected the path of the JSON file to write"),
-    (["--out", "{tmp}/afile/s.json"], "afile' is a file; expected a folder"),
+    (["--out", "{tmp}"], "--out must be a JSON file path ending in .json, got the folder '{tmp}'"),
+    (["--out", "{tmp}/afile/s.json"], "its folder cannot be created, '{tmp}/afile' is a file"),
+    (["--out", "{tmp}/afile"], "--out must be a JSON file path ending in .json, got '{tmp}/afile'"),
     (["--dataset", "acdc"], "expected ACDC patient folders"),
 ])
 def test_cli_errors_are_one_line_on_stderr(phantom_root, tmp_path, capsys, argv, message):
@@ -151,5 +158,23 @@ def test_cli_errors_are_one_line_on_stderr(phantom_root, tmp_path, capsys, argv,
     base.update(zip(argv[::2], argv[1::2]))
     assert cli(["splits", *[x for kv in base.items() for x in kv]]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("crocnet splits: error: ") and message in err and "Traceback" not in err
+    assert err.startswith("crocnet splits: error: ") and message.format(tmp=tmp_path) in err and "Traceback" not in err
     assert not (tmp_path / "s.json").exists() and (tmp_path / "afile").read_text() == "precious"
+
+
+def test_cli_writes_no_file_of_the_data_folder_but_its_own_split_file(phantom_root, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(phantom_root, data)
+    image = data / "dataset" / "001" / "001_LA_ED.nii.gz"
+    saved = image.read_bytes(), (data / "dataset_information.csv").read_bytes()
+    (data / "notes.json").write_text('{"labels": {}}')
+    for out, message in [(image, f"--out must be a JSON file path ending in .json, got {str(image)!r}"),
+                         (data / "notes.json", f"--out {str(data / 'notes.json')!r} is a file of the --data folder "
+                                               f"{str(data)!r}, not a split description; choose another path")]:
+        assert cli(["splits", "--data", str(data), "--out", str(out), "--folds", "3"]) == 2
+        assert message in capsys.readouterr().err
+    assert (image.read_bytes(), (data / "dataset_information.csv").read_bytes()) == saved
+    assert (data / "notes.json").read_text() == '{"labels": {}}'
+    for _ in range(2):  # the README's --out MnM2/splits.json, written and then rewritten
+        assert cli(["splits", "--data", str(data), "--out", str(data / "splits.json"), "--folds", "3"]) == 0
+        assert f"wrote {data / 'splits.json'}: 3 subjects" in capsys.readouterr().out

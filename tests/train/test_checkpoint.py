@@ -111,7 +111,7 @@ def test_a_torn_or_foreign_last_pt_is_refused_saying_what_to_do(tiny_checkpoint,
     atomic_save(good, tmp_path / "last.pt")
     assert read_resume_state(tmp_path / "last.pt")["epoch"] == 1
     data = (tmp_path / "last.pt").read_bytes()
-    fix = "Delete or rename {} to start this run from epoch 1, or run without --resume"
+    fix = "Delete or rename {} to start this run from epoch 1, or train into another --out"
     cases = {
         "truncated": (data[: len(data) // 2], "could not be read ("),
         "empty": (b"", "could not be read (EOFError"),

@@ -87,13 +87,17 @@ def test_cli_refuses_an_out_that_is_a_report_or_a_folder(base, tmp_path, capsys)
     write_cases_csv(_rows(base), b)
     saved = a.read_bytes(), b.read_bytes()
     assert cmp.main([str(a), str(b), "--out", str(a)]) == 2
-    assert f"--out {a} is report A; choose another path" in capsys.readouterr().err
-    (tmp_path / "link.csv").symlink_to(b)
-    assert cmp.main([str(a), str(b), "--out", str(tmp_path / "link.csv")]) == 2
-    assert f"--out {tmp_path / 'link.csv'} is report B; choose another path" in capsys.readouterr().err
+    assert f"--out must be a JSON file path ending in .json, got {str(a)!r}" in capsys.readouterr().err
+    (tmp_path / "link.json").symlink_to(b)
+    assert cmp.main([str(a), str(b), "--out", str(tmp_path / "link.json")]) == 2
+    assert f"--out {tmp_path / 'link.json'} is report B; choose another path" in capsys.readouterr().err
     assert cmp.main([str(a), str(b), "--out", str(tmp_path)]) == 2
-    assert f"--out must be a JSON file path, got the folder {str(tmp_path)!r}" in capsys.readouterr().err
-    assert (a.read_bytes(), b.read_bytes()) == saved
+    assert f"--out must be a JSON file path ending in .json, got the folder {str(tmp_path)!r}" in capsys.readouterr().err
+    image = tmp_path / "image.nii.gz"
+    image.write_bytes(b"precious")
+    assert cmp.main([str(a), str(b), "--out", str(image)]) == 2
+    assert f"--out must be a JSON file path ending in .json, got {str(image)!r}" in capsys.readouterr().err
+    assert (a.read_bytes(), b.read_bytes(), image.read_bytes()) == (*saved, b"precious")
 
 
 def test_bootstrap_below_one_is_a_clear_error(base, tmp_path, capsys):
@@ -124,3 +128,26 @@ def test_cli_compares_two_methods_of_one_report(base, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"A: {tmp_path.name} (stage 1) | B: {tmp_path.name} (CroCNet)" in out
     assert "B − A on the dice average: -2.00" in out and "| avg | 12 |" in out
+
+
+def test_read_cases_names_the_file_line_and_column_of_what_it_cannot_use(base, tmp_path):
+    path = tmp_path / "cases.csv"
+    rows = _rows(base)
+    rows[1]["RV_hd95"] = "abc"
+    for written, message in [
+        (rows, "expected a number (or nan) in column RV_hd95 of case 'p000_ES' (line 3), got 'abc'"),
+        (rows[:1] * 2, "expected one row per case and method, got case 'p000_ED' of method 'stage 1' twice (lines 2 and 3)"),
+        ([{k: v for k, v in r.items() if k != "LV_dice"} for r in rows[:1]],
+         "expected the columns of a crocnet evaluate cases.csv (case, subject, method, LV_dice, LV_hd, LV_hd95, "
+         "RV_dice, RV_hd, RV_hd95, MYO_dice, MYO_hd, MYO_hd95), missing LV_dice"),
+    ]:
+        write_cases_csv(written, path)
+        with pytest.raises(ValueError) as info:
+            cmp.read_cases(path)
+        assert str(info.value) == f"{path}: {message}"
+    assert cmp.read_cases(path, metrics=("hd95",))["p000_ED"]["RV_hd95"] == 2.0  # only the compared columns needed
+    path.write_bytes(b"\xffcase,subject")
+    with pytest.raises(ValueError) as info:
+        cmp.read_cases(path)
+    assert str(info.value) == (f"{path}: expected a cases.csv written by crocnet evaluate (UTF-8 text), got bytes "
+                               "that are not UTF-8 text (byte 0: invalid start byte)")

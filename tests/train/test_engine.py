@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
 
+import pytest
 import torch
 from torch import nn
 
 from crocnet.models import stage1_targets
 from crocnet.train.config import TrainConfig
-from crocnet.train.engine import decode_labels, evaluate_tensors, label_dice
+from crocnet.train.engine import check_new_run, decode_labels, evaluate_tensors, label_dice
 
 
 class _Fixed(nn.Module):
@@ -57,3 +59,19 @@ def test_decode_labels_stage2_threshold_and_label_dice():
     assert labels.tolist() == [[[3, 0], [0, 0]]]
     d = label_dice(labels, torch.tensor([[[3, 0], [0, 2]]]))
     assert math.isnan(d[0]) and d[1] == 0.0 and d[2] == 1.0
+
+
+def test_check_new_run_refuses_a_folder_with_a_run_and_says_how_far_it_got(tmp_path):
+    check_new_run(tmp_path / "fold0")  # nothing there yet
+    (tmp_path / "config.json").write_text("{}")  # a run killed in its first epoch saved nothing to keep
+    check_new_run(tmp_path)
+    fix = "; pass --resume to continue it, or choose another --out"
+    torch.save({"epoch": 3, "config": {"epochs": 10}}, tmp_path / "best.pt")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path))} already holds a run \\(best.pt\\){fix}$"):
+        check_new_run(tmp_path)
+    torch.save({"epoch": 3, "config": {"epochs": 10}}, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=f"already holds a run \\(last.pt at epoch 3 of 10\\){fix}$"):
+        check_new_run(tmp_path)
+    (tmp_path / "last.pt").write_bytes(b"torn")
+    with pytest.raises(ValueError, match=f"already holds a run \\(last.pt\\){fix}$"):
+        check_new_run(tmp_path)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -187,7 +188,7 @@ def test_resume_from_a_torn_or_foreign_last_pt_is_a_clear_error(phantoms, tmp_pa
     run = tmp_path / "stage1-e2aunet" / "fold0"
     last = run / "last.pt"
     data = last.read_bytes()
-    fix = f"Delete or rename {last} to start this run from epoch 1, or run without --resume"
+    fix = f"Delete or rename {last} to start this run from epoch 1, or train into another --out"
     for content, message in ((data[: len(data) // 2], f"--resume: {last} could not be read ("),
                              (b"", f"--resume: {last} could not be read (EOFError"),
                              ((run / "best.pt").read_bytes(), f"--resume: {last} is not a training checkpoint: expected "
@@ -199,6 +200,86 @@ def test_resume_from_a_torn_or_foreign_last_pt_is_a_clear_error(phantoms, tmp_pa
         err = capsys.readouterr().err
         assert message in err and fix in err and len(err.strip().splitlines()) == 1, err
         assert last.read_bytes() == content  # left as it was, for the user to look at
+
+
+def _contents(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_training_again_without_resume_is_refused_for_every_fold_before_any_is_trained(phantoms, tmp_path, capsys, monkeypatch):
+    args = ["--data", str(phantoms), "--stage", "1", "--epochs", "1", "--max-train-batches", "1", *TINY, "--out", str(tmp_path)]
+    assert train.main([*args, "--fold", "1"]) == 0
+    before = _contents(tmp_path)
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained before every fold was checked"))
+    capsys.readouterr()
+    assert train.main([*args, "--fold", "all"]) == 2
+    run = tmp_path / "stage1-e2aunet" / "fold1"
+    assert (f"{run} already holds a run (last.pt at epoch 1 of 1); pass --resume to continue it, or choose another "
+            f"--out") in capsys.readouterr().err
+    assert _contents(tmp_path) == before and not (tmp_path / "stage1-e2aunet" / "fold0").exists()
+    (run / "last.pt").unlink()  # kept only best.pt: still a run to keep
+    assert train.main([*args, "--fold", "1"]) == 2
+    assert f"{run} already holds a run (best.pt); pass --resume" in capsys.readouterr().err
+
+
+def test_a_saved_split_with_other_settings_is_refused_naming_both(phantoms, tmp_path, capsys, monkeypatch):
+    """``OUT/splits.json`` of 2 folds used to be reused for --folds 3 (IndexError, or two folds trained before it)
+    and for another --split-seed (silently, while config.json recorded the new seed)."""
+    records = train.load_records(train.TrainConfig(data=str(phantoms)))
+    train.prepare_split(train.TrainConfig(data=str(phantoms), folds=2), records, tmp_path)
+    saved = (tmp_path / "splits.json").read_text()
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained on a split of other settings"))
+    base = ["--data", str(phantoms), "--epochs", "1", *TINY[:2], "--image-size", "32", "--no-progress", "--out", str(tmp_path)]
+    for extra, got in ((["--fold", "2", "--folds", "3"], "--folds 3 --split-seed 0 --test-fraction 0.0"),
+                       (["--fold", "all", "--folds", "3"], "--folds 3 --split-seed 0 --test-fraction 0.0"),
+                       (["--folds", "2", "--split-seed", "9"], "--folds 2 --split-seed 9 --test-fraction 0.0"),
+                       (["--folds", "2", "--test-fraction", "0.25"], "--folds 2 --split-seed 0 --test-fraction 0.25")):
+        assert train.main([*base, *extra]) == 2, extra
+        assert (f"{tmp_path / 'splits.json'} has 2 folds (seed 0, test fraction 0.0), got {got}; use the same settings "
+                f"or another --out") in capsys.readouterr().err, extra
+    assert (tmp_path / "splits.json").read_text() == saved and [p.name for p in tmp_path.iterdir()] == ["splits.json"]
+    older = {k: v for k, v in json.loads(saved).items() if k != "test_fraction"}  # written before it was stored
+    (tmp_path / "splits.json").write_text(json.dumps(older))
+    assert train.prepare_split(train.TrainConfig(data=str(phantoms), folds=2), records, tmp_path) == older
+    with pytest.raises(ValueError, match=r"has 2 folds \(seed 0\), got --folds 2 --split-seed 1 "):
+        train.prepare_split(train.TrainConfig(data=str(phantoms), folds=2, split_seed=1), records, tmp_path)
+
+
+def test_train_out_must_be_a_folder_that_can_be_made(phantoms, tmp_path, capsys):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep")
+    args = ["--data", str(phantoms), "--epochs", "1", *TINY]
+    assert train.main([*args, "--out", str(taken)]) == 2
+    assert (f"--out must be a folder for the runs (splits.json, stage1-*/, stage2-*/), got the file {str(taken)!r}; "
+            f"choose another path") in capsys.readouterr().err
+    assert train.main([*args, "--out", str(taken / "sub")]) == 2
+    assert f"its folder cannot be created, {str(taken)!r} is a file" in capsys.readouterr().err
+    assert taken.read_text() == "keep"
+
+
+def test_torn_or_foreign_out_of_fold_files_are_named_with_what_was_found(tmp_path):
+    good = {"mnm2:001_LA_ED:0": torch.zeros(40, 48, dtype=torch.uint8)}
+    for k in range(2):
+        (tmp_path / f"fold{k}").mkdir()
+        torch.save(good, tmp_path / f"fold{k}" / "oof_native.pt")
+    assert train.read_oof(tmp_path).keys() == good.keys()
+    path = tmp_path / "fold1" / "oof_native.pt"
+    data = path.read_bytes()
+    checkpoint = {"model": "e2aunet", "model_kwargs": {}, "state_dict": {"w": torch.zeros(2)}, "epoch": 1}
+    fix = "write it again: train that stage-1 fold once more with --resume (same --out and settings)"
+    for content, message in ((data[: len(data) // 2], f"{path} could not be read ("),
+                             (b"", f"{path} could not be read (EOFError"),
+                             (checkpoint, f"{path} is not stage 1's out-of-fold predictions: expected a dict of slice key "
+                              "-> 2D label map, got keys 'model', 'model_kwargs', 'state_dict', 'epoch' (a checkpoint copied there?)"),
+                             ([1, 2], f"{path} is not stage 1's out-of-fold predictions: expected a dict of slice key -> "
+                              "label map, got list")):
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        with pytest.raises(ValueError) as info:
+            train.read_oof(tmp_path)
+        assert message in str(info.value) and fix in str(info.value), str(info.value)
 
 
 def test_init_fine_tunes_from_a_checkpoint_each_fold_from_its_own(phantoms, tmp_path, capsys):
@@ -304,6 +385,8 @@ def test_evaluate_and_predict_errors(tmp_path, capsys):
     assert "none.pt' not found" in capsys.readouterr().err
     assert predict.main(["--checkpoint", "x.pt", "--input", str(tmp_path / "a.nii.gz"), "--output", "b.nii.gz"]) == 2
     assert "a.nii.gz' not found" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", "x.pt", "--input", str(tmp_path), "--output", "b.nii.gz"]) == 2
+    assert "is a folder; expected one NIfTI file (.nii or .nii.gz)" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not be read"):
@@ -315,7 +398,8 @@ def test_train_checks_the_split_file_it_is_given(phantoms, tmp_path, capsys):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"official": {"train": ["001", "002", "003"], "val": [], "test": []}, "folds": folds}))
     cfg = train.TrainConfig(split_file=str(good))
-    split = train.prepare_split(cfg, [], tmp_path / "run")
+    records = [SimpleNamespace(subject=s) for s in ("001", "002", "003")]
+    split = train.prepare_split(cfg, records, tmp_path / "run")
     assert (split["pool"], split["test"], split["folds"]) == (["001", "002", "003"], [], folds)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"folds": [folds[0], {"fold": 1, "train": ["002"], "val": ["001", "003"]}]}))
@@ -324,6 +408,26 @@ def test_train_checks_the_split_file_it_is_given(phantoms, tmp_path, capsys):
     assert train.main(["--data", str(phantoms), "--split-file", str(bad), "--out", str(tmp_path / "run3"), *TINY[:4]]) == 2
     assert f"{bad}: expected each subject in the val list of at most one fold, got 001 in both fold 0 and fold 1" in capsys.readouterr().err
     assert not (tmp_path / "run3" / "splits.json").exists()
+
+
+def test_a_split_file_of_other_data_names_the_subjects_of_both(phantoms, tmp_path, capsys):
+    """A split file of another dataset used to end in "no slices to use in 0 records"; now its subjects and the data's
+    are named, before anything is written."""
+    folds = [{"fold": 0, "train": ["patient021", "patient022"], "val": ["patient023"]},
+             {"fold": 1, "train": ["patient023"], "val": ["patient021", "patient022"]}]
+    other = tmp_path / "acdc.json"
+    other.write_text(json.dumps({"folds": folds}))
+    out = tmp_path / "run"
+    assert train.main(["--data", str(phantoms), "--split-file", str(other), "--out", str(out), "--epochs", "1", *TINY]) == 2
+    assert (f"--split-file {other}: fold 0's training subjects (patient021, patient022) are not in --data {phantoms} "
+            f"(subjects there: 001, 002, 003, 004); use a split of this data") in capsys.readouterr().err
+    assert not out.exists()
+    other.write_text(json.dumps({"folds": [{"fold": 0, "train": ["001", "002", "003"], "val": ["patient023"]},
+                                           {"fold": 1, "train": ["patient023"], "val": ["001", "002", "003"]}]}))
+    records = train.load_records(train.TrainConfig(data=str(phantoms)))
+    with pytest.raises(ValueError, match=r"fold 0's validation subjects \(patient023\) are not in --data"):
+        train.prepare_split(train.TrainConfig(data=str(phantoms), split_file=str(other)), records, out)
+    assert not out.exists()
 
 
 def test_evaluate_split_errors_say_what_is_wrong(demo_run, tmp_path, capsys):

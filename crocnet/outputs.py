@@ -21,7 +21,11 @@ def same_file(a: str | Path, b: str | Path) -> bool:
 
 def check_creatable(path: str | Path, flag: str) -> None:
     """The folder that will hold ``path`` exists or can be made: its nearest existing ancestor is a writable folder."""
-    ancestor = Path(path).resolve().parent
+    _check_folder_creatable(Path(path).resolve().parent, path, flag)
+
+
+def _check_folder_creatable(folder: Path, path: str | Path, flag: str) -> None:
+    ancestor = folder
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
@@ -49,7 +53,7 @@ def check_output_folder(path: str | Path, flag: str, holds: str = "") -> Path:
     if Path(path).exists() and not Path(path).is_dir():
         raise ValueError(f"{flag} must be a folder{' for ' + holds if holds else ''}, got the file {str(path)!r}; "
                          f"choose another path")
-    check_creatable(Path(path) / "x", flag)
+    _check_folder_creatable(Path(path).resolve(), path, flag)
     return Path(path)
 
 
