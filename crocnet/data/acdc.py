@@ -192,9 +192,8 @@ def load_acdc_h5(root: str | Path, subjects: Iterable[str] | None = None) -> lis
                     image = _h5_array(f, "image", path)
                     label = _h5_array(f, "label", path) if "label" in f else None
             except (OSError, KeyError) as exc:
-                raise DataError(
-                    f"{path}: expected an HDF5 file with an 'image' dataset, got an unreadable file ({exc})"
-                ) from exc
+                got = "no 'image' dataset in it" if isinstance(exc, KeyError) else f"an unreadable file ({exc})"
+                raise DataError(f"{path}: expected an HDF5 file with an 'image' dataset, got {got}") from exc
             if image.ndim != 3:
                 raise DataError(f"{path}: expected a (Z, H, W) image, got shape {image.shape}")
             if label is not None and label.shape != image.shape:

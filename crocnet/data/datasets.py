@@ -9,6 +9,7 @@ from .acdc import find_h5_volumes, find_patients, load_acdc, load_acdc_h5
 from .mnm2 import find_subjects, load_mnm2
 from .nnunet import dataset_file_ending, find_cases, load_nnunet_raw, parse_case_name
 from .records import Record
+from .validation import code_list
 
 __all__ = ["DATASETS", "list_subjects", "load_dataset", "select"]
 
@@ -50,5 +51,5 @@ def list_subjects(name: str, root: str | Path) -> list[str]:
 
 def select(records: Iterable[Record], subjects: Iterable[str]) -> list[Record]:
     """The records whose subject is in ``subjects`` (e.g. one fold's ``"train"`` list), in their order."""
-    wanted = set(subjects)
+    wanted = set(code_list(subjects, "subjects", "['001', '002']"))
     return [r for r in records if r.subject in wanted]

@@ -254,6 +254,10 @@ def test_a_bare_string_of_codes_is_refused_not_read_letter_by_letter(tmp_path):
             load_dataset(name, tmp_path / name, **options)
         assert str(info.value) == message
         assert len(load_dataset(name, tmp_path / name, **{k: [v] for k, v in options.items()})) >= 1
+    records = load_dataset("mnm2", tmp_path / "mnm2")
+    with pytest.raises(TypeError, match=r"subjects must be a list of codes like \['001', '002'\], got the string '001'"):
+        select(records, "001")
+    assert select(records, ["001"]) == records
 
 
 def test_text_files_that_are_not_utf8_name_the_file_and_what_was_expected(tmp_path):
@@ -442,7 +446,12 @@ def test_h5_errors(tmp_path):
     with pytest.raises(DataError, match=r"patient001_frame01\.h5: expected label values in \{0, 1, 2, 3\}, got 4"):
         load_acdc_h5(tmp_path)
     path.write_bytes(b"garbage")
-    with pytest.raises(DataError, match=r"patient001_frame01\.h5: expected an HDF5 file"):
+    with pytest.raises(DataError, match=r"patient001_frame01\.h5: expected an HDF5 file .*, got an unreadable file"):
+        load_acdc_h5(tmp_path)
+    with h5py.File(path, "w") as f:
+        f["label"] = np.zeros((2, 4, 5), np.uint8)
+    with pytest.raises(DataError, match=r"patient001_frame01\.h5: expected an HDF5 file with an 'image' dataset, "
+                                        r"got no 'image' dataset in it"):
         load_acdc_h5(tmp_path)
 
 
