@@ -13,6 +13,7 @@ would leave the image), and crops are resized to the stage-2 size (theirs are ze
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,36 @@ class CropBox:
         return slice(self.top, self.bottom), slice(self.left, self.right)
 
 
+#: the ``mode`` values of :func:`crop_and_resize` and :func:`paste_back` (``F.interpolate``'s, for 2D maps)
+RESIZE_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def as_size(size, name: str = "size") -> tuple[int, int]:
+    """``size`` (an int or ``(h, w)``) as ``(h, w)`` of positive ints, or a ``ValueError`` saying what was got."""
+    pair = (size, size) if _is_int(size) else size
+    try:
+        pair = tuple(pair)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or not all(_is_int(n) and n > 0 for n in pair):
+        raise ValueError(f"{name} must be a positive int or (h, w) of positive ints, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_margin(margin) -> None:
+    if not _is_int(margin) or margin < 0:
+        raise ValueError(f"margin must be an int >= 0 (pixels), got {margin!r}")
+
+
+def check_connectivity(connectivity) -> None:
+    if isinstance(connectivity, bool) or connectivity not in (1, 2):
+        raise ValueError(f"connectivity must be 1 (edge neighbours) or 2 (also diagonal), got {connectivity!r}")
+
+
 def _check_mask(mask, name: str = "foreground") -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.size == 0:
@@ -75,8 +106,7 @@ def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     ``connectivity`` 1 joins edge neighbours (4-connectivity, ``scipy.ndimage.label``'s default), 2 also
     diagonal ones. Ties go to the component met first in raster order; an empty mask gives an empty mask.
     """
-    if connectivity not in (1, 2):
-        raise ValueError(f"connectivity must be 1 (edge neighbours) or 2 (also diagonal), got {connectivity}")
+    check_connectivity(connectivity)
     structure = ndimage.generate_binary_structure(2, connectivity)
     labelled, count = ndimage.label(_check_mask(mask), structure=structure)
     if count == 0:
@@ -88,8 +118,7 @@ def largest_component(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
 def heart_box(foreground: np.ndarray, margin: int = 15, connectivity: int = 1) -> CropBox | None:
     """Box of the largest component of a boolean ``(H, W)`` foreground, grown by ``margin`` px on every
     side and clipped to the image; ``None`` when there is no foreground."""
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+    check_margin(margin)
     component = largest_component(foreground, connectivity)
     rows, cols = np.flatnonzero(component.any(axis=1)), np.flatnonzero(component.any(axis=0))
     if rows.size == 0:
@@ -105,6 +134,9 @@ def heart_box(foreground: np.ndarray, margin: int = 15, connectivity: int = 1) -
 
 def heart_boxes(foreground: torch.Tensor, margin: int = 15, connectivity: int = 1) -> list[CropBox | None]:
     """:func:`heart_box` of every image of a boolean ``(B, H, W)`` foreground (on any device)."""
+    if not isinstance(foreground, torch.Tensor):
+        raise TypeError(f"expected a boolean (B, H, W) torch tensor (use heart_box for one NumPy mask), "
+                        f"got {type(foreground).__name__}")
     if foreground.dim() != 3:
         raise ValueError(f"expected a (B, H, W) foreground mask, got shape {tuple(foreground.shape)}")
     if foreground.dtype != torch.bool:
@@ -113,17 +145,30 @@ def heart_boxes(foreground: torch.Tensor, margin: int = 15, connectivity: int = 
     return [heart_box(mask, margin, connectivity) for mask in masks]
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+def _check_resize(x: torch.Tensor, mode: str, what: str) -> None:
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
     if x.dtype == torch.bool:
         if mode not in ("nearest", "nearest-exact"):
             raise ValueError(f"boolean masks are resized with mode 'nearest' or 'nearest-exact', got {mode!r}")
+    elif not x.is_floating_point() and mode not in ("nearest", "nearest-exact"):
+        raise TypeError(f"{what} of dtype {x.dtype} are resized with mode 'nearest' or 'nearest-exact' (or pass floats), "
+                        f"got {mode!r}")
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if x.dtype == torch.bool:
         return F.interpolate(x.to(torch.uint8), size=size, mode=mode).bool()
+    if not x.is_floating_point() and x.dtype != torch.uint8:  # nearest only: values copied, exact below 2**53
+        return F.interpolate(x.double(), size=size, mode=mode).to(x.dtype)
     if mode in ("bilinear", "bicubic"):
         return F.interpolate(x, size=size, mode=mode, align_corners=False)
     return F.interpolate(x, size=size, mode=mode)
 
 
 def _check_boxes(boxes: Sequence[CropBox | None], count: int, image_size: tuple[int, int], what: str) -> None:
+    if isinstance(boxes, CropBox) or not isinstance(boxes, Sequence):
+        raise TypeError(f"expected a sequence of CropBox, one per {what}, got {type(boxes).__name__}")
     if len(boxes) != count:
         raise ValueError(f"need one box per {what}: {count} {what}s, {len(boxes)} boxes")
     H, W = image_size
@@ -142,13 +187,13 @@ def crop_and_resize(
 ) -> torch.Tensor:
     """Cut ``boxes[i]`` out of image i of ``x (B, C, H, W)`` and resize every crop to ``size``: ``(B, C, h, w)``.
 
-    Use ``mode="bilinear"`` for intensities and ``"nearest-exact"`` for masks (they stay binary).
+    Use ``mode="bilinear"`` for intensities and ``"nearest-exact"`` for masks (they stay binary) and
+    integer label maps (they keep their dtype); ``mode`` is one of :data:`RESIZE_MODES`.
     """
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    size = as_size(size)
     if x.dim() != 4:
         raise ValueError(f"expected images (B, C, H, W), got shape {tuple(x.shape)}")
-    if len(size) != 2 or not all(isinstance(n, int) and n > 0 for n in size):
-        raise ValueError(f"size must be a positive int or (h, w) of positive ints, got {size}")
+    _check_resize(x, mode, "images")
     _check_boxes(boxes, x.shape[0], tuple(x.shape[-2:]), "image")
     crops = [_resize(x[i : i + 1, :, box.slices[0], box.slices[1]], size, mode) for i, box in enumerate(boxes)]
     return torch.cat(crops) if crops else x.new_empty((0, x.shape[1], *size))
@@ -165,7 +210,9 @@ def paste_back(
     ``image_size (H, W)``: ``(B, C, H, W)``. Inverse of :func:`crop_and_resize` up to resampling."""
     if crops.dim() != 4:
         raise ValueError(f"expected crops (B, C, h, w), got shape {tuple(crops.shape)}")
-    _check_boxes(boxes, crops.shape[0], tuple(image_size), "crop")
+    image_size = as_size(image_size, "image_size")
+    _check_resize(crops, mode, "crops")
+    _check_boxes(boxes, crops.shape[0], image_size, "crop")
     out = crops.new_full((crops.shape[0], crops.shape[1], *image_size), fill)
     for i, box in enumerate(boxes):
         out[i, :, box.slices[0], box.slices[1]] = _resize(crops[i : i + 1], (box.height, box.width), mode)[0]

@@ -59,12 +59,16 @@ __all__ = [
 
 def _as_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor on any device
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        x = (x.float() if x.is_floating_point() and x.element_size() < 4 else x).numpy()  # bfloat16 has no NumPy dtype
     return np.asarray(x)
 
 
 def _binary(name: str, x) -> np.ndarray:
     x = _as_numpy(x)
+    if x.dtype != bool and not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{name} must be a mask (bool or 0/1), got dtype {x.dtype}; for structure k of a label map "
+                         f"pass (labels == k)")
     if x.dtype != bool:
         other = (x != 0) & (x != 1)
         if other.any():
@@ -94,6 +98,16 @@ def _labels(name: str, x, allowed: set[int]) -> np.ndarray:
         raise ValueError(f"{name}: expected integer labels in {{{', '.join(map(str, sorted(allowed)))}}}, "
                          f"got {', '.join(f'{v:g}' for v in bad[:5])}{', ...' if bad.size > 5 else ''}")
     return x
+
+
+def _check_structures(structures) -> None:
+    valid = isinstance(structures, Mapping) and len(structures) > 0 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v != 0 and isinstance(n, str)
+        for v, n in structures.items()
+    )
+    if not valid:
+        raise ValueError(f"structures must be a non-empty mapping of label value (int, not 0) -> name, e.g. {STRUCTURES}, "
+                         f"got {structures!r}")
 
 
 def _percentile(percentile) -> float:
@@ -215,6 +229,7 @@ def segmentation_metrics(
             4.5, NaN, 7), label maps of different shapes or of size 0, a bad ``spacing`` or ``percentile``.
     """
     percentile = _percentile(percentile)
+    _check_structures(structures)
     allowed = {0, *STRUCTURES, *structures}
     pred, gt = _labels("pred", pred, allowed), _labels("gt", gt, allowed)
     if pred.shape != gt.shape:

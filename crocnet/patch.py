@@ -63,7 +63,11 @@ def patch_timm_swiftformer(model: nn.Module, token_norm: str = "l2", backend: st
 
 
 def unpatch_timm_swiftformer(model: nn.Module) -> list[str]:
-    """Undo :func:`patch_timm_swiftformer`; returns the names restored."""
+    """Undo :func:`patch_timm_swiftformer`; returns the names restored (``[]`` for a model never patched)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"unpatch_timm_swiftformer expects a model patched by patch_timm_swiftformer, got {type(model).__name__}"
+        )
     originals = getattr(model, _ORIGINALS, {})
     for name in originals:
         parent_name, _, child_name = name.rpartition(".")

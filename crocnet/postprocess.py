@@ -61,6 +61,8 @@ def _structure_values(structures) -> tuple[int, ...]:
         raise TypeError(f"{expected}, got {structures!r} (not ints: {', '.join(map(repr, bad))})")
     if not structures:
         raise ValueError(f"{expected}, got an empty {type(structures).__name__}")
+    if 0 in structures:
+        raise ValueError(f"{expected}, got {structures!r} (0 is the background, not a structure)")
     return tuple(int(v) for v in structures)
 
 
@@ -70,8 +72,8 @@ def postprocess_labels(labels: np.ndarray, mode: str = "both", structures=(1, 2,
     Args:
         labels: label map, e.g. ``(H, W)`` or ``(H, W, Z)``, integer dtype.
         mode: one of :data:`POSTPROCESS_MODES` (see the module docstring); ``"none"`` returns a copy.
-        structures: the label values treated as structures, a non-empty sequence of ints (default the
-            project's 1 LV, 2 MYO, 3 RV).
+        structures: the label values treated as structures, a non-empty sequence of ints other than 0
+            (default the project's 1 LV, 2 MYO, 3 RV).
     """
     if not isinstance(mode, str) or mode not in POSTPROCESS_MODES:
         raise ValueError(f"post-processing mode must be one of {POSTPROCESS_MODES}, got {mode!r}")

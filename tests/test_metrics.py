@@ -164,6 +164,26 @@ def test_segmentation_metrics_label_check_details():
     assert out == {"X": {"dice": 1.0, "hd": 0.0, "hd95": 0.0}}
 
 
+@pytest.mark.parametrize("structures", [{"LV": 1}, [1, 2, 3], {}, {0: "background"}, {True: "LV"}, {1.5: "LV"}])
+def test_segmentation_metrics_refuses_bad_structures(structures):
+    labels = np.array([[0, 1], [2, 3]])
+    with pytest.raises(ValueError, match=rf"^structures must be a non-empty mapping of label value \(int, not 0\) -> name, "
+                                         rf"e.g. \{{1: 'LV', 2: 'MYO', 3: 'RV'\}}, got {re.escape(repr(structures))}$"):
+        segmentation_metrics(labels, labels, structures=structures)
+
+
+def test_masks_of_any_torch_float_dtype_and_non_numeric_arrays():
+    a = np.zeros((6, 6), bool)
+    a[1:4, 1:4] = True
+    b = np.roll(a, 1, axis=0)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert dice(torch.from_numpy(a).to(dtype), torch.from_numpy(b)) == dice(a, b)
+    with pytest.raises(ValueError, match=r"^pred must be a mask \(bool or 0/1\), got dtype object; .* \(labels == k\)$"):
+        dice(np.array([None, 1]), np.array([1, 1]))
+    with pytest.raises(ValueError, match=r"^gt must be a mask \(bool or 0/1\), got dtype <U1;"):
+        hausdorff_distance(np.array([1, 0]), np.array(["1", "0"]))
+
+
 @pytest.mark.parametrize("percentile", [None, -1, 100.5, math.nan, "95", True])
 def test_segmentation_metrics_refuses_bad_percentile(percentile):
     labels = np.array([[0, 1], [2, 3]])

@@ -133,6 +133,7 @@ def test_bad_inputs_are_clear_errors():
     ([True, 2], "got [True, 2] (not ints: True)"),
     (np.array([1.0, 2.0]), "got an array of shape (2,) and dtype float64"),
     ((), "got an empty tuple"),
+    ((0, 1, 2, 3), "got (0, 1, 2, 3) (0 is the background, not a structure)"),  # "heart" would keep every island
 ])
 def test_structures_must_be_a_sequence_of_ints(structures, got):
     labels = _heart_with_islands()

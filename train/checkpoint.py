@@ -116,10 +116,7 @@ def read_checkpoint(path: str | Path) -> dict:
                 out[key] = value
         out["state_dict"] = state_dict
     else:
-        try:
-            out = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc})") from exc
+        out = load_torch_file(path, f"checkpoint {str(path)!r}")
     if not isinstance(out, dict):
         raise ValueError(f"{path} is not a crocnet checkpoint: expected a dict with the model description and "
                          f"state_dict, got {type(out).__name__}")
@@ -187,15 +184,21 @@ def check_description(ckpt: dict, path: str | Path) -> None:
 _RESUME_KEYS = ("state_dict", "optimizer", "scheduler", "history", "best", "epoch")
 
 
+def load_torch_file(path: Path, name: str, fix: str = "") -> object:
+    """``torch.load`` of ``path`` on the CPU, or a ``ValueError``: ``{name} could not be read (Error: ...); {fix}``
+    when it is torn, empty or no torch file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001  (a torn file raises EOFError, RuntimeError, UnpicklingError, OSError...)
+        raise ValueError(f"{name} could not be read ({type(exc).__name__}: {exc}){'; ' + fix if fix else ''}") from exc
+
+
 def read_resume_state(path: str | Path) -> dict:
     """The training state in ``last.pt`` (``path``), or a ``ValueError`` naming it and saying what to do when it is
     unreadable (truncated, empty) or not a resumable checkpoint (e.g. a copy of ``best.pt``, which has no optimizer)."""
     path = Path(path)
     fix = f"Delete or rename {path} to start this run from epoch 1, or train into another --out"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001  (a torn file raises EOFError, RuntimeError, UnpicklingError, OSError...)
-        raise ValueError(f"--resume: {path} could not be read ({type(exc).__name__}: {exc}). {fix}.") from exc
+    state = load_torch_file(path, f"--resume: {path}", fix)
     if not isinstance(state, dict):
         raise ValueError(f"--resume: {path} is not a training checkpoint: expected a dict with {', '.join(_RESUME_KEYS)}, "
                          f"got {type(state).__name__}. {fix}.")

@@ -111,8 +111,8 @@ class TrainConfig:
             raise ValueError(f"--outside-label must be one of {', '.join(OUTSIDE_LABELS)}, got {self.outside_label!r}")
         if self.stage == 2 and self.outside_label != "none":
             raise ValueError("--outside-label applies to stage 1 (stage-2 targets have no background channel)")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"--lr must be a positive number (Adam's learning rate, e.g. 1e-4), got {self.lr}")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a number >= 0 (Adam's learning rate, e.g. 1e-4), got {self.lr}")
         if self.val_every < 1:
             raise ValueError(f"--val-every must be >= 1, got {self.val_every}")
         if not 0.0 <= self.test_fraction < 1.0:

@@ -33,7 +33,7 @@ from crocnet.data.validation import name_list
 from crocnet.models import STAGE1_TARGET_FILL, label_masks, stage1_targets, stage1_to_labels, stage2_inputs
 from crocnet.outputs import check_output_folder
 
-from .checkpoint import atomic_save, load_model
+from .checkpoint import atomic_save, load_model, load_torch_file
 from .config import TrainConfig, add_arguments, config_from_args
 from .devices import resolve_device
 from .engine import check_new_run, fit
@@ -186,10 +186,7 @@ def read_oof(stage1_run: Path, crop_from: str = "native") -> dict:
 def _read_oof_file(path: Path) -> dict:
     """One fold's ``oof.pt`` / ``oof_native.pt``: slice key -> 2D label map, or a ValueError naming the file."""
     fix = "write it again: train that stage-1 fold once more with --resume (same --out and settings)"
-    try:
-        preds = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001  (a torn file raises EOFError, RuntimeError, UnpicklingError, OSError...)
-        raise ValueError(f"{path} could not be read ({type(exc).__name__}: {exc}); {fix}") from exc
+    preds = load_torch_file(path, str(path), fix)
     if not isinstance(preds, dict):
         raise ValueError(f"{path} is not stage 1's out-of-fold predictions: expected a dict of slice key -> label map, "
                          f"got {type(preds).__name__}; {fix}")

@@ -14,6 +14,8 @@ from timm.layers import DropPath
 from torch import nn
 
 from ..nn import ConvMlp2d, LocalRepresentation2d
+from ..nn.attention import check_input_dtype, positive_int
+from ..nn.blocks import check_block_args
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -25,6 +27,7 @@ class MultiHeadSelfAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 1, qkv_bias: bool = True):
         super().__init__()
+        positive_int(type(self).__name__, dim=dim, num_heads=num_heads)
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
@@ -56,14 +59,19 @@ class MHSABlock2d(nn.Module):
         layer_scale_init_value: float = 1e-5,
     ):
         super().__init__()
+        hidden = check_block_args(type(self).__name__, dim, mlp_ratio, drop_path)
         self.local_representation = LocalRepresentation2d(dim)
         self.attn = MultiHeadSelfAttention(dim, num_heads)
-        self.mlp = ConvMlp2d(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = ConvMlp2d(dim, hidden, drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.layer_scale_1 = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init_value))
         self.layer_scale_2 = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init_value))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = self.layer_scale_1.shape[0]
+        if x.dim() != 4 or x.shape[1] != dim:
+            raise ValueError(f"expected a feature map of shape (B, {dim}, H, W), got {tuple(x.shape)}")
+        check_input_dtype(x, self.layer_scale_1, "the feature map")
         x = self.local_representation(x)
         B, C, H, W = x.shape
         attn = self.attn(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W)

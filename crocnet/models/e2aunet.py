@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
 from ..nn import E2ABlock2d
+from ..nn.attention import check_input_dtype, positive_int
+from ..nn.blocks import check_block_args
 from ..nn.conv import ConvBlock2d, Downsample2d
+from ..ops._checks import BACKENDS
+from ..ops.naive import TOKEN_NORMS
 from .baselines import MHSABlock2d
 
 ATTENTIONS = ("e2a", "mhsa", "none")
@@ -47,6 +53,46 @@ def attention_block(
     if attention == "none":
         return nn.Identity()
     raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if not _is_int(num_classes) or num_classes < 1:
+        raise ValueError(
+            f"E2AUNet: num_classes must be an int >= 1 (the logit maps; for the features use forward_features), "
+            f"got {num_classes!r}"
+        )
+
+
+def _check_heads(widths: tuple[int, ...], levels: tuple[int, ...], head_dim: int) -> None:
+    for level in levels:
+        heads = max(1, widths[level] // head_dim)
+        if widths[level] % heads:
+            raise ValueError(
+                f"E2AUNet(attention='mhsa'): level {level} has width {widths[level]}, which does not split into "
+                f"max(1, {widths[level]} // head_dim) = {heads} heads; choose base_width and head_dim (got {head_dim}) "
+                f"so that every attention level's width is a multiple of its head count"
+            )
+
+
+def _check_choices(attention: str, token_norm: str, backend: str) -> None:
+    """The string options, checked whether or not a block uses them (a typo is never silently ignored)."""
+    for name, value, choices in (("attention", attention, ATTENTIONS), ("token_norm", token_norm, TOKEN_NORMS),
+                                 ("backend", backend, BACKENDS)):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _attention_levels(levels, depth: int) -> tuple[int, ...]:
+    if levels is None:
+        return tuple(range(depth + 1))
+    values = None if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__") else tuple(levels)
+    if values is None or any(not _is_int(lv) or not 0 <= lv <= depth for lv in values):
+        raise ValueError(f"attention_levels must be integers in 0..depth = 0..{depth}, got {levels!r}")
+    return tuple(sorted(set(values)))
 
 
 class EncoderStage(nn.Module):
@@ -141,15 +187,21 @@ class E2AUNet(nn.Module):
         super().__init__()
         if head_activation not in HEAD_ACTIVATIONS:
             raise ValueError(f"head_activation must be one of {HEAD_ACTIVATIONS}, got {head_activation!r}")
-        if depth < 0 or base_width < 2:
-            raise ValueError(f"need depth >= 0 and base_width >= 2, got depth={depth}, base_width={base_width}")
+        if not _is_int(depth) or not _is_int(base_width) or depth < 0 or base_width < 2:
+            raise ValueError(f"need depth >= 0 and base_width >= 2, got depth={depth!r}, base_width={base_width!r}")
+        positive_int(type(self).__name__, in_chans=in_chans, head_dim=head_dim)
+        _check_num_classes(num_classes)
+        _check_choices(attention, token_norm, backend)
+        check_block_args(type(self).__name__, base_width, mlp_ratio, 0.0)
+        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, numbers.Real) or not 0 <= drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be a rate in [0, 1), got {drop_path_rate!r}")
         self.in_chans, self.num_classes, self.depth = in_chans, num_classes, depth
-        levels = tuple(range(depth + 1)) if attention_levels is None else tuple(sorted(set(attention_levels)))
-        if any(not isinstance(lv, int) or not 0 <= lv <= depth for lv in levels):
-            raise ValueError(f"attention_levels must be integers in 0..depth = 0..{depth}, got {attention_levels!r}")
+        levels = _attention_levels(attention_levels, depth)
         self.attention_levels = levels
         self.attention, self.head_activation = attention, head_activation
         self.widths = tuple(base_width * 2**level for level in range(depth + 1))
+        if attention == "mhsa":
+            _check_heads(self.widths, levels, head_dim)
         self.num_features = base_width
         dpr = drop_path_rates(drop_path_rate, 2 * depth + 1)
 
@@ -182,9 +234,14 @@ class E2AUNet(nn.Module):
         return 2**self.depth
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ``ValueError`` unless ``x`` is ``(B, in_chans, H, W)``, H and W multiples of :attr:`size_divisor`."""
+        """Raise a ``ValueError`` unless ``x`` is a non-empty ``(B, in_chans, H, W)``, H and W multiples of
+        :attr:`size_divisor`, and a ``TypeError`` unless it is floating point of the parameters' dtype
+        (or of one autocast casts, under autocast)."""
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"{type(self).__name__} expects (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        if 0 in x.shape:
+            raise ValueError(f"{type(self).__name__} expects a non-empty (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        check_input_dtype(x, self.head.weight, f"the input of {type(self).__name__}")
         H, W = x.shape[-2:]
         m = self.size_divisor
         if H % m or W % m:
@@ -235,5 +292,6 @@ class E2AUNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the 1×1 head with a fresh one of ``num_classes`` outputs (timm convention)."""
+        _check_num_classes(num_classes)
         self.num_classes = num_classes
         self.head = nn.Conv2d(self.num_features, num_classes, 1)

@@ -9,6 +9,13 @@ import torch
 from torch import nn
 
 
+def _checked(p, i: int) -> torch.Tensor:
+    if not isinstance(p, torch.Tensor) or not p.is_floating_point():
+        got = f"a {p.dtype} tensor" if isinstance(p, torch.Tensor) else f"a {type(p).__name__}"
+        raise TypeError(f"MeanEnsemble: member {i} must predict a floating-point tensor of probabilities, got {got}")
+    return p
+
+
 class MeanEnsemble(nn.Module):
     """Wrap models that share one input and one output layout (each with ``predict``: ``(B, C, H, W)`` →
     probabilities ``(B, K, H, W)``) so that ``predict`` (and calling the wrapper) returns their mean:
@@ -24,6 +31,8 @@ class MeanEnsemble(nn.Module):
 
     def __init__(self, models: Iterable[nn.Module]):
         super().__init__()
+        if isinstance(models, nn.Module) and not isinstance(models, (nn.ModuleList, nn.Sequential)):
+            raise TypeError(f"MeanEnsemble takes a list of models, got one {type(models).__name__}; pass [model]")
         models = list(models)
         if not models:
             raise ValueError("MeanEnsemble needs at least one model, got none")
@@ -40,10 +49,10 @@ class MeanEnsemble(nn.Module):
         return self.predict(x)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        first = self.members[0].predict(x)
+        first = _checked(self.members[0].predict(x), 0)
         total = first.float()
         for i, m in enumerate(self.members[1:], start=1):
-            p = m.predict(x)
+            p = _checked(m.predict(x), i)
             if p.shape != first.shape:
                 raise ValueError(f"MeanEnsemble: member {i} predicts {tuple(p.shape)}, member 0 {tuple(first.shape)}; "
                                  f"the members must share one output layout")

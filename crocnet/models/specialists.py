@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..nn import CrossE2ABlock2d
+from ..nn.attention import check_input_dtype, positive_int
 from .e2aunet import E2AUNet, drop_path_rates
 
 
@@ -54,7 +55,8 @@ class SpecialistNets(nn.Module):
         authors_final_bug: bool = False,
     ):
         super().__init__()
-        if streams < 1 or in_chans <= streams:
+        positive_int(type(self).__name__, in_chans=in_chans, streams=streams)
+        if in_chans <= streams:
             raise ValueError(
                 f"in_chans counts the image channels and one mask per stream, so in_chans > streams >= 1; "
                 f"got in_chans={in_chans}, streams={streams}"
@@ -89,6 +91,9 @@ class SpecialistNets(nn.Module):
                 f"SpecialistNets expects (B, {self.in_chans}, H, W): {self.image_chans} image channel(s) then "
                 f"{self.streams} masks; got {tuple(x.shape)}"
             )
+        if 0 in x.shape:
+            raise ValueError(f"SpecialistNets expects a non-empty (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        check_input_dtype(x, self.net.head.weight, "the input of SpecialistNets")
         S = self.streams
         image = x[:, : self.image_chans].unsqueeze(0).expand(S, -1, -1, -1, -1)
         masks = x[:, self.image_chans :].transpose(0, 1).unsqueeze(2)

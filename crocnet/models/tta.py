@@ -8,6 +8,16 @@ from torch import nn
 FLIPS = ((), (-1,), (-2,), (-2, -1))
 
 
+def _check_output(out, x: torch.Tensor) -> None:
+    """The model's output must be ``(4B, K, H, W)`` on the input's grid, or it cannot be flipped back."""
+    n = len(FLIPS) * x.shape[0]
+    if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[0] == n and out.shape[-2:] == x.shape[-2:]:
+        return
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    raise ValueError(f"FlipTTA: the model must predict probabilities on the input's grid, ({n}, K, {x.shape[-2]}, "
+                     f"{x.shape[-1]}) for the {len(FLIPS)} mirrored copies of {tuple(x.shape)}, got {got}")
+
+
 class FlipTTA(nn.Module):
     """Wrap a segmentation model (one with ``predict``: ``(B, C, H, W)`` → probabilities ``(B, K, H, W)``) so
     that ``predict`` (and calling the wrapper) returns the mean over the four in-plane mirrorings of the
@@ -39,6 +49,8 @@ class FlipTTA(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected images (B, C, H, W), got {tuple(x.shape)}")
-        probs = self.model.predict(torch.cat([x.flip(dims) if dims else x for dims in FLIPS])).chunk(len(FLIPS))
+        out = self.model.predict(torch.cat([x.flip(dims) if dims else x for dims in FLIPS]))
+        _check_output(out, x)
+        probs = out.chunk(len(FLIPS))
         mean = sum((p.flip(dims) if dims else p).float() for p, dims in zip(probs, FLIPS)) / len(FLIPS)
         return mean.to(probs[0].dtype)

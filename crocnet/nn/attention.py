@@ -10,6 +10,30 @@ from ..ops._checks import BACKENDS
 from ..ops.naive import TOKEN_NORMS
 
 
+def positive_int(owner: str, **values) -> None:
+    """Raise a ``ValueError`` unless every keyword value is an int >= 1 (``bool`` is not an int here)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}: {name} must be an int >= 1, got {value!r}")
+
+
+_AUTOCAST_DTYPES = {torch.float16, torch.bfloat16, torch.float32}
+
+
+def check_input_dtype(x: torch.Tensor, weight: torch.Tensor, what: str) -> None:
+    """Raise a ``TypeError`` unless ``x`` is floating point and, outside autocast, of the parameters' dtype."""
+    if not x.is_floating_point():
+        raise TypeError(f"{what} must be a floating-point tensor, got {x.dtype}")
+    autocast = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
+    if x.dtype == weight.dtype or autocast and {x.dtype, weight.dtype} <= _AUTOCAST_DTYPES:
+        return
+    where = "(autocast casts only float16, bfloat16 and float32)" if autocast else "(outside autocast)"
+    raise TypeError(
+        f"{what} must have the parameters' dtype {weight.dtype} {where}, got {x.dtype}; "
+        f"cast the input or the module (.to({x.dtype})), or run under torch.autocast"
+    )
+
+
 def _rename_official_proj(state_dict, prefix):
     """The official SwiftFormer checkpoints name the projection ``Proj``; timm and we use ``proj``."""
     for suffix in ("weight", "bias"):
@@ -45,6 +69,7 @@ class EfficientAdditiveAttention(nn.Module):
         dtype=None,
     ):
         super().__init__()
+        positive_int(type(self).__name__, in_dims=in_dims, token_dim=token_dim, num_heads=num_heads)
         if token_norm not in TOKEN_NORMS:
             raise ValueError(f"token_norm must be one of {TOKEN_NORMS}, got {token_norm!r}")
         if backend not in BACKENDS:
@@ -76,8 +101,7 @@ class EfficientAdditiveAttention(nn.Module):
             raise ValueError(f"expected tokens of shape (B, N, {self.in_dims}), got {tuple(x.shape)}")
         if 0 in x.shape:
             raise ValueError(f"tokens must be non-empty in every axis (batch, tokens, {self.in_dims}), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"tokens must be a floating-point tensor, got {x.dtype}")
+        check_input_dtype(x, self.to_query.weight, "tokens")
         y = e2a(
             self.to_query(x),
             self.to_key(x),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from .attention import EfficientAdditiveAttention, EfficientAdditiveAttention2d
+from .attention import EfficientAdditiveAttention, EfficientAdditiveAttention2d, check_input_dtype, positive_int
 from .cross_attention import CROCNET_STREAMS, CrossEfficientAdditiveAttention, convert_crocnet_cross_attention
 
 
@@ -16,6 +19,18 @@ def _layer_scale(dim: int, value: float) -> nn.Parameter:
 
 def _drop_path(rate: float) -> nn.Module:
     return DropPath(rate) if rate > 0.0 else nn.Identity()
+
+
+def check_block_args(owner: str, dim: int, mlp_ratio: float, drop_path: float) -> int:
+    """Raise a ``ValueError`` for a bad width, MLP ratio or drop-path rate; return the MLP's hidden width."""
+    positive_int(owner, dim=dim)
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, numbers.Real) or not 1 <= dim * mlp_ratio < math.inf:
+        raise ValueError(
+            f"{owner}: mlp_ratio must be a number with int(dim · mlp_ratio) >= 1 (dim = {dim}), got {mlp_ratio!r}"
+        )
+    if isinstance(drop_path, bool) or not isinstance(drop_path, numbers.Real) or not 0.0 <= drop_path < 1.0:
+        raise ValueError(f"{owner}: drop_path must be a rate in [0, 1), got {drop_path!r}")
+    return int(dim * mlp_ratio)
 
 
 class ConvMlp2d(nn.Module):
@@ -83,9 +98,10 @@ class E2ABlock2d(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
+        hidden = check_block_args(type(self).__name__, dim, mlp_ratio, drop_path)
         self.local_representation = LocalRepresentation2d(dim, drop_path=0.0)
         self.attn = EfficientAdditiveAttention(dim, dim, token_norm=token_norm, backend=backend)
-        self.mlp = ConvMlp2d(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = ConvMlp2d(dim, hidden, drop=drop)
         self.drop_path = _drop_path(drop_path)
         self.layer_scale_1 = _layer_scale(dim, layer_scale_init_value)
         self.layer_scale_2 = _layer_scale(dim, layer_scale_init_value)
@@ -94,6 +110,7 @@ class E2ABlock2d(nn.Module):
         dim = self.layer_scale_1.shape[0]
         if x.dim() != 4 or x.shape[1] != dim:
             raise ValueError(f"expected a feature map of shape (B, {dim}, H, W), got {tuple(x.shape)}")
+        check_input_dtype(x, self.layer_scale_1, "the feature map")
         x = self.local_representation(x)
         B, C, H, W = x.shape
         attn = self.attn(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W)
@@ -120,11 +137,13 @@ class CrossE2ABlock2d(nn.Module):
         authors_final_bug: bool = False,
     ):
         super().__init__()
+        hidden = check_block_args(type(self).__name__, dim, mlp_ratio, drop_path)
+        positive_int(type(self).__name__, streams=streams)
         self.streams = streams
         self.attn = CrossEfficientAdditiveAttention(
             dim, dim, streams=streams, token_norm=token_norm, backend=backend, authors_final_bug=authors_final_bug
         )
-        self.mlp = nn.ModuleList(ConvMlp2d(dim, int(dim * mlp_ratio), drop=drop) for _ in range(streams))
+        self.mlp = nn.ModuleList(ConvMlp2d(dim, hidden, drop=drop) for _ in range(streams))
         self.layer_scale_1 = nn.ParameterList(_layer_scale(dim, layer_scale_init_value) for _ in range(streams))
         self.layer_scale_2 = nn.ParameterList(_layer_scale(dim, layer_scale_init_value) for _ in range(streams))
         self.drop_path = _drop_path(drop_path)
@@ -139,6 +158,7 @@ class CrossE2ABlock2d(nn.Module):
         for s, x in enumerate(xs):
             if x.shape != xs[0].shape:
                 raise ValueError(f"every stream must have the shape of stream 0 {tuple(xs[0].shape)}, got {tuple(x.shape)} for stream {s}")
+            check_input_dtype(x, self.layer_scale_1[s], f"stream {s}")
         tokens = [x.flatten(2).transpose(1, 2) for x in xs]
         attn = self.attn(*tokens)
         out = []
@@ -169,6 +189,7 @@ class E2A2d(nn.Module):
 
     def __init__(self, channels: int, token_norm: str = "l2", backend: str = "auto", layer_scale_init_value: float = 1e-5):
         super().__init__()
+        positive_int(type(self).__name__, channels=channels)
         self.attn = EfficientAdditiveAttention2d(channels, channels, token_norm=token_norm, backend=backend)
         self.layer_scale = _layer_scale(channels, layer_scale_init_value)
 

@@ -8,6 +8,7 @@ from torch import nn
 from ..ops import cross_e2a, cross_e2a_streams
 from ..ops._checks import BACKENDS, resolve_backend
 from ..ops.naive import TOKEN_NORMS
+from .attention import check_input_dtype, positive_int
 
 #: Stream names of the authors' ``X_EfficientAdditiveAttnetion``, in their order.
 CROCNET_STREAMS = ("lv", "myo", "rv")
@@ -47,8 +48,7 @@ class CrossEfficientAdditiveAttention(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        if streams < 1:
-            raise ValueError(f"streams must be >= 1, got {streams}")
+        positive_int(type(self).__name__, in_dims=in_dims, token_dim=token_dim, streams=streams, num_heads=num_heads)
         if token_norm not in TOKEN_NORMS:
             raise ValueError(f"token_norm must be one of {TOKEN_NORMS}, got {token_norm!r}")
         if backend not in BACKENDS:
@@ -80,6 +80,9 @@ class CrossEfficientAdditiveAttention(nn.Module):
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if len(xs) != self.streams:
             raise ValueError(f"expected {self.streams} streams, got {len(xs)}")
+        for s, x in enumerate(xs):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"streams must be tensors (B, N, {self.in_dims}), got {type(x).__name__} for stream {s}")
         shape = xs[0].shape
         if len(shape) != 3 or shape[-1] != self.in_dims:
             raise ValueError(f"expected streams of shape (B, N, {self.in_dims}), got {tuple(shape)} for stream 0")
@@ -91,6 +94,7 @@ class CrossEfficientAdditiveAttention(nn.Module):
         for s, x in enumerate(xs):
             if not x.is_floating_point():
                 raise TypeError(f"streams must be floating-point tensors, got {x.dtype} for stream {s}")
+            check_input_dtype(x, self.to_query[s].weight, f"stream {s}")
         qs = [lin(x) for lin, x in zip(self.to_query, xs)]
         ks = [lin(x) for lin, x in zip(self.to_key, xs)]
         if resolve_backend(self.backend, qs[0]) == "torch":  # per stream, nothing stacked

@@ -136,6 +136,32 @@ def test_crop_and_paste_reject_missing_and_out_of_image_boxes():
         paste_back(torch.rand(1, 1, 8, 8), [CropBox(0, 0, 16, 16)], (12, 12))
 
 
+@pytest.mark.parametrize("call, error, message", [
+    (lambda x: crop_and_resize(x, CropBox(0, 0, 8, 8), 8), TypeError, "expected a sequence of CropBox, one per image, got CropBox"),
+    (lambda x: crop_and_resize(x, [CropBox(0, 0, 8, 8)] * 2, 8.0), ValueError, r"size must be a positive int or \(h, w\) of positive ints, got 8.0"),
+    (lambda x: crop_and_resize(x, [CropBox(0, 0, 8, 8)] * 2, True), ValueError, "size must be a positive int .* got True"),
+    (lambda x: crop_and_resize(x, [CropBox(0, 0, 8, 8)] * 2, 8, mode="linear"), ValueError,
+     r"mode must be one of \('nearest', 'nearest-exact', 'bilinear', 'bicubic', 'area'\), got 'linear'"),
+    (lambda x: crop_and_resize(x.long(), [CropBox(0, 0, 8, 8)] * 2, 8), TypeError,
+     "images of dtype torch.int64 are resized with mode 'nearest' or 'nearest-exact' .* got 'bilinear'"),
+    (lambda x: paste_back(x, [CropBox(0, 0, 8, 8)] * 2, (16, 16, 1)), ValueError,
+     r"image_size must be a positive int or \(h, w\) of positive ints, got \(16, 16, 1\)"),
+    (lambda x: paste_back(x, [CropBox(0, 0, 8, 8)] * 2, (16.0, 16)), ValueError, r"image_size .* got \(16.0, 16\)"),
+    (lambda x: heart_box(np.ones((8, 8), bool), margin=1.5), ValueError, r"margin must be an int >= 0 \(pixels\), got 1.5"),
+    (lambda x: heart_boxes(np.ones((1, 8, 8), bool)), TypeError, r"expected a boolean \(B, H, W\) torch tensor .* got ndarray"),
+])
+def test_bad_sizes_modes_and_margins_are_clear_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call(torch.rand(2, 1, 16, 16))
+
+
+def test_integer_maps_resize_with_nearest_modes():
+    labels = torch.randint(0, 4, (1, 1, 16, 16))
+    crop = crop_and_resize(labels, [CropBox(0, 0, 8, 8)], 8, mode="nearest")
+    assert crop.dtype == torch.int64 and torch.equal(crop, labels[..., :8, :8])
+    assert torch.equal(paste_back(crop, [CropBox(0, 0, 8, 8)], 16, mode="nearest")[..., :8, :8], crop)
+
+
 def test_boolean_masks_crop_and_paste_back_as_booleans():
     mask = torch.from_numpy(blob((16, 16), 4, 4, 12, 12))[None, None]
     box = [CropBox(2, 2, 14, 14)]

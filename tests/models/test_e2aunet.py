@@ -81,6 +81,63 @@ def test_input_errors():
         E2AUNet(attention="linear")
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(in_chans=0), "E2AUNet: in_chans must be an int >= 1, got 0"),
+    (dict(in_chans=1.5), "E2AUNet: in_chans must be an int >= 1, got 1.5"),
+    (dict(num_classes=0), r"E2AUNet: num_classes must be an int >= 1 \(the logit maps; for the features use forward_features\), got 0"),
+    (dict(depth=2.5), "need depth >= 0 and base_width >= 2, got depth=2.5, base_width=8"),
+    (dict(head_dim=0, attention="mhsa"), "E2AUNet: head_dim must be an int >= 1, got 0"),
+    (dict(base_width=50, attention="mhsa"), r"level 1 has width 100, which does not split into max\(1, 100 // head_dim\) = 3 heads"),
+    (dict(drop_path_rate=1.0), r"drop_path_rate must be a rate in \[0, 1\), got 1.0"),
+    (dict(drop_path_rate=-0.1), r"drop_path_rate must be a rate in \[0, 1\), got -0.1"),
+    (dict(mlp_ratio=0.1), r"E2AUNet: mlp_ratio must be a number with int\(dim · mlp_ratio\) >= 1 \(dim = 8\), got 0.1"),
+    (dict(attention_levels=2), r"attention_levels must be integers in 0..depth = 0..2, got 2$"),
+    (dict(attention_levels=(True,)), r"attention_levels must be integers in 0..depth = 0..2, got \(True,\)"),
+    (dict(attention="none", token_norm="L2"), r"token_norm must be one of \('l2', 'softmax', 'none'\), got 'L2'"),
+    (dict(attention="mhsa", backend="cuda"), r"backend must be one of \('auto', 'triton', 'torch'\), got 'cuda'"),
+    (dict(attention="E2A", attention_levels=()), r"attention must be one of \('e2a', 'mhsa', 'none'\), got 'E2A'"),
+])
+def test_bad_constructor_arguments_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        E2AUNet(**{"base_width": 8, "depth": 2, **kwargs})
+
+
+def test_attention_levels_from_a_generator():
+    model = E2AUNet(base_width=8, depth=2, attention_levels=(lv for lv in (2, 1)))
+    assert model.attention_levels == (1, 2)
+
+
+def test_reset_classifier_refuses_zero_classes():
+    model = E2AUNet(base_width=8, depth=2)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
+        model.reset_classifier(0)
+    assert model.num_classes == 4 and model.head.out_channels == 4
+
+
+@pytest.mark.parametrize("x, error, message", [
+    (torch.zeros(1, 1, 16, 16, dtype=torch.long), TypeError, "the input of E2AUNet must be a floating-point tensor, got torch.int64"),
+    (torch.zeros(1, 1, 16, 16, dtype=torch.float64), TypeError,
+     r"the input of E2AUNet must have the parameters' dtype torch.float32 \(outside autocast\), got torch.float64"),
+    (torch.zeros(0, 1, 16, 16), ValueError, r"E2AUNet expects a non-empty \(B, 1, H, W\), got \(0, 1, 16, 16\)"),
+    (torch.zeros(1, 1, 0, 16), ValueError, r"E2AUNet expects a non-empty \(B, 1, H, W\), got \(1, 1, 0, 16\)"),
+    (torch.zeros(1, 16, 16), ValueError, r"E2AUNet expects \(B, 1, H, W\), got \(1, 16, 16\)"),
+])
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_bad_inputs_say_what_was_expected(attention, x, error, message):
+    model = E2AUNet(base_width=4, depth=2, attention=attention)
+    with pytest.raises(error, match=message):
+        model(x)
+
+
+def test_autocast_takes_inputs_of_the_dtypes_it_casts():
+    model = E2AUNet(base_width=4, depth=2).eval()
+    x = torch.randn(1, 1, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x.half()).dtype == torch.bfloat16
+        with pytest.raises(TypeError, match=r"dtype torch.float32 \(autocast casts only float16, bfloat16 and float32\), got torch.float64"):
+            model(x.double())
+
+
 def test_activation():
     x = torch.randn(2, 1, 16, 16)
     sig = E2AUNet(base_width=8, depth=2).eval()

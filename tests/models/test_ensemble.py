@@ -60,3 +60,17 @@ def test_bad_members_are_clear_errors():
         MeanEnsemble([Scaled(1), nn.Conv2d(1, 1, 1)])
     with pytest.raises(ValueError, match=r"member 1 predicts \(2, 4, 6, 8\), member 0 \(2, 3, 6, 8\)"):
         MeanEnsemble([Scaled(1), Scaled(1, channels=4)]).predict(torch.zeros(2, 1, 6, 8))
+    with pytest.raises(TypeError, match=r"MeanEnsemble takes a list of models, got one Scaled; pass \[model\]"):
+        MeanEnsemble(Scaled(1))
+    with pytest.raises(TypeError, match="member 1 must predict a floating-point tensor of probabilities, got a tuple"):
+        MeanEnsemble([Scaled(1), Pair()]).predict(torch.zeros(2, 1, 6, 8))
+    with pytest.raises(TypeError, match="member 0 must predict a floating-point tensor of probabilities, got a torch.int64 tensor"):
+        MeanEnsemble([Scaled(1, dtype=torch.int64)]).predict(torch.zeros(2, 1, 6, 8))
+
+
+class Pair(Scaled):
+    def __init__(self):
+        super().__init__(1)
+
+    def predict(self, x: torch.Tensor):
+        return super().predict(x), None

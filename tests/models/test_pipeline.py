@@ -144,6 +144,99 @@ def test_crop_size_must_suit_stage2():
         CroCNet(E2AUNet(base_width=4, depth=2), SpecialistNets(base_width=4, depth=3), crop_size=20)
 
 
+@pytest.mark.parametrize("stage1, stage2, message", [
+    (dict(num_classes=3), {}, r"CroCNet's stage1 must predict 4 maps \(LV, MYO, RV, background\), got num_classes=3 \(E2AUNet\)"),
+    ({}, dict(streams=4, in_chans=5), r"CroCNet's stage2 must predict 3 maps \(LV, MYO, RV\), got num_classes=4 \(SpecialistNets\)"),
+    ({}, dict(in_chans=5), r"stage2 takes the image and the 3 stage-1 masks: in_chans = stage 1's 1 \+ 3 = 4, got 5"),
+    (dict(in_chans=2), {}, r"in_chans = stage 1's 2 \+ 3 = 5, got 4"),
+])
+def test_stages_that_do_not_fit_together_are_refused(stage1, stage2, message):
+    with pytest.raises(ValueError, match=message):
+        CroCNet(E2AUNet(base_width=4, depth=1, **stage1), SpecialistNets(base_width=4, depth=1, **stage2), crop_size=16)
+
+
+def test_a_single_stage2_network_with_four_maps_is_refused():
+    """It would have given label 4 where its fourth map won."""
+    with pytest.raises(ValueError, match=r"stage2 must predict 3 maps .* got num_classes=4 \(E2AUNet\)"):
+        CroCNet(E2AUNet(base_width=4, depth=1), E2AUNet(in_chans=4, num_classes=4, base_width=4, depth=1), crop_size=16)
+    with pytest.raises(TypeError, match="CroCNet's stage1 must be a model with a predict method .* got Conv2d"):
+        CroCNet(nn.Conv2d(1, 4, 1), MaskEcho())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(crop_size=0), "crop_size must be a positive int or \\(h, w\\) of positive ints, got 0"),
+    (dict(crop_size=16.0), "crop_size must be a positive int .* got 16.0"),
+    (dict(crop_size=(16,)), r"crop_size must be a positive int .* got \(16,\)"),
+    (dict(margin=1.5), r"margin must be an int >= 0 \(pixels\), got 1.5"),
+    (dict(threshold=0), r"threshold must be a probability in \(0, 1\], got 0"),
+    (dict(threshold=50), r"threshold must be a probability in \(0, 1\], got 50"),
+    (dict(connectivity=8), r"connectivity must be 1 \(edge neighbours\) or 2 \(also diagonal\), got 8"),
+])
+def test_bad_pipeline_arguments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CroCNet(OracleStage1(torch.zeros(1, 8, 8, dtype=torch.long)), MaskEcho(), **kwargs)
+
+
+def test_bad_images_are_refused_before_anything_runs():
+    model = tiny_crocnet(crop_size=16)
+    nan = torch.randn(3, 1, 16, 16)
+    nan[1, 0, 4, 4] = float("nan")
+    for image, error, message in (
+        (nan, ValueError, r"CroCNet: expected finite images, got NaN or inf in image\(s\) \[1\] of the batch"),
+        (torch.zeros(0, 1, 16, 16), ValueError, r"CroCNet: expected non-empty images \(B, C, H, W\), got \(0, 1, 16, 16\)"),
+        (torch.zeros(1, 1, 16, 16, dtype=torch.uint8), TypeError, "CroCNet: expected floating-point images, got torch.uint8"),
+        (torch.zeros(1, 16, 16), ValueError, r"CroCNet: expected images \(B, C, H, W\), got \(1, 16, 16\)"),
+    ):
+        with pytest.raises(error, match=message):
+            model(image)
+
+
+def test_refine_checks_the_stage1_labels_and_takes_uint8():
+    labels = torch.zeros(1, 40, 40, dtype=torch.int64)
+    labels[0, 10:30, 10:30] = 1
+    model = CroCNet(OracleStage1(labels), MaskEcho(), crop_size=32, margin=2)
+    image = torch.randn(1, 1, 40, 40)
+    out = model.refine(image, labels.to(torch.uint8))
+    assert out.labels.dtype == torch.int64 and torch.equal(out.labels, model.refine(image, labels).labels)
+    with pytest.raises(ValueError, match=r"expected stage-1 labels in 0..3 \(0 bg, 1 LV, 2 MYO, 3 RV\), got values in \[0, 4\]"):
+        model.refine(image, labels * 4)
+    with pytest.raises(TypeError, match="expected integer stage-1 labels .* got dtype torch.float32"):
+        model.refine(image, labels.float())
+    with pytest.raises(TypeError, match="expected integer stage-1 labels .* got dtype torch.bool"):
+        model.refine(image, labels.bool())
+
+
+def test_stage2_output_of_another_layout_is_named():
+    labels = torch.zeros(1, 20, 20, dtype=torch.int64)
+    labels[0, 5:15, 5:15] = 2
+
+    class AllChannels(MaskEcho):
+        def predict(self, x):
+            return x
+
+    model = CroCNet(OracleStage1(labels), AllChannels(), crop_size=16)
+    with pytest.raises(ValueError, match=r"CroCNet: stage 2 must predict \(B, 3, h, w\) = \(1, 3, 16, 16\) on the crops .* got \(1, 4, 16, 16\)"):
+        model(torch.randn(1, 1, 20, 20))
+
+
+def test_label_helpers_refuse_bad_label_maps_and_maps():
+    with pytest.raises(TypeError, match="expected integer labels .* got dtype torch.float32"):
+        label_masks(torch.full((1, 4, 4), 1.7))  # was silently LV
+    with pytest.raises(ValueError, match=r"expected labels in 0..3 .* got values in \[-1, 0\]"):
+        stage1_targets(torch.tensor([[[0, -1]]]))
+    with pytest.raises(ValueError, match=r"expected labels \(B, H, W\) .* got \(4, 4\)"):
+        label_masks(torch.zeros(4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"expected binary probability maps \(B, 3, H, W\) ordered LV, MYO, RV, got \(1, 4, 2, 2\)"):
+        merge_binary_maps(torch.rand(1, 4, 2, 2))  # was label 4 where channel 3 won
+    with pytest.raises(ValueError, match=r"threshold must be a probability in \(0, 1\], got 0"):
+        merge_binary_maps(torch.rand(1, 3, 2, 2), threshold=0)  # was LV wherever every map is 0
+    labels = torch.zeros(1, 12, 12, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"stage2_inputs: expected stage-1 labels \(B, H, W\) on the image's grid \(1, 16, 16\), got \(1, 12, 12\)"):
+        stage2_inputs(torch.randn(1, 1, 16, 16), labels, [CropBox(0, 0, 8, 8)], 8)
+    with pytest.raises(TypeError, match="stage2_inputs: expected floating-point images, got torch.int64"):
+        stage2_inputs(torch.zeros(1, 1, 12, 12, dtype=torch.long), labels, [CropBox(0, 0, 8, 8)], 8)
+
+
 def load_la_ed(subject_dir):
     nib = pytest.importorskip("nibabel")
     image = np.asarray(nib.load(subject_dir / "001_LA_ED.nii.gz").dataobj, dtype=np.float32).squeeze()

@@ -47,6 +47,16 @@ def test_input_errors():
         tiny()(torch.randn(1, 2, 16, 16))
     with pytest.raises(ValueError, match="divisible"):
         tiny()(torch.randn(1, 4, 10, 16))
+    with pytest.raises(ValueError, match=r"SpecialistNets expects a non-empty \(B, 4, H, W\), got \(0, 4, 16, 16\)"):
+        tiny()(torch.randn(0, 4, 16, 16))
+    with pytest.raises(TypeError, match="the input of SpecialistNets must be a floating-point tensor, got torch.uint8"):
+        tiny()(torch.zeros(1, 4, 16, 16, dtype=torch.uint8))
+    with pytest.raises(TypeError, match=r"SpecialistNets must have the parameters' dtype torch.float32 \(outside autocast\), got torch.float16"):
+        tiny()(torch.zeros(1, 4, 16, 16, dtype=torch.float16))
+    with pytest.raises(ValueError, match="SpecialistNets: streams must be an int >= 1, got 1.5"):
+        SpecialistNets(in_chans=4, streams=1.5)
+    with pytest.raises(ValueError, match=r"token_norm must be one of .*, got 'x'"):
+        tiny(cross_attention=False, token_norm="x")
 
 
 def count(module: torch.nn.Module) -> int:

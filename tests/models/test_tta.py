@@ -57,3 +57,18 @@ def test_drops_into_crocnet_and_rejects_bad_input():
         FlipTTA(nn.Conv2d(1, 1, 1))
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         FlipTTA(FixedMap(4, 4)).predict(torch.zeros(4, 4))
+
+
+def test_outputs_that_cannot_be_flipped_back_are_refused():
+    """A map on another grid would be mirrored about the wrong centre, and averaged without a word."""
+    with pytest.raises(ValueError, match=r"FlipTTA: the model must predict probabilities on the input's grid, \(8, K, 4, 6\) .* of \(2, 1, 4, 6\), got \(8, 1, 4, 4\)"):
+        FlipTTA(FixedMap(4, 4)).predict(torch.zeros(2, 1, 4, 6))
+    with pytest.raises(ValueError, match=r"got \(4, 4, 4\)"):
+        FlipTTA(Squeezed()).predict(torch.zeros(1, 1, 4, 4))
+
+
+class Squeezed(nn.Module):
+    """'Predicts' (B, H, W): no channel axis."""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]

@@ -93,12 +93,28 @@ def test_other_stream_counts(streams):
         ([(2, 4, 7)] * 3, torch.float32, ValueError, r"\(B, N, 8\), got \(2, 4, 7\)"),
         ([(2, 4, 8)] * 2, torch.float32, ValueError, "expected 3 streams, got 2"),
         ([(2, 4, 8)] * 3, torch.int64, TypeError, "floating-point tensors, got torch.int64 for stream 0"),
+        ([(2, 4, 8)] * 3, torch.float64, TypeError, r"stream 0 must have the parameters' dtype torch.float32 \(outside autocast\), got torch.float64"),
     ],
 )
 def test_module_bad_inputs_are_clear_errors(shapes, dtype, error, message):
     m = CrossEfficientAdditiveAttention(8, 16)
     with pytest.raises(error, match=message):
         m(*[torch.zeros(s, dtype=dtype) for s in shapes])
+
+
+def test_module_names_the_stream_of_another_dtype_and_bad_arguments():
+    m = CrossEfficientAdditiveAttention(8, 16, backend="torch")
+    xs = [torch.zeros(2, 4, 8) for _ in range(3)]
+    with pytest.raises(TypeError, match=r"stream 2 must have the parameters' dtype torch.float32 \(outside autocast\), got torch.float16"):
+        m(*xs[:2], xs[2].half())
+    with pytest.raises(TypeError, match=r"streams must be tensors \(B, N, 8\), got list for stream 0"):
+        m(xs, xs, xs)
+    for kwargs, message in ((dict(streams=0), "streams must be an int >= 1, got 0"), (dict(streams=1.5), "streams must be an int >= 1, got 1.5"),
+                            (dict(token_dim=0), "token_dim must be an int >= 1, got 0")):
+        with pytest.raises(ValueError, match=f"CrossEfficientAdditiveAttention: {message}"):
+            CrossEfficientAdditiveAttention(**{"in_dims": 8, "token_dim": 16, **kwargs})
+    with pytest.raises(TypeError, match="stream 1 must be a floating-point tensor, got torch.int64"):
+        CrossE2ABlock2d(8)(torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 4, 4, dtype=torch.long), torch.zeros(1, 8, 4, 4))
 
 
 def test_loader_names_the_missing_key():

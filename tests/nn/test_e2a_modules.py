@@ -56,6 +56,35 @@ def test_patched_swiftformer_with_the_triton_kernels():
 def test_patch_rejects_other_models():
     with pytest.raises(TypeError, match="SwiftFormer"):
         crocnet.patch_timm_swiftformer(torch.nn.Linear(2, 2))
+    assert crocnet.unpatch_timm_swiftformer(torch.nn.Linear(2, 2)) == []  # never patched: nothing to restore
+    with pytest.raises(TypeError, match="unpatch_timm_swiftformer expects a model patched by patch_timm_swiftformer, got str"):
+        crocnet.unpatch_timm_swiftformer("swiftformer_xs")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: EfficientAdditiveAttention(16, 0), "EfficientAdditiveAttention: token_dim must be an int >= 1, got 0"),
+    (lambda: EfficientAdditiveAttention(0, 16), "EfficientAdditiveAttention: in_dims must be an int >= 1, got 0"),
+    (lambda: EfficientAdditiveAttention2d(16, 16, num_heads=0), "EfficientAdditiveAttention2d: num_heads must be an int >= 1, got 0"),
+    (lambda: E2ABlock2d(0), "E2ABlock2d: dim must be an int >= 1, got 0"),
+    (lambda: E2ABlock2d(16, mlp_ratio=0), r"E2ABlock2d: mlp_ratio must be a number with int\(dim · mlp_ratio\) >= 1 \(dim = 16\), got 0"),
+    (lambda: E2ABlock2d(16, mlp_ratio=float("nan")), "E2ABlock2d: mlp_ratio must be a number .* got nan"),
+    (lambda: E2ABlock2d(16, drop_path=1.5), r"E2ABlock2d: drop_path must be a rate in \[0, 1\), got 1.5"),
+    (lambda: E2A2d(0), "E2A2d: channels must be an int >= 1, got 0"),
+])
+def test_bad_constructor_arguments_are_clear_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_input_dtype_must_match_the_parameters():
+    tokens = torch.randn(2, 5, 16)
+    with pytest.raises(TypeError, match=r"tokens must have the parameters' dtype torch.float32 \(outside autocast\), got torch.float64"):
+        EfficientAdditiveAttention(16, 16)(tokens.double())
+    with pytest.raises(TypeError, match="the feature map must be a floating-point tensor, got torch.int64"):
+        E2ABlock2d(16)(torch.zeros(1, 16, 3, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"the feature map must have the parameters' dtype torch.float32 \(outside autocast\), got torch.float16"):
+        E2ABlock2d(16)(torch.zeros(1, 16, 3, 3, dtype=torch.float16))
+    assert EfficientAdditiveAttention(16, 16, backend="torch").double()(tokens.double()).dtype == torch.float64
 
 
 def test_e2a2d_starts_near_identity_and_trains():

@@ -40,8 +40,8 @@ def test_a_good_config_file_keeps_its_values(tmp_path):
     ({"views": ("XX",)}, "--views must be LA and/or SA, got XX"),
     ({"views": ()}, "--views must be LA and/or SA, got none"),
     ({"stage": "1"}, "--stage must be 1 or 2, got '1'"),
-    ({"lr": -1.0}, r"--lr must be a positive number \(Adam's learning rate, e.g. 1e-4\), got -1.0"),
-    ({"lr": float("nan")}, "--lr must be a positive number .*, got nan"),
+    ({"lr": -1.0}, r"--lr must be a number >= 0 \(Adam's learning rate, e.g. 1e-4\), got -1.0"),
+    ({"lr": float("nan")}, "--lr must be a number >= 0 .*, got nan"),
 ])
 def test_validate_refuses_views_and_stages_that_do_not_exist(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
