@@ -22,6 +22,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -81,15 +82,21 @@ def prepare_split(cfg: TrainConfig, records, out: Path) -> dict:
 
 
 def check_split_subjects(split: dict, records, cfg: TrainConfig) -> None:
-    """Refuse a fold to train whose training or validation subjects are none of the data's (a split of other data)."""
+    """Refuse a fold to train whose training or validation subjects are none of the data's (a split of other data);
+    warn when only some are missing (a partial download trains on fewer subjects than the split lists)."""
     present = sorted({r.subject for r in records})
+    source = f"--split-file {cfg.split_file}" if cfg.split_file else "the split"
     for k in cfg.folds_to_run():
         for part, what in (("train", "training"), ("val", "validation")):
             wanted = sorted(split["folds"][k][part])
-            if not set(wanted) & set(present):
-                source = f"--split-file {cfg.split_file}" if cfg.split_file else "the split"
+            missing = sorted(set(wanted) - set(present))
+            if len(missing) == len(wanted):
                 raise ValueError(f"{source}: fold {k}'s {what} subjects ({name_list(wanted) or 'none'}) are not in "
                                  f"--data {cfg.data} (subjects there: {name_list(present) or 'none'}); use a split of this data")
+            if missing:
+                warnings.warn(f"{source}: {len(missing)} of fold {k}'s {len(wanted)} {what} subjects are not in --data "
+                              f"{cfg.data} ({name_list(missing)}); fold {k} uses the {len(wanted) - len(missing)} present",
+                              stacklevel=2)
 
 
 def check_same_split(saved: dict, split: dict, path: Path, cfg: TrainConfig) -> None:

@@ -428,6 +428,12 @@ def test_a_split_file_of_other_data_names_the_subjects_of_both(phantoms, tmp_pat
     with pytest.raises(ValueError, match=r"fold 0's validation subjects \(patient023\) are not in --data"):
         train.prepare_split(train.TrainConfig(data=str(phantoms), split_file=str(other)), records, out)
     assert not out.exists()
+    other.write_text(json.dumps({"folds": [{"fold": 0, "train": ["001", "002", "099"], "val": ["003", "004"]},
+                                           {"fold": 1, "train": ["003", "004"], "val": ["001", "002", "099"]}]}))
+    cfg = train.TrainConfig(data=str(phantoms), split_file=str(other), fold="0")
+    with pytest.warns(UserWarning, match=rf"1 of fold 0's 3 training subjects are not in --data {phantoms} \(099\); "
+                                         r"fold 0 uses the 2 present"):
+        train.prepare_split(cfg, records, out)
 
 
 def test_evaluate_split_errors_say_what_is_wrong(demo_run, tmp_path, capsys):
