@@ -116,6 +116,28 @@ def timm_core(q, k, w_g, proj_weight, proj_bias, token_norm: str = "l2") -> torc
     return forward(m, x)
 
 
+def assert_core_matches_timm(op, inputs, dy, token_norm: str, device, dtype: torch.dtype) -> None:
+    """``op(q, k, w_g, proj_weight, proj_bias)`` against :func:`timm_core` in float64: the output and every
+    gradient, with the tolerance table (``assert_matches``, which also requires finite values).
+
+    ``inputs`` and ``dy`` are float64; each run gets its own copies (``op``'s in ``dtype`` on ``device``), so the
+    two runs never share a leaf and its ``.grad``. With ``token_norm="none"`` ``op`` gives ``w_g`` no gradient
+    and timm's size-1 softmax passes back exact zeros.
+    """
+    res = {}
+    for name, fn, dev, dt in (("ours", op, device, dtype),
+                              ("timm", lambda *a: timm_core(*a, token_norm=token_norm), "cpu", torch.float64)):
+        args = [t.detach().to(dev, dt, copy=True).requires_grad_(True) for t in inputs]
+        y = fn(*args)
+        y.backward(dy.to(dev, dt))
+        res[name] = [y] + [a.grad for a in args]
+    for label, a, r in zip(["y", "dq", "dk", "dw_g", "dW", "db"], res["ours"], res["timm"]):
+        if a is None:
+            assert label == "dw_g" and token_norm == "none" and torch.count_nonzero(r) == 0, label
+            continue
+        assert_matches(label, a, r, dtype, grad=label != "y")
+
+
 STREAMS = ("lv", "myo", "rv")
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 from kernel_env import interpreting, triton_device
-from e2a_reference import LOWP_FLOOR, LOWP_RATIO, assert_matches, rel_err, timm_core
+from e2a_reference import LOWP_FLOOR, LOWP_RATIO, assert_core_matches_timm, assert_matches, rel_err, timm_core
 
 import crocnet._triton.e2a as kernels
 from crocnet.nn import CrossEfficientAdditiveAttention, EfficientAdditiveAttention
@@ -164,19 +164,8 @@ def test_zero_vectors_behave_like_timm(backend, token_norm):
     q[1] = 0.0             # an all-zero image: every score a = 0, so ‖a‖ = 0 < eps
     k[2] = 0.0
     dy = torch.randn(3, 20, 16, dtype=torch.float64)
-    outs = {}
-    for name, fn, device, dt in (("ours", lambda *a: e2a(*a, token_norm=token_norm, backend=backend), dev, dtype),
-                                 ("timm", lambda *a: timm_core(*a, token_norm=token_norm), "cpu", torch.float64)):
-        args = [t.to(device, dt).requires_grad_(True) for t in (q, k, w_g, W, b)]
-        y = fn(*args)
-        y.backward(dy.to(device, dt))
-        outs[name] = [y] + [a.grad for a in args]
-    for label, a, r in zip(["y", "dq", "dk", "dw_g", "dW", "db"], outs["ours"], outs["timm"]):
-        if a is None:  # "none" does not use w_g: no gradient; timm's size-1 softmax passes back exact zeros
-            assert label == "dw_g" and token_norm == "none" and torch.count_nonzero(r) == 0, label
-            continue
-        assert torch.isfinite(a).all(), label
-        assert_matches(label, a, r, dtype, grad=label != "y")
+    assert_core_matches_timm(lambda *a: e2a(*a, token_norm=token_norm, backend=backend), (q, k, w_g, W, b), dy,
+                             token_norm, dev, dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 from kernel_env import skip_fp64_on_gpu, triton_device
-from e2a_reference import assert_matches, grads, softmax_e2a_module_forward, timm_core, timm_e2a
+from e2a_reference import assert_core_matches_timm, assert_matches, grads, softmax_e2a_module_forward, timm_e2a
 
 from crocnet.nn import EfficientAdditiveAttention, EfficientAdditiveAttention2d
 from crocnet.ops import e2a, e2a_naive
@@ -122,18 +122,8 @@ def test_op_matches_timm_for_every_token_norm(backend, token_norm):
     q, k = torch.randn(2, B, N, D, dtype=torch.float64).unbind(0)
     w_g, W, b = torch.randn(D, 1, dtype=torch.float64), torch.randn(D, D, dtype=torch.float64) / D, torch.randn(D, dtype=torch.float64)
     dy = torch.randn(B, N, D, dtype=torch.float64)
-    res = {}
-    for name, fn, device, dt in (("ours", lambda *a: e2a(*a, token_norm=token_norm, backend=backend), dev, dtype),
-                                 ("timm", lambda *a: timm_core(*a, token_norm=token_norm), "cpu", torch.float64)):
-        args = [t.to(device, dt).requires_grad_(True) for t in (q, k, w_g, W, b)]
-        y = fn(*args)
-        y.backward(dy.to(device, dt))
-        res[name] = [y] + [a.grad for a in args]
-    for name, a, ref in zip(["y", "dq", "dk", "dw_g", "dW", "db"], res["ours"], res["timm"]):
-        if a is None:  # "none" does not use w_g: no gradient; timm's size-1 softmax passes back exact zeros
-            assert name == "dw_g" and token_norm == "none" and torch.count_nonzero(ref) == 0, name
-            continue
-        assert_matches(name, a, ref, dtype, grad=name != "y")
+    assert_core_matches_timm(lambda *a: e2a(*a, token_norm=token_norm, backend=backend), (q, k, w_g, W, b), dy,
+                             token_norm, dev, dtype)
 
 
 @pytest.mark.parametrize("token_norm", ["l2", "softmax"])
