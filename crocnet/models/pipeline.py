@@ -49,6 +49,10 @@ def label_masks(labels: torch.Tensor, dtype: torch.dtype = torch.float32) -> tor
     """Label map ``(B, H, W)`` (0 bg, 1 LV, 2 MYO, 3 RV) → binary masks ``(B, 3, H, W)`` in order LV, MYO, RV:
     the stage-2 mask channels, and the stage-2 training targets."""
     check_labels(labels)
+    return _label_masks(labels, dtype)
+
+
+def _label_masks(labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return F.one_hot(labels.long(), 4)[..., 1:].permute(0, 3, 1, 2).to(dtype)
 
 
@@ -73,10 +77,16 @@ def stage2_inputs(
     if stage1_labels.shape != (image.shape[0], *image.shape[-2:]):
         raise ValueError(f"stage2_inputs: expected stage-1 labels (B, H, W) on the image's grid "
                          f"{(image.shape[0], *image.shape[-2:])}, got {tuple(stage1_labels.shape)}")
+    check_labels(stage1_labels)
+    return _stage2_inputs(image, stage1_labels, boxes, crop_size)
+
+
+def _stage2_inputs(image, stage1_labels, boxes, crop_size) -> torch.Tensor:
+    """:func:`stage2_inputs` on inputs already checked (one check per entry point: each is a device sync)."""
     return torch.cat(
         [
             crop_and_resize(image, boxes, crop_size, mode="bilinear"),
-            crop_and_resize(label_masks(stage1_labels, image.dtype), boxes, crop_size, mode="nearest-exact"),
+            crop_and_resize(_label_masks(stage1_labels, image.dtype), boxes, crop_size, mode="nearest-exact"),
         ],
         dim=1,
     )
@@ -206,7 +216,7 @@ class CroCNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> CroCNetOutput:
         check_images(image, "CroCNet")
-        return self.refine(image, stage1_to_labels(self.stage1_probabilities(image)))
+        return self._refine(image, stage1_to_labels(self.stage1_probabilities(image)))
 
     def refine(self, image: torch.Tensor, stage1_labels: torch.Tensor) -> CroCNetOutput:
         """Steps 2–4 on given stage-1 labels ``(B, H, W)`` of ``image (B, C, H, W)``: crop, stage 2, paste back
@@ -218,6 +228,9 @@ class CroCNet(nn.Module):
                 f"{tuple(image.shape)} and {tuple(stage1_labels.shape)}"
             )
         check_labels(stage1_labels, "stage-1 labels")
+        return self._refine(image, stage1_labels)
+
+    def _refine(self, image: torch.Tensor, stage1_labels: torch.Tensor) -> CroCNetOutput:
         stage1_labels = stage1_labels.long()
         H, W = image.shape[-2:]
         boxes = heart_boxes(stage1_labels != 0, self.margin, self.connectivity)
@@ -226,7 +239,7 @@ class CroCNet(nn.Module):
         pasted = image.new_zeros((image.shape[0], 3, H, W), dtype=torch.float32)
         if found:
             kept = [boxes[i] for i in found]
-            probs = self.stage2.predict(stage2_inputs(image[found], stage1_labels[found], kept, self.crop_size))
+            probs = self.stage2.predict(_stage2_inputs(image[found], stage1_labels[found], kept, self.crop_size))
             expected = (len(found), 3, *self.crop_size)
             if not isinstance(probs, torch.Tensor) or probs.shape != expected:
                 got = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
