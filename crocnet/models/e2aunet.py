@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
 
 from ..nn import E2ABlock2d
-from ..nn.attention import check_input_dtype, positive_int
+from ..nn.attention import check_input_dtype, is_int, is_rate, positive_int
 from ..nn.blocks import check_block_args
 from ..nn.conv import ConvBlock2d, Downsample2d
 from ..ops._checks import BACKENDS
@@ -55,12 +53,8 @@ def attention_block(
     raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_num_classes(num_classes: int) -> None:
-    if not _is_int(num_classes) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise ValueError(
             f"E2AUNet: num_classes must be an int >= 1 (the logit maps; for the features use forward_features), "
             f"got {num_classes!r}"
@@ -90,7 +84,7 @@ def _attention_levels(levels, depth: int) -> tuple[int, ...]:
     if levels is None:
         return tuple(range(depth + 1))
     values = None if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__") else tuple(levels)
-    if values is None or any(not _is_int(lv) or not 0 <= lv <= depth for lv in values):
+    if values is None or any(not is_int(lv) or not 0 <= lv <= depth for lv in values):
         raise ValueError(f"attention_levels must be integers in 0..depth = 0..{depth}, got {levels!r}")
     return tuple(sorted(set(values)))
 
@@ -187,13 +181,13 @@ class E2AUNet(nn.Module):
         super().__init__()
         if head_activation not in HEAD_ACTIVATIONS:
             raise ValueError(f"head_activation must be one of {HEAD_ACTIVATIONS}, got {head_activation!r}")
-        if not _is_int(depth) or not _is_int(base_width) or depth < 0 or base_width < 2:
+        if not is_int(depth) or not is_int(base_width) or depth < 0 or base_width < 2:
             raise ValueError(f"need depth >= 0 and base_width >= 2, got depth={depth!r}, base_width={base_width!r}")
         positive_int(type(self).__name__, in_chans=in_chans, head_dim=head_dim)
         _check_num_classes(num_classes)
         _check_choices(attention, token_norm, backend)
         check_block_args(type(self).__name__, base_width, mlp_ratio, 0.0)
-        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, numbers.Real) or not 0 <= drop_path_rate < 1:
+        if not is_rate(drop_path_rate):
             raise ValueError(f"drop_path_rate must be a rate in [0, 1), got {drop_path_rate!r}")
         self.in_chans, self.num_classes, self.depth = in_chans, num_classes, depth
         levels = _attention_levels(attention_levels, depth)

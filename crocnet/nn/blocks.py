@@ -9,7 +9,7 @@ import torch
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from .attention import EfficientAdditiveAttention, EfficientAdditiveAttention2d, check_input_dtype, positive_int
+from .attention import EfficientAdditiveAttention, EfficientAdditiveAttention2d, check_input_dtype, is_rate, positive_int
 from .cross_attention import CROCNET_STREAMS, CrossEfficientAdditiveAttention, convert_crocnet_cross_attention
 
 
@@ -28,7 +28,7 @@ def check_block_args(owner: str, dim: int, mlp_ratio: float, drop_path: float) -
         raise ValueError(
             f"{owner}: mlp_ratio must be a number with int(dim · mlp_ratio) >= 1 (dim = {dim}), got {mlp_ratio!r}"
         )
-    if isinstance(drop_path, bool) or not isinstance(drop_path, numbers.Real) or not 0.0 <= drop_path < 1.0:
+    if not is_rate(drop_path):
         raise ValueError(f"{owner}: drop_path must be a rate in [0, 1), got {drop_path!r}")
     return int(dim * mlp_ratio)
 
