@@ -20,9 +20,20 @@ MIN_BLOCK_N = 16
 INTERPRETING = interpret_requested()
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "1") not in ("0", "false", "False", "")
+
+
 def autotune_enabled() -> bool:
     """``CROCNET_AUTOTUNE=0`` turns autotuning off (one default config); the interpreter never tunes."""
-    return os.environ.get("CROCNET_AUTOTUNE", "1") not in ("0", "false", "False", "") and not INTERPRETING
+    return _env_flag("CROCNET_AUTOTUNE") and not INTERPRETING
+
+
+#: Whether the tuning results go to Triton's disk cache (beside its compiled kernels, ``TRITON_CACHE_DIR``),
+#: so a new process reuses them instead of benchmarking every config again; ``CROCNET_AUTOTUNE_CACHE=0``
+#: keeps them in memory only. Read once, when the kernels are decorated. Triton keys each entry on its own
+#: version, the target GPU, the kernel source, the tuning key and the configs tried.
+AUTOTUNE_CACHE = _env_flag("CROCNET_AUTOTUNE_CACHE")
 
 
 #: Elements of one [BLOCK_N, BLOCK_D] tile per thread: the kernels hold three or four such tiles at once,

@@ -117,6 +117,7 @@ def _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM: tl.co
     configs=_config.row_configs(),
     key=["BLOCK_D", "TOKEN_NORM"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
+    cache_results=_config.AUTOTUNE_CACHE,
 )
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _pool_partials_kernel(
@@ -168,6 +169,7 @@ def _pool_partials_kernel(
     configs=_config.out_configs(),
     key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_BIAS", "DOT_PREC"],
     prune_configs_by={"early_config_prune": _config.prune_out},
+    cache_results=_config.AUTOTUNE_CACHE,
 )
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _key_interaction_kernel(
@@ -230,6 +232,7 @@ def _key_interaction_kernel(
     configs=_config.row_configs(),
     key=["BLOCK_D", "S", "BLOCK_O", "DOT_PREC"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
+    cache_results=_config.AUTOTUNE_CACHE,
 )
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _key_grad_kernel(
@@ -285,6 +288,7 @@ def _key_grad_kernel(
     configs=_config.row_configs(),
     key=["BLOCK_D", "S", "TOKEN_NORM"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
+    cache_results=_config.AUTOTUNE_CACHE,
 )
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _query_grad_kernel(
@@ -361,6 +365,7 @@ def _query_grad_kernel(
     configs=_config.weight_grad_configs(),
     key=["BLOCK_D", "S", "DOT_PREC"],
     prune_configs_by={"early_config_prune": _config.prune_weight_grad},
+    cache_results=_config.AUTOTUNE_CACHE,
 )
 @triton.jit(do_not_specialize=["B", "N", "SPLIT"])
 def _proj_weight_grad_kernel(

@@ -6,6 +6,9 @@ Reference: timm's module in float64 on the same GPU; tolerances from ``tests/e2a
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -112,3 +115,32 @@ def check_cross_against_authors(B, N, D, dtype, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cross_unet_sizes(dtype):
     check_cross_against_authors(8, 64 * 64, 64, dtype, "cuda")
+
+
+_TUNE_ONCE = """
+import torch
+from crocnet.ops import e2a
+torch.manual_seed(0)
+q, k = torch.randn(2, 8, 4096, 32, device="cuda", dtype=torch.bfloat16)
+w_g, proj_weight = torch.randn(32, device="cuda", dtype=torch.bfloat16), torch.randn(32, 32, device="cuda", dtype=torch.bfloat16)
+with torch.no_grad():
+    e2a(q, k, w_g, proj_weight, backend="triton")
+torch.cuda.synchronize()
+"""
+
+
+def test_autotune_results_persist_across_processes(tmp_path):
+    """With the disk cache on (the default) a new process reads the tuning of an earlier one and writes
+    nothing; ``CROCNET_AUTOTUNE_CACHE=0`` leaves no tuning file behind."""
+
+    def tune(cache_dir, cache):
+        env = os.environ | {"TRITON_CACHE_DIR": str(cache_dir), "CROCNET_AUTOTUNE": "1", "CROCNET_AUTOTUNE_CACHE": cache}
+        subprocess.run([sys.executable, "-c", _TUNE_ONCE], env=env, check=True, timeout=300)
+        return {p: p.stat().st_mtime_ns for p in cache_dir.rglob("*.autotune.json")}
+
+    first = tune(tmp_path, "1")
+    assert {p.name for p in first} == {"_pool_partials_kernel.autotune.json", "_key_interaction_kernel.autotune.json"}
+    assert tune(tmp_path, "1") == first
+    for path in first:  # the compiled kernels stay: the next run tunes again without compiling
+        path.unlink()
+    assert tune(tmp_path, "0") == {}
