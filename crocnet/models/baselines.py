@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import nn
 
-from ..nn import ConvMlp2d, LocalRepresentation2d
-from ..nn.attention import check_input_dtype, positive_int
-from ..nn.blocks import check_block_args
+from ..nn.attention import positive_int
+from ..nn.blocks import TokenMixerBlock2d
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -41,7 +39,7 @@ class MultiHeadSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, N, C))
 
 
-class MHSABlock2d(nn.Module):
+class MHSABlock2d(TokenMixerBlock2d):
     """:class:`~crocnet.nn.E2ABlock2d` with MHSA as its token mixer, on ``(B, dim, H, W)``.
 
     Local representation, then ``x + drop_path(γ₁ · MHSA(x))`` and ``x + drop_path(γ₂ · MLP(x))`` with
@@ -58,22 +56,7 @@ class MHSABlock2d(nn.Module):
         drop_path: float = 0.0,
         layer_scale_init_value: float = 1e-5,
     ):
-        super().__init__()
-        hidden = check_block_args(type(self).__name__, dim, mlp_ratio, drop_path)
-        self.local_representation = LocalRepresentation2d(dim)
-        self.attn = MultiHeadSelfAttention(dim, num_heads)
-        self.mlp = ConvMlp2d(dim, hidden, drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.layer_scale_1 = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init_value))
-        self.layer_scale_2 = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init_value))
+        def make_mixer():
+            return MultiHeadSelfAttention(dim, num_heads)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dim = self.layer_scale_1.shape[0]
-        if x.dim() != 4 or x.shape[1] != dim:
-            raise ValueError(f"expected a feature map of shape (B, {dim}, H, W), got {tuple(x.shape)}")
-        check_input_dtype(x, self.layer_scale_1, "the feature map")
-        x = self.local_representation(x)
-        B, C, H, W = x.shape
-        attn = self.attn(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W)
-        x = x + self.drop_path(self.layer_scale_1 * attn)
-        return x + self.drop_path(self.layer_scale_2 * self.mlp(x))
+        super().__init__(dim, make_mixer, mlp_ratio, drop, drop_path, layer_scale_init_value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Callable
 
 import torch
 from timm.layers import DropPath, trunc_normal_
@@ -75,7 +76,45 @@ class LocalRepresentation2d(nn.Module):
         return x + self.drop_path(self.layer_scale * y)
 
 
-class E2ABlock2d(nn.Module):
+class TokenMixerBlock2d(nn.Module):
+    """SwiftFormer's encoder block around a token mixer ``(B, N, dim) → (B, N, dim)``, on ``(B, dim, H, W)``:
+    local representation, then ``x + drop_path(γ₁ · mixer(x))`` and ``x + drop_path(γ₂ · MLP(x))`` with layer
+    scales γ. The base of :class:`E2ABlock2d` and the MHSA baseline's block; ``make_mixer`` builds the mixer
+    (``attn``) between the local representation and the MLP, so every mixer draws its initial weights at the
+    same point of the random stream.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        make_mixer: Callable[[], nn.Module],
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float = 1e-5,
+    ):
+        super().__init__()
+        hidden = check_block_args(type(self).__name__, dim, mlp_ratio, drop_path)
+        self.local_representation = LocalRepresentation2d(dim, drop_path=0.0)
+        self.attn = make_mixer()
+        self.mlp = ConvMlp2d(dim, hidden, drop=drop)
+        self.drop_path = _drop_path(drop_path)
+        self.layer_scale_1 = _layer_scale(dim, layer_scale_init_value)
+        self.layer_scale_2 = _layer_scale(dim, layer_scale_init_value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = self.layer_scale_1.shape[0]
+        if x.dim() != 4 or x.shape[1] != dim:
+            raise ValueError(f"expected a feature map of shape (B, {dim}, H, W), got {tuple(x.shape)}")
+        check_input_dtype(x, self.layer_scale_1, "the feature map")
+        x = self.local_representation(x)
+        B, C, H, W = x.shape
+        attn = self.attn(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W)
+        x = x + self.drop_path(self.layer_scale_1 * attn)
+        return x + self.drop_path(self.layer_scale_2 * self.mlp(x))
+
+
+class E2ABlock2d(TokenMixerBlock2d):
     """SwiftFormer encoder block on ``(B, dim, H, W)``: local representation, then
     ``x + drop_path(γ₁ · E2A(x))`` and ``x + drop_path(γ₂ · MLP(x))`` with layer scales γ (init 1e-5).
 
@@ -97,25 +136,10 @@ class E2ABlock2d(nn.Module):
         token_norm: str = "l2",
         backend: str = "auto",
     ):
-        super().__init__()
-        hidden = check_block_args(type(self).__name__, dim, mlp_ratio, drop_path)
-        self.local_representation = LocalRepresentation2d(dim, drop_path=0.0)
-        self.attn = EfficientAdditiveAttention(dim, dim, token_norm=token_norm, backend=backend)
-        self.mlp = ConvMlp2d(dim, hidden, drop=drop)
-        self.drop_path = _drop_path(drop_path)
-        self.layer_scale_1 = _layer_scale(dim, layer_scale_init_value)
-        self.layer_scale_2 = _layer_scale(dim, layer_scale_init_value)
+        def make_mixer():
+            return EfficientAdditiveAttention(dim, dim, token_norm=token_norm, backend=backend)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dim = self.layer_scale_1.shape[0]
-        if x.dim() != 4 or x.shape[1] != dim:
-            raise ValueError(f"expected a feature map of shape (B, {dim}, H, W), got {tuple(x.shape)}")
-        check_input_dtype(x, self.layer_scale_1, "the feature map")
-        x = self.local_representation(x)
-        B, C, H, W = x.shape
-        attn = self.attn(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W)
-        x = x + self.drop_path(self.layer_scale_1 * attn)
-        return x + self.drop_path(self.layer_scale_2 * self.mlp(x))
+        super().__init__(dim, make_mixer, mlp_ratio, drop, drop_path, layer_scale_init_value)
 
 
 class CrossE2ABlock2d(nn.Module):

@@ -102,3 +102,57 @@ def test_e2a_block_shapes():
     assert block(x).shape == x.shape
     with pytest.raises(ValueError, match=r"expected a feature map of shape \(B, 16, H, W\), got \(2, 8, 6, 9\)"):
         block(torch.randn(2, 8, 6, 9))
+
+
+def _timm_block_to_ours(state_dict: dict) -> dict:
+    """timm's ``swiftformer.Block`` names → :class:`E2ABlock2d`'s (``linear`` is our ``mlp``, LayerScale2d's
+    ``gamma`` our bare ``layer_scale`` parameters)."""
+    renames = [("linear.norm1.", "mlp.norm."), ("linear.", "mlp."), ("layer_scale.gamma", "layer_scale"),
+               ("layer_scale_1.gamma", "layer_scale_1"), ("layer_scale_2.gamma", "layer_scale_2")]
+    out = {}
+    for name, value in state_dict.items():
+        for old, new in renames:
+            if name.startswith(old) or name.endswith(old):
+                name = name.replace(old, new)
+                break
+        out[name] = value
+    return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_e2a_block_matches_timms_swiftformer_block(backend):
+    """:class:`E2ABlock2d` is timm's SwiftFormer ``Block``: the same output and every gradient, float64, with
+    random BatchNorm statistics and layer scales (eval mode: BatchNorm uses them)."""
+    from timm.models.swiftformer import Block
+
+    torch.manual_seed(0)
+    dim, device = 16, triton_device() if backend == "triton" else "cpu"
+    ref = Block(dim, mlp_ratio=2.0).double()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "gamma" in name:
+                p.uniform_(0.5, 1.5)  # the 1e-5 init would hide the attention and MLP branches
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    ref = ref.eval().to(device)
+    ours = E2ABlock2d(dim, mlp_ratio=2.0, backend=backend).double().eval().to(device)
+    ours.load_state_dict(_timm_block_to_ours(ref.state_dict()))
+    x = torch.randn(2, dim, 5, 7, dtype=torch.float64, device=device)
+    dy = torch.randn_like(x)
+
+    def run(module):
+        leaf = x.clone().requires_grad_(True)
+        out = module(leaf)
+        out.backward(dy)
+        grads = {name: p.grad for name, p in module.named_parameters()}
+        return out.detach(), leaf.grad, _timm_block_to_ours(grads)
+
+    out_ref, dx_ref, g_ref = run(ref)
+    out, dx, g = run(ours)
+    torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-12, atol=1e-12)
+    assert g.keys() == g_ref.keys()
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-12, atol=1e-12, msg=lambda m: f"grad {name}: {m}")
