@@ -9,12 +9,12 @@
 #   here, after: copy $OUT's bench-*.json to benchmarks/results/<device>-<date>-<suite>.json, run
 #                tools/bench_report.py on each, fill benchmarks/NOTES.md
 #
-# Environment: OUT (default runs/device), ONLY (space-separated subset of: env tests core unet cross models),
-# T_TESTS / T_E2A / T_CROSS / T_MODELS (seconds per step).
+# Environment: OUT (default runs/device), ONLY (space-separated subset of: env tests core unet cross models tune),
+# T_TESTS / T_E2A / T_CROSS / T_MODELS / T_TUNE (seconds per step).
 set -u
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
-ONLY=${ONLY:-"env tests core unet cross models"}
+ONLY=${ONLY:-"env tests core unet cross models tune"}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 declare -A STATUS
 FAILED=0
@@ -47,11 +47,15 @@ bench() {  # bench NAME SECONDS FILE [-k EXPR]
         --benchmark-json "$OUT/bench-$name.json" "$@"
     [ -s "$OUT/bench-$name.json" ] && python3 tools/bench_report.py "$OUT/bench-$name.json" >/dev/null 2>&1
 }
-want tests && step gpu-tests "${T_TESTS:-150}" python3 -m pytest -m gpu tests/ops tests/nn tests/models -q -p no:cacheprovider
+want tests && step gpu-tests "${T_TESTS:-150}" python3 -m pytest -m gpu tests/ops tests/nn tests/models -q -p no:cacheprovider \
+    -k "not autotune_results_persist"
 want core && bench core "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "test_core"
 want unet && bench unet "${T_E2A:-150}" benchmarks/test_bench_e2a.py -k "not test_core"
 want cross && bench cross "${T_CROSS:-60}" benchmarks/test_bench_cross.py
 want models && bench models "${T_MODELS:-90}" benchmarks/test_bench_models.py
+# last, so a run cut at the call's limit loses only this: three fresh processes tune from an empty Triton cache
+want tune && step autotune-cache "${T_TUNE:-60}" python3 -m pytest -m gpu tests/ops/test_e2a_gpu.py -q -p no:cacheprovider \
+    -k autotune_results_persist
 
 echo
 echo "== summary"
