@@ -45,14 +45,16 @@ class TorchMHA2d(nn.Module):
 
 
 def e2a_module(impl: str, dim: int, reference: nn.Module | None = None) -> nn.Module:
-    """``crocnet`` (backend auto), ``crocnet_torch`` (the PyTorch path), ``timm``, ``timm_compile``."""
+    """``crocnet`` (backend auto), ``crocnet_two_linears`` (the same without packing q and k into one GEMM,
+    ``fuse_qk=False``), ``crocnet_torch`` (the PyTorch path), ``timm``, ``timm_compile``."""
     from timm.models.swiftformer import EfficientAdditiveAttention
 
     from crocnet.nn import EfficientAdditiveAttention2d
 
     ref = reference if reference is not None else EfficientAdditiveAttention(dim, dim)
-    if impl in ("crocnet", "crocnet_torch"):
-        m = EfficientAdditiveAttention2d(dim, dim, backend="auto" if impl == "crocnet" else "torch")
+    if impl in ("crocnet", "crocnet_two_linears", "crocnet_torch"):
+        m = EfficientAdditiveAttention2d(dim, dim, backend="torch" if impl == "crocnet_torch" else "auto",
+                                         fuse_qk=impl != "crocnet_two_linears")
         m.load_state_dict(ref.state_dict())
         return m
     if impl == "timm":

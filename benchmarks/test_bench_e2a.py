@@ -28,7 +28,7 @@ def parity() -> dict[str, bool]:
     ok = {}
     ref = e2a_module("timm", 32).to(DEVICE, dtype)
     want = ref(x)
-    for impl in E2A_IMPLS:
+    for impl in E2A_IMPLS + ["crocnet_two_linears"]:
         try:
             ok[impl] = rel_err(e2a_module(impl, 32, ref).to(DEVICE, dtype)(x), want) < (3e-2 if CUDA else 1e-5)
         except Exception:  # noqa: BLE001 - a failing implementation is gated out, not fatal
@@ -89,6 +89,16 @@ def test_unet_shapes(benchmark, parity, impl, B, side, D, mode):
         pytest.skip("torch.compile on CPU only at 64²×64 (each shape compiles for ~20 s)")
     benchmark.group = f"unet B{B} {side}x{side}x{D} {mode}"
     _case(benchmark, parity, impl, B, side, D, mode)
+
+
+@pytest.mark.parametrize("B, side, D", UNET_SHAPES[:3], ids=lambda v: str(v))
+@pytest.mark.parametrize("impl", ["crocnet", "crocnet_two_linears"])
+def test_packed_qk(benchmark, parity, impl, B, side, D):
+    """The q/k fusion of benchmarks/NOTES.md (prediction 5): one GEMM into a packed qk against two linears."""
+    if not CUDA:
+        pytest.skip("fuse_qk changes the Triton path only; on CPU both run the same PyTorch code")
+    benchmark.group = f"packed-qk B{B} {side}x{side}x{D} forward_backward"
+    _case(benchmark, parity, impl, B, side, D, "forward_backward")
 
 
 @pytest.mark.parametrize("B, side, D", SWEEP, ids=lambda v: str(v))

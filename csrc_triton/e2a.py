@@ -50,10 +50,11 @@ def _token_range(pid, nprog, N, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(ptr, row0, rows, cols, N, D, ACC: tl.constexpr):
-    """A [BLOCK_N, BLOCK_D] tile of rows ``row0 + rows`` (int64 base) of a (…, N, D) tensor, in ACC."""
+def _load_rows(ptr, row0, rows, cols, N, D, LD, ACC: tl.constexpr):
+    """A [BLOCK_N, BLOCK_D] tile of rows ``row0 + rows`` (int64 base) of a (…, N, D) tensor whose rows lie
+    ``LD`` elements apart (D, or 2D for q and k packed in one ``(…, N, 2D)`` tensor), in ACC."""
     mask = (rows[:, None] < N) & (cols[None, :] < D)
-    offs = (row0 + rows.to(tl.int64))[:, None] * D + cols[None, :]
+    offs = (row0 + rows.to(tl.int64))[:, None] * LD + cols[None, :]
     return tl.load(ptr + offs, mask=mask, other=0.0).to(ACC)
 
 
@@ -122,7 +123,7 @@ def _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM: tl.co
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _pool_partials_kernel(
     Q, WG, NQ, PART_G, PART_STAT,
-    B, N, D, P, scale, eps_arg,
+    B, N, D, LDQ, P, scale, eps_arg,
     TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (P, S·B). One pass over q: per-token norms (kept for the epilogue) and pooling partials."""
@@ -141,7 +142,7 @@ def _pool_partials_kernel(
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        x = _load_rows(Q, row * N, rows, cols, N, D, ACC)
+        x = _load_rows(Q, row * N, rows, cols, N, D, LDQ, ACC)
         nq = tl.sqrt(tl.sum(x * x, axis=1))
         tl.store(NQ + row * N + rows, nq, mask=rmask)
         qh = x / tl.maximum(nq, eps)[:, None]
@@ -174,7 +175,7 @@ def _pool_partials_kernel(
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _key_interaction_kernel(
     Q, K, W, BIAS, NQ, PART_G, PART_STAT, Y, G_OUT, STAT_OUT, NK,
-    B, N, D, P, eps_arg,
+    B, N, D, LDQ, P, eps_arg,
     S: tl.constexpr, HAS_BIAS: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr,
     IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
@@ -209,7 +210,7 @@ def _key_interaction_kernel(
         rmask = rows < N
         acc = tl.zeros([BLOCK_N, BLOCK_O], dtype=ACC)
         for t in tl.static_range(S):
-            kt = _load_rows(K, (t * B + b) * N, rows, cols, N, D, ACC)
+            kt = _load_rows(K, (t * B + b) * N, rows, cols, N, D, LDQ, ACC)
             nk = tl.sqrt(tl.sum(kt * kt, axis=1))
             tl.store(NK + (t * B + b) * N + rows, nk, mask=rmask & (pid_o == 0) & (s == 0))
             z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * G[None, :]
@@ -217,7 +218,7 @@ def _key_interaction_kernel(
             wt = tl.load(W + (s * S + t) * D * D + ocols[None, :].to(tl.int64) * D + cols[:, None], mask=wmask, other=0.0)
             acc = _dot(z, wt, acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
         nq = tl.load(NQ + row * N + rows, mask=rmask, other=1.0).to(ACC)
-        qo = _load_rows(Q, row * N, rows, ocols, N, D, ACC)
+        qo = _load_rows(Q, row * N, rows, ocols, N, D, LDQ, ACC)
         y = acc + bias[None, :] + qo / tl.maximum(nq, eps)[:, None]
         offs = (row * N + rows.to(tl.int64))[:, None] * D + ocols[None, :]
         tl.store(Y + offs, y, mask=rmask[:, None] & omask[None, :])
@@ -237,7 +238,7 @@ def _key_interaction_kernel(
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _key_grad_kernel(
     K, DY, W, G, DK, PART_DG,
-    B, N, D, P, eps_arg,
+    B, N, D, LDQ, P, eps_arg,
     S: tl.constexpr, S_PAD: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr,
     DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -258,7 +259,7 @@ def _key_grad_kernel(
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        kt = _load_rows(K, row * N, rows, cols, N, D, ACC)
+        kt = _load_rows(K, row * N, rows, cols, N, D, LDQ, ACC)
         nk = tl.sqrt(tl.sum(kt * kt, axis=1))
         rk = 1.0 / tl.maximum(nk, eps)
         kh = kt * rk[:, None]
@@ -267,7 +268,7 @@ def _key_grad_kernel(
             e = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
             for o0 in range(0, D, BLOCK_O):
                 ocols = o0 + tl.arange(0, BLOCK_O)
-                dy = _load_rows(DY, (s * B + b) * N, rows, ocols, N, D, ACC)
+                dy = _load_rows(DY, (s * B + b) * N, rows, ocols, N, D, D, ACC)
                 w = tl.load(W + (s * S + t) * D * D + ocols[:, None].to(tl.int64) * D + cols[None, :],
                             mask=(ocols[:, None] < D) & cmask[None, :], other=0.0)
                 e = _dot(dy, w, e, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
@@ -277,7 +278,7 @@ def _key_grad_kernel(
         proj = tl.sum(kh * dkh, axis=1)
         # the eps branch is tested as n < eps, so a NaN norm takes the full formula and its NaN reaches dk
         dk = tl.where((nk < eps)[:, None], dkh * rk[:, None], (dkh - kh * proj[:, None]) * rk[:, None])
-        offs = (row * N + rows.to(tl.int64))[:, None] * D + cols[None, :]
+        offs = (row * N + rows.to(tl.int64))[:, None] * LDQ + cols[None, :]
         tl.store(DK + offs, dk, mask=rmask[:, None] & cmask[None, :])
     # PART_DG layout (S_s, B, S_t, P, D)
     out = ((srange.to(tl.int64) * B + b) * S + t) * P + pid
@@ -293,7 +294,7 @@ def _key_grad_kernel(
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _query_grad_kernel(
     Q, DY, WG, G, STAT, PART_DG, DQ, PART_DWG, PART_DB,
-    B, N, D, P, scale, eps_arg,
+    B, N, D, LDQ, P, scale, eps_arg,
     S: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (P, S·B) over query streams s: dq through pooling and the row norm; partials of dw_g and db."""
@@ -325,11 +326,11 @@ def _query_grad_kernel(
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        x = _load_rows(Q, row * N, rows, cols, N, D, ACC)
+        x = _load_rows(Q, row * N, rows, cols, N, D, LDQ, ACC)
         nq = tl.sqrt(tl.sum(x * x, axis=1))
         rq = 1.0 / tl.maximum(nq, eps)
         qh = x * rq[:, None]
-        dy = _load_rows(DY, row * N, rows, cols, N, D, ACC)
+        dy = _load_rows(DY, row * N, rows, cols, N, D, D, ACC)
         if TOKEN_NORM == 2:
             dqh = dy + tl.where(rmask, 1.0, 0.0)[:, None] * dg[None, :]
         else:
@@ -353,7 +354,7 @@ def _query_grad_kernel(
             acc_dwg += tl.sum(da[:, None] * qh, axis=0)
         proj = tl.sum(qh * dqh, axis=1)
         dq = tl.where((nq < eps)[:, None], dqh * rq[:, None], (dqh - qh * proj[:, None]) * rq[:, None])
-        offs = (row * N + rows.to(tl.int64))[:, None] * D + cols[None, :]
+        offs = (row * N + rows.to(tl.int64))[:, None] * LDQ + cols[None, :]
         tl.store(DQ + offs, dq, mask=rmask[:, None] & cmask[None, :])
         acc_db += tl.sum(dy, axis=0)
     out = row * P + pid
@@ -370,7 +371,7 @@ def _query_grad_kernel(
 @triton.jit(do_not_specialize=["B", "N", "SPLIT"])
 def _proj_weight_grad_kernel(
     DY, K, NK, G, PART_DW,
-    B, N, D, SPLIT, eps_arg,
+    B, N, D, LDQ, SPLIT, eps_arg,
     S: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr,
     DOT_PREC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
     BLOCK_I: tl.constexpr,
@@ -400,8 +401,8 @@ def _proj_weight_grad_kernel(
         b = j // tiles
         rows = (j - b * tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        dy = _load_rows(DY, (s * B + b) * N, rows, ocols, N, D, ACC)
-        kt = _load_rows(K, (t * B + b) * N, rows, icols, N, D, ACC)
+        dy = _load_rows(DY, (s * B + b) * N, rows, ocols, N, D, D, ACC)
+        kt = _load_rows(K, (t * B + b) * N, rows, icols, N, D, LDQ, ACC)
         nk = tl.load(NK + (t * B + b) * N + rows, mask=rmask, other=1.0).to(ACC)
         g = tl.load(G + (s * B + b) * D + icols, mask=imask, other=0.0).to(ACC)
         z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * g[None, :]
@@ -426,14 +427,25 @@ def _dtypes(x: torch.Tensor):
     return torch.float32, tl.float32, _TL_DTYPES[x.dtype], dot_in_acc, _config.dot_precision(x.dtype)
 
 
+def _rows(q, k):
+    """``(q, k, LD)``: contiguous ``(S, B, N, D)`` q and k (LD = D), or, for ``k is None``, the two halves of
+    a packed ``qk (S, B, N, 2D)`` (``q = qk[..., :D]``, ``k = qk[..., D:]``, rows LD = 2D apart)."""
+    if k is None:
+        qk = q.contiguous()
+        D = qk.shape[-1] // 2
+        return qk[..., :D], qk[..., D:], 2 * D
+    return q.contiguous(), k.contiguous(), q.shape[-1]
+
+
 def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float):
-    """``q, k (S, B, N, D)``, ``w_g (S, D)``, ``proj_weight (S, S, D, D)``, ``proj_bias (S, S, D) | None``.
+    """``q, k (S, B, N, D)`` (or ``q = qk (S, B, N, 2D)`` packed and ``k = None``), ``w_g (S, D)``,
+    ``proj_weight (S, S, D, D)``, ``proj_bias (S, S, D) | None``.
 
     Returns ``y (S, B, N, D)`` in q's dtype, and for the backward ``G (S, B, D)``, ``stats (S, B, 2)``
     and the key norms ``nk (S, B, N)`` in the accumulator dtype (fp32, or fp64 for fp64 inputs).
     """
+    q, k, ld = _rows(q, k)
     S, B, N, D = q.shape
-    q, k = q.contiguous(), k.contiguous()
     w_g = w_g.reshape(S, D).contiguous()
     proj_weight = proj_weight.contiguous()
     has_bias = proj_bias is not None
@@ -448,7 +460,7 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
     part_g = empty((S, B, P, D), dtype=acc_dtype, device=dev)
     part_stat = empty((S, B, P, 2), dtype=acc_dtype, device=dev)
     _pool_partials_kernel[(P, S * B)](
-        q, w_g, nq, part_g, part_stat, B, N, D, P, float(scale), float(eps),
+        q, w_g, nq, part_g, part_stat, B, N, D, ld, P, float(scale), float(eps),
         TOKEN_NORM=code, ACC=ACC, BLOCK_D=BLOCK_D,
     )
     y = empty((S, B, N, D), dtype=q.dtype, device=dev)
@@ -457,7 +469,7 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
     nk = empty((S, B, N), dtype=acc_dtype, device=dev)
     grid = lambda meta: (P, triton.cdiv(D, meta["BLOCK_O"]), S * B)  # noqa: E731
     _key_interaction_kernel[grid](
-        q, k, proj_weight, bias, nq, part_g, part_stat, y, G, stats, nk, B, N, D, P, float(eps),
+        q, k, proj_weight, bias, nq, part_g, part_stat, y, G, stats, nk, B, N, D, ld, P, float(eps),
         S=S, HAS_BIAS=has_bias, TOKEN_NORM=code, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc,
         DOT_PREC=prec, BLOCK_D=BLOCK_D,
     )
@@ -465,9 +477,12 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
 
 
 def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_norm: str, eps: float):
-    """Gradients ``(dq, dk, dw_g (S, D), d_proj_weight (S, S, D, D), d_proj_bias (S, S, D))`` from ``dy``."""
+    """Gradients ``(dq, dk, dw_g (S, D), d_proj_weight (S, S, D, D), d_proj_bias (S, S, D))`` from ``dy``;
+    for a packed ``q = qk`` (``k is None``), ``dq`` is the packed ``dqk (S, B, N, 2D)`` and ``dk`` is None."""
+    packed = k is None
+    q, k, ld = _rows(q, k)
     S, B, N, D = q.shape
-    dy, q, k = dy.contiguous(), q.contiguous(), k.contiguous()
+    dy = dy.contiguous()
     w_g = w_g.reshape(S, D).contiguous()
     proj_weight = proj_weight.contiguous()
     acc_dtype, ACC, IN_DTYPE, dot_in_acc, prec = _dtypes(q)
@@ -477,18 +492,19 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
     P = _config.programs_per_row(N, S * B, q.device)
     dev = q.device
 
-    dk = empty((S, B, N, D), dtype=k.dtype, device=dev)
+    dqk = empty((S, B, N, 2 * D), dtype=q.dtype, device=dev) if packed else None
+    dk = dqk[..., D:] if packed else empty((S, B, N, D), dtype=k.dtype, device=dev)
     part_dg = empty((S, B, S, P, D), dtype=acc_dtype, device=dev)
     _key_grad_kernel[(P, S * B)](
-        k, dy, proj_weight, G, dk, part_dg, B, N, D, P, float(eps),
+        k, dy, proj_weight, G, dk, part_dg, B, N, D, ld, P, float(eps),
         S=S, S_PAD=triton.next_power_of_2(S), ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec,
         BLOCK_D=BLOCK_D, BLOCK_O=BLOCK_O,
     )
-    dq = empty((S, B, N, D), dtype=q.dtype, device=dev)
+    dq = dqk[..., :D] if packed else empty((S, B, N, D), dtype=q.dtype, device=dev)
     part_dwg = empty((S, B, P, D), dtype=acc_dtype, device=dev)
     part_db = empty((S, B, P, D), dtype=acc_dtype, device=dev)
     _query_grad_kernel[(P, S * B)](
-        q, dy, w_g, G, stats, part_dg, dq, part_dwg, part_db, B, N, D, P, float(scale), float(eps),
+        q, dy, w_g, G, stats, part_dg, dq, part_dwg, part_db, B, N, D, ld, P, float(scale), float(eps),
         S=S, TOKEN_NORM=code, ACC=ACC, BLOCK_D=BLOCK_D,
     )
     tiles = B * triton.cdiv(N, _config.MIN_BLOCK_N)
@@ -496,11 +512,13 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
     part_dw = empty((S, S, split, D, D), dtype=acc_dtype, device=dev)
     grid = lambda meta: (triton.cdiv(D, meta["BLOCK_O"]), triton.cdiv(D, meta["BLOCK_I"]), S * S * split)  # noqa: E731
     _proj_weight_grad_kernel[grid](
-        dy, k, nk, G, part_dw, B, N, D, split, float(eps),
+        dy, k, nk, G, part_dw, B, N, D, ld, split, float(eps),
         S=S, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, BLOCK_D=BLOCK_D,
     )
     d_w_g = part_dwg.view(S, B * P, D).sum(1).mul_(scale)
     d_proj_weight = part_dw.sum(2)
     d_bias_stream = part_db.view(S, B * P, D).sum(1)
     d_proj_bias = d_bias_stream[:, None, :].expand(S, S, D).contiguous()
+    if packed:
+        return dqk, None, d_w_g, d_proj_weight, d_proj_bias
     return dq, dk, d_w_g, d_proj_weight, d_proj_bias

@@ -45,7 +45,7 @@ def _signature(fn, constexprs, ptr_dtype):
             sig[name] = "constexpr"
         elif name in ("scale", "eps_arg"):
             sig[name] = "fp32"
-        elif name in ("B", "N", "D", "P", "SPLIT"):
+        elif name in ("B", "N", "D", "LDQ", "P", "SPLIT"):
             sig[name] = "i32"
         else:
             sig[name] = f"*{ptr_dtype}"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numbers
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..ops import e2a
-from ..ops._checks import BACKENDS
+from ..ops import e2a, e2a_packed
+from ..ops._checks import BACKENDS, resolve_backend
 from ..ops.naive import TOKEN_NORMS
 
 
@@ -68,6 +69,10 @@ class EfficientAdditiveAttention(nn.Module):
         num_heads: multiplies the attention width (as in timm; there is no per-head split).
         token_norm: ``"l2"`` (SwiftFormer), ``"softmax"`` (Fastformer) or ``"none"`` (the original release).
         backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"triton"`` or ``"torch"``.
+        fuse_qk: where the Triton kernels run, compute ``to_query`` and ``to_key`` as one GEMM into a packed
+            ``qk (B, N, 2D)`` that the kernels read in place (:func:`crocnet.ops.e2a_packed`): x is read
+            once, and the backward is one GEMM on one ``dqk``. False: two linears, as timm. The PyTorch
+            backend always uses two (timm's numbers to the bit).
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class EfficientAdditiveAttention(nn.Module):
         backend: str = "auto",
         device=None,
         dtype=None,
+        fuse_qk: bool = True,
     ):
         super().__init__()
         positive_int(type(self).__name__, in_dims=in_dims, token_dim=token_dim, num_heads=num_heads)
@@ -89,7 +95,7 @@ class EfficientAdditiveAttention(nn.Module):
         dd = {"device": device, "dtype": dtype}
         dim = token_dim * num_heads
         self.in_dims, self.token_dim, self.num_heads = in_dims, token_dim, num_heads
-        self.token_norm, self.backend = token_norm, backend
+        self.token_norm, self.backend, self.fuse_qk = token_norm, backend, bool(fuse_qk)
         self.scale_factor = token_dim**-0.5
         self.to_query = nn.Linear(in_dims, dim, **dd)
         self.to_key = nn.Linear(in_dims, dim, **dd)
@@ -105,7 +111,7 @@ class EfficientAdditiveAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_dims={self.in_dims}, token_dim={self.token_dim}, num_heads={self.num_heads}, "
-            f"token_norm={self.token_norm!r}, backend={self.backend!r}"
+            f"token_norm={self.token_norm!r}, backend={self.backend!r}, fuse_qk={self.fuse_qk}"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,16 +120,13 @@ class EfficientAdditiveAttention(nn.Module):
         if 0 in x.shape:
             raise ValueError(f"tokens must be non-empty in every axis (batch, tokens, {self.in_dims}), got {tuple(x.shape)}")
         check_input_dtype(x, self.to_query.weight, "tokens")
-        y = e2a(
-            self.to_query(x),
-            self.to_key(x),
-            self.w_g,
-            self.proj.weight,
-            self.proj.bias,
-            scale=self.scale_factor,
-            token_norm=self.token_norm,
-            backend=self.backend,
-        )
+        options = {"scale": self.scale_factor, "token_norm": self.token_norm, "backend": self.backend}
+        if self.fuse_qk and resolve_backend(self.backend, x, dim=self.to_query.out_features) == "triton":
+            weight = torch.cat([self.to_query.weight, self.to_key.weight])
+            bias = torch.cat([self.to_query.bias, self.to_key.bias])
+            y = e2a_packed(F.linear(x, weight, bias), self.w_g, self.proj.weight, self.proj.bias, **options)
+        else:
+            y = e2a(self.to_query(x), self.to_key(x), self.w_g, self.proj.weight, self.proj.bias, **options)
         return self.final(y)
 
 

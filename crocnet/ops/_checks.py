@@ -126,14 +126,16 @@ def triton_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str, q: torch.Tensor) -> str:
+def resolve_backend(backend: str, q: torch.Tensor, dim: int | None = None) -> str:
     """``auto`` → Triton for CUDA tensors the kernels take (fp16/bf16/fp32, D ≤ MAX_TRITON_DIM), PyTorch
-    elsewhere; ``triton`` is checked to be runnable and raises on what it cannot take."""
+    elsewhere; ``triton`` is checked to be runnable and raises on what it cannot take. ``dim``: the attention
+    width D when ``q`` is not the query itself (default ``q.shape[-1]``)."""
     if backend == "torch":
         return "torch"
+    dim = q.shape[-1] if dim is None else dim
     runnable = triton_available() and (q.is_cuda or (interpreting() and q.device.type == "cpu"))
     if backend == "auto":
-        fits = q.dtype != torch.float64 and q.shape[-1] <= MAX_TRITON_DIM
+        fits = q.dtype != torch.float64 and dim <= MAX_TRITON_DIM
         return "triton" if runnable and q.is_cuda and fits else "torch"
     if not runnable:
         raise RuntimeError(
@@ -143,8 +145,8 @@ def resolve_backend(backend: str, q: torch.Tensor) -> str:
         )
     if q.dtype == torch.float64 and not interpreting():
         raise TypeError("backend='triton' computes in float32 on the GPU; use backend='torch' for float64")
-    if q.shape[-1] > MAX_TRITON_DIM:
+    if dim > MAX_TRITON_DIM:
         raise ValueError(
-            f"backend='triton' supports token dims D <= {MAX_TRITON_DIM}, got D = {q.shape[-1]}; use backend='torch'"
+            f"backend='triton' supports token dims D <= {MAX_TRITON_DIM}, got D = {dim}; use backend='torch'"
         )
     return "triton"

@@ -30,7 +30,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 @torch.library.custom_op("crocnet::e2a_forward", mutates_args=())
 def _e2a_forward(
     q: Tensor,
-    k: Tensor,
+    k: Optional[Tensor],
     w_g: Tensor,
     proj_weight: Tensor,
     proj_bias: Optional[Tensor],
@@ -41,9 +41,15 @@ def _e2a_forward(
     return _kernels().e2a_forward(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps)
 
 
+def _width(q: Tensor, k: Optional[Tensor]) -> int:
+    """D; a packed ``qk`` (``k is None``) holds q and k side by side, 2D wide."""
+    return q.shape[-1] if k is not None else q.shape[-1] // 2
+
+
 @_e2a_forward.register_fake
 def _(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps):
-    S, B, N, D = q.shape
+    S, B, N, _ = q.shape
+    D = _width(q, k)
     acc = _acc_dtype(q.dtype)
     return (
         q.new_empty((S, B, N, D)),
@@ -57,7 +63,7 @@ def _(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps):
 def _e2a_backward(
     dy: Tensor,
     q: Tensor,
-    k: Tensor,
+    k: Optional[Tensor],
     w_g: Tensor,
     proj_weight: Tensor,
     G: Tensor,
@@ -67,16 +73,18 @@ def _e2a_backward(
     token_norm: str,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _kernels().e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale, token_norm, eps)
+    dq, dk, dw_g, dw, db = _kernels().e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale, token_norm, eps)
+    return dq, q.new_empty((0,)) if dk is None else dk, dw_g, dw, db  # a custom op returns tensors, never None
 
 
 @_e2a_backward.register_fake
 def _(dy, q, k, w_g, proj_weight, G, stats, nk, scale, token_norm, eps):
-    S, B, N, D = q.shape
+    S, B, N, _ = q.shape
+    D = _width(q, k)
     acc = _acc_dtype(q.dtype)
     return (
-        q.new_empty((S, B, N, D)),
-        k.new_empty((S, B, N, D)),
+        q.new_empty(q.shape),
+        q.new_empty((S, B, N, D) if k is not None else (0,)),
         q.new_empty((S, D), dtype=acc),
         q.new_empty((S, S, D, D), dtype=acc),
         q.new_empty((S, S, D), dtype=acc),
@@ -95,6 +103,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, _dG, _dstats, _dnk):
     q, k, w_g, proj_weight, G, stats, nk = ctx.saved_tensors
     dq, dk, dw_g, dw, db = _e2a_backward(dy.contiguous(), q, k, w_g, proj_weight, G, stats, nk, ctx.scale, ctx.token_norm, ctx.eps)
+    dk = None if k is None else dk  # packed: dq is the whole dqk
     # token_norm "none" gives every token weight 1: w_g takes no part, and gets no gradient (as on the torch path)
     dw_g = None if ctx.token_norm == "none" else dw_g.to(w_g.dtype).reshape(w_g.shape)
     dw = dw.to(proj_weight.dtype)
@@ -110,7 +119,8 @@ def _autocast(q, k, proj_weight, proj_bias):
     device_type = q.device.type
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
-        q, k, proj_weight = q.to(dtype), k.to(dtype), proj_weight.to(dtype)
+        q, proj_weight = q.to(dtype), proj_weight.to(dtype)
+        k = None if k is None else k.to(dtype)
         proj_bias = None if proj_bias is None else proj_bias.to(dtype)
     return q, k, proj_weight, proj_bias
 
@@ -160,6 +170,39 @@ def cross_e2a(
     return _triton_e2a(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps)
 
 
+def _single_stream(q, k, qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend) -> Tensor:
+    """:func:`e2a` on ``(B, N, D)`` q and k; ``qk``: the packed ``(B, N, 2D)`` tensor they are the halves of
+    (handed to the kernels whole), or None."""
+    for name, t, dims in (("q", q, 3), ("k", k, 3), ("proj_weight", proj_weight, 2)):
+        _checks.check_float(name, t)
+        if t.dim() != dims:
+            raise ValueError(f"{name} must have {dims} dims, got shape {tuple(t.shape)}")
+    _checks.check_float("w_g", w_g)
+    if proj_bias is not None:
+        _checks.check_float("proj_bias", proj_bias)
+    dim = q.shape[-1]
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q (B, N, D) = {tuple(q.shape)}, got {tuple(k.shape)}")
+    if 0 in q.shape:
+        raise ValueError(f"q and k must be non-empty in every axis (batch, tokens, dim), got {tuple(q.shape)}")
+    if tuple(w_g.shape) not in ((dim,), (dim, 1)):
+        raise ValueError(f"w_g must have shape ({dim}, 1) or ({dim},) to match q's width {dim}, got {tuple(w_g.shape)}")
+    if proj_weight.shape != (dim, dim):
+        raise ValueError(f"proj_weight must have shape ({dim}, {dim}) to match q's width {dim}, got {tuple(proj_weight.shape)}")
+    if proj_bias is not None and proj_bias.shape != (dim,):
+        raise ValueError(f"proj_bias must have shape ({dim},) to match q's width {dim}, got {tuple(proj_bias.shape)}")
+    bias = None if proj_bias is None else proj_bias[None, None]
+    _checks.check_options(token_norm, backend, eps, scale)
+    _checks.check_streams(q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias)
+    scale = dim**-0.5 if scale is None else float(scale)
+    if _checks.resolve_backend(backend, q) == "torch":
+        # straight to the spec on (B, N, D): a stream axis would cost autograd a copy of every gradient
+        return e2a_naive(q, k, w_g.reshape(-1), proj_weight, proj_bias, scale, token_norm, eps)
+    q, k = (q[None], k[None]) if qk is None else (qk[None], None)
+    y = _triton_e2a(q, k, w_g.reshape(1, -1), proj_weight[None, None], bias, scale, token_norm, eps)
+    return y.squeeze(0)
+
+
 def e2a(
     q: Tensor,
     k: Tensor,
@@ -186,30 +229,28 @@ def e2a(
     Returns:
         ``(B, N, D)`` in q's dtype (the autocast dtype under autocast with the Triton backend).
     """
-    for name, t, dims in (("q", q, 3), ("k", k, 3), ("proj_weight", proj_weight, 2)):
-        _checks.check_float(name, t)
-        if t.dim() != dims:
-            raise ValueError(f"{name} must have {dims} dims, got shape {tuple(t.shape)}")
-    _checks.check_float("w_g", w_g)
-    if proj_bias is not None:
-        _checks.check_float("proj_bias", proj_bias)
-    dim = q.shape[-1]
-    if k.shape != q.shape:
-        raise ValueError(f"k must have the shape of q (B, N, D) = {tuple(q.shape)}, got {tuple(k.shape)}")
-    if 0 in q.shape:
-        raise ValueError(f"q and k must be non-empty in every axis (batch, tokens, dim), got {tuple(q.shape)}")
-    if tuple(w_g.shape) not in ((dim,), (dim, 1)):
-        raise ValueError(f"w_g must have shape ({dim}, 1) or ({dim},) to match q's width {dim}, got {tuple(w_g.shape)}")
-    if proj_weight.shape != (dim, dim):
-        raise ValueError(f"proj_weight must have shape ({dim}, {dim}) to match q's width {dim}, got {tuple(proj_weight.shape)}")
-    if proj_bias is not None and proj_bias.shape != (dim,):
-        raise ValueError(f"proj_bias must have shape ({dim},) to match q's width {dim}, got {tuple(proj_bias.shape)}")
-    bias = None if proj_bias is None else proj_bias[None, None]
-    _checks.check_options(token_norm, backend, eps, scale)
-    _checks.check_streams(q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias)
-    scale = dim**-0.5 if scale is None else float(scale)
-    if _checks.resolve_backend(backend, q) == "torch":
-        # straight to the spec on (B, N, D): a stream axis would cost autograd a copy of every gradient
-        return e2a_naive(q, k, w_g.reshape(-1), proj_weight, proj_bias, scale, token_norm, eps)
-    y = _triton_e2a(q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias, scale, token_norm, eps)
-    return y.squeeze(0)
+    return _single_stream(q, k, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend)
+
+
+def e2a_packed(
+    qk: Tensor,
+    w_g: Tensor,
+    proj_weight: Tensor,
+    proj_bias: Optional[Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    token_norm: str = "l2",
+    eps: float = 1e-12,
+    backend: str = "auto",
+) -> Tensor:
+    """:func:`e2a` on q and k packed side by side: ``qk (B, N, 2D)`` with ``q = qk[..., :D]``, ``k = qk[..., D:]``.
+
+    The form one GEMM gives for both input linears (``F.linear(x, cat(W_q, W_k), cat(b_q, b_k))``): the
+    kernels read q and k in place and the backward returns one ``dqk (B, N, 2D)``, so the linear's backward is
+    one GEMM too. Same math, arguments and result as ``e2a(qk[..., :D], qk[..., D:], ...)``.
+    """
+    _checks.check_float("qk", qk)
+    if qk.dim() != 3 or qk.shape[-1] % 2:
+        raise ValueError(f"qk must have shape (B, N, 2D) (q and k side by side, an even last dim), got {tuple(qk.shape)}")
+    dim = qk.shape[-1] // 2
+    return _single_stream(qk[..., :dim], qk[..., dim:], qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend)

@@ -156,3 +156,25 @@ def test_e2a_block_matches_timms_swiftformer_block(backend):
     assert g.keys() == g_ref.keys()
     for name in g_ref:
         torch.testing.assert_close(g[name], g_ref[name], rtol=1e-12, atol=1e-12, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("backend, fuse_qk, expected", [
+    ("triton", True, "e2a_packed"), ("triton", False, "e2a"), ("torch", True, "e2a"), ("torch", False, "e2a"),
+])
+def test_module_packs_q_and_k_only_for_the_kernels(monkeypatch, backend, fuse_qk, expected):
+    """``fuse_qk`` runs one GEMM into a packed qk where the Triton kernels run; the PyTorch backend keeps
+    timm's two linears."""
+    import crocnet.nn.attention as attention
+
+    called = []
+    for name in ("e2a", "e2a_packed"):
+        def spy(*args, _real=getattr(attention, name), _name=name, **kwargs):
+            called.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(attention, name, spy)
+    device = triton_device() if backend == "triton" else "cpu"
+    module = EfficientAdditiveAttention(16, 24, backend=backend, fuse_qk=fuse_qk).to(device)
+    assert f"fuse_qk={fuse_qk}" in repr(module)
+    module(torch.randn(2, 5, 16, device=device))
+    assert called == [expected]

@@ -10,7 +10,7 @@ from e2a_reference import assert_matches, timm_core
 from kernel_env import interpreting, triton_device
 
 import crocnet._triton._config as kconfig
-from crocnet.ops import cross_e2a, e2a
+from crocnet.ops import cross_e2a, e2a, e2a_packed
 
 ops_e2a = importlib.import_module("crocnet.ops.e2a")  # the module, not the function it exports
 
@@ -65,6 +65,29 @@ def test_opcheck_custom_ops(op):
         dy = torch.randn_like(y)
         torch.library.opcheck(ops_e2a._e2a_backward, (dy, q, k, w_g, W, G, stats, nk, 0.25, "l2", 1e-12),
                               test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@needs_fp64_kernels
+@pytest.mark.parametrize("op", ["forward", "backward"])
+def test_opcheck_custom_ops_packed(op):
+    """The same custom ops with q and k packed in one ``(S, B, N, 2D)`` tensor and ``k = None``."""
+    q, k, w_g, W, b = (t.detach() for t in _inputs(1, 2, 9, 16))
+    qk = torch.cat([q, k], dim=-1)
+    if op == "forward":
+        torch.library.opcheck(ops_e2a._e2a_forward, (qk, None, w_g, W, b, 0.25, "l2", 1e-12))
+    else:
+        y, G, stats, nk = ops_e2a._e2a_forward(qk, None, w_g, W, b, 0.25, "l2", 1e-12)
+        torch.library.opcheck(ops_e2a._e2a_backward, (torch.randn_like(y), qk, None, w_g, W, G, stats, nk, 0.25, "l2", 1e-12),
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@needs_fp64_kernels
+def test_gradcheck_triton_packed():
+    """float64 gradcheck through ``e2a_packed``: one gradient for the packed qk."""
+    q, k, w_g, W, b = _inputs(1, 2, 11, 8)
+    qk = torch.cat([q[0], k[0]], dim=-1).detach().requires_grad_(True)
+    fn = lambda qk, w, W, b: e2a_packed(qk, w, W, b, backend="triton")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, [qk, w_g[0], W[0, 0], b[0, 0]], fast_mode=True)
 
 
 def test_two_runs_are_bit_identical():

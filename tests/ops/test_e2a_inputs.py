@@ -13,7 +13,7 @@ from e2a_reference import LOWP_FLOOR, LOWP_RATIO, assert_core_matches_timm, asse
 
 import crocnet._triton.e2a as kernels
 from crocnet.nn import CrossEfficientAdditiveAttention, EfficientAdditiveAttention
-from crocnet.ops import cross_e2a, e2a
+from crocnet.ops import cross_e2a, e2a, e2a_packed
 from crocnet.ops._checks import MAX_TRITON_DIM
 
 BACKENDS = ["torch", "triton"]
@@ -224,6 +224,10 @@ def test_kernels_write_every_output_element(monkeypatch):
         y.backward(torch.randn_like(y))
         for t in [y] + [a.grad for a in args]:
             assert torch.isfinite(t).all()
+    qk = torch.randn(2, 33, 48, device=dev, requires_grad=True)  # packed: dq and dk fill one dqk
+    y = e2a_packed(qk, torch.randn(24, device=dev), torch.randn(24, 24, device=dev) / 24, backend="triton")
+    y.backward(torch.randn_like(y))
+    assert torch.isfinite(y).all() and torch.isfinite(qk.grad).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -15,7 +15,7 @@ from kernel_env import skip_fp64_on_gpu, triton_device
 from e2a_reference import assert_core_matches_timm, assert_matches, grads, softmax_e2a_module_forward, timm_e2a
 
 from crocnet.nn import EfficientAdditiveAttention, EfficientAdditiveAttention2d
-from crocnet.ops import e2a, e2a_naive
+from crocnet.ops import e2a, e2a_naive, e2a_packed
 
 
 def _run(module, x, dy, forward=None):
@@ -25,14 +25,14 @@ def _run(module, x, dy, forward=None):
     return out.detach(), grads(module, [x])
 
 
-def _compare(backend, dtype, batch, hw, in_dims, token_dim, device="cpu"):
+def _compare(backend, dtype, batch, hw, in_dims, token_dim, device="cpu", fuse_qk=True):
     torch.manual_seed(hash((batch, hw, in_dims, token_dim)) % 2**31)
     ref = timm_e2a(in_dims, token_dim).double()
     x = torch.randn(batch, in_dims, *hw, dtype=torch.float64)
     dy = torch.randn(batch, token_dim, *hw, dtype=torch.float64)
     out64, g64 = _run(ref, x, dy)
 
-    ours = EfficientAdditiveAttention2d(in_dims, token_dim, backend=backend).to(device, dtype)
+    ours = EfficientAdditiveAttention2d(in_dims, token_dim, backend=backend, fuse_qk=fuse_qk).to(device, dtype)
     ours.load_state_dict(ref.state_dict())
     out, g = _run(ours, x.to(device, dtype), dy.to(device, dtype))
 
@@ -67,10 +67,11 @@ def test_torch_backend_matches_timm(shape, dtype):
     _compare("torch", dtype, *shape)
 
 
+@pytest.mark.parametrize("fuse_qk", [True, False], ids=["packed-qk", "two-linears"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_triton_backend_matches_timm_fp64(shape):
+def test_triton_backend_matches_timm_fp64(shape, fuse_qk):
     skip_fp64_on_gpu("triton", torch.float64)
-    _compare("triton", torch.float64, *shape, device=triton_device())
+    _compare("triton", torch.float64, *shape, device=triton_device(), fuse_qk=fuse_qk)
 
 
 @pytest.mark.parametrize("shape", GRID, ids=_ids)
@@ -124,6 +125,44 @@ def test_op_matches_timm_for_every_token_norm(backend, token_norm):
     dy = torch.randn(B, N, D, dtype=torch.float64)
     assert_core_matches_timm(lambda *a: e2a(*a, token_norm=token_norm, backend=backend), (q, k, w_g, W, b), dy,
                              token_norm, dev, dtype)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("token_norm", ["l2", "softmax", "none"])
+@pytest.mark.parametrize("B, N, D", [(2, 45, 40), (1, 1, 24), (3, 70, 16)])
+def test_packed_op_matches_timm(backend, token_norm, B, N, D):
+    """``e2a_packed`` on ``cat(q, k)`` against timm's module on the bare op: the kernels read q and k from the
+    halves of one ``(B, N, 2D)`` tensor (rows 2D apart) and write both gradients into one ``dqk``."""
+    dev = triton_device() if backend == "triton" else "cpu"
+    dtype = torch.float32 if dev == "cuda" else torch.float64
+    torch.manual_seed(B * 1000 + N + D)
+    q, k = torch.randn(2, B, N, D, dtype=torch.float64).unbind(0)
+    w_g, W, b = torch.randn(D, 1, dtype=torch.float64), torch.randn(D, D, dtype=torch.float64) / D, torch.randn(D, dtype=torch.float64)
+    dy = torch.randn(B, N, D, dtype=torch.float64)
+
+    def op(q, k, *rest):
+        return e2a_packed(torch.cat([q, k], dim=-1), *rest, token_norm=token_norm, backend=backend)
+
+    assert_core_matches_timm(op, (q, k, w_g, W, b), dy, token_norm, dev, dtype)
+
+
+def test_packed_op_gives_one_gradient_for_qk():
+    """The Triton backward hands autograd one ``dqk`` for the packed input, equal to the unpacked op's
+    ``cat(dq, dk)``; a qk whose last dim is odd is refused."""
+    dev = triton_device()
+    torch.manual_seed(0)
+    qk = torch.randn(2, 33, 48, device=dev, requires_grad=True)
+    w_g, W = torch.randn(24, device=dev), torch.randn(24, 24, device=dev)
+    dy = torch.randn(2, 33, 24, device=dev)
+    y = e2a_packed(qk, w_g, W, backend="triton")
+    (dqk,) = torch.autograd.grad(y, qk, dy)
+    q, k = qk.detach()[..., :24].clone().requires_grad_(True), qk.detach()[..., 24:].clone().requires_grad_(True)
+    y_ref = e2a(q, k, w_g, W, backend="triton")
+    dq, dk = torch.autograd.grad(y_ref, (q, k), dy)
+    assert torch.equal(y, y_ref)
+    assert torch.equal(dqk, torch.cat([dq, dk], dim=-1))
+    with pytest.raises(ValueError, match=r"qk must have shape \(B, N, 2D\) .* got \(2, 33, 47\)"):
+        e2a_packed(torch.randn(2, 33, 47, device=dev), w_g, W)
 
 
 @pytest.mark.parametrize("token_norm", ["l2", "softmax"])
