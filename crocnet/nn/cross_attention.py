@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..ops import cross_e2a, cross_e2a_streams
+from ..ops import cross_e2a, cross_e2a_packed, cross_e2a_streams
 from ..ops._checks import BACKENDS, resolve_backend
 from ..ops.naive import TOKEN_NORMS
 from .attention import check_input_dtype, positive_int
@@ -33,6 +34,8 @@ class CrossEfficientAdditiveAttention(nn.Module):
         backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"triton"`` or ``"torch"``.
         authors_final_bug: apply ``final[1]`` to stream 2, as the authors' code does (S = 3 only).
         device, dtype: where and in which dtype to create the parameters.
+        fuse_qk: where the Triton kernels run, each stream's ``to_query`` and ``to_key`` are one GEMM into a
+            packed qk (:func:`crocnet.ops.cross_e2a_packed`); False: two linears per stream.
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class CrossEfficientAdditiveAttention(nn.Module):
         authors_final_bug: bool = False,
         device=None,
         dtype=None,
+        fuse_qk: bool = True,
     ):
         super().__init__()
         positive_int(type(self).__name__, in_dims=in_dims, token_dim=token_dim, streams=streams, num_heads=num_heads)
@@ -58,6 +62,7 @@ class CrossEfficientAdditiveAttention(nn.Module):
         dim = token_dim * num_heads
         self.in_dims, self.token_dim, self.num_heads, self.streams = in_dims, token_dim, num_heads, streams
         self.token_norm, self.backend, self.authors_final_bug = token_norm, backend, authors_final_bug
+        self.fuse_qk = bool(fuse_qk)
         self.scale_factor = token_dim**-0.5
         dd = {"device": device, "dtype": dtype}
         self.to_query = nn.ModuleList(nn.Linear(in_dims, dim, **dd) for _ in range(streams))
@@ -69,7 +74,8 @@ class CrossEfficientAdditiveAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_dims={self.in_dims}, token_dim={self.token_dim}, streams={self.streams}, "
-            f"token_norm={self.token_norm!r}, backend={self.backend!r}, authors_final_bug={self.authors_final_bug}"
+            f"token_norm={self.token_norm!r}, backend={self.backend!r}, authors_final_bug={self.authors_final_bug}, "
+            f"fuse_qk={self.fuse_qk}"
         )
 
     def final_for(self, s: int) -> nn.Linear:
@@ -95,18 +101,30 @@ class CrossEfficientAdditiveAttention(nn.Module):
             if not x.is_floating_point():
                 raise TypeError(f"streams must be floating-point tensors, got {x.dtype} for stream {s}")
             check_input_dtype(x, self.to_query[s].weight, f"stream {s}")
+        kernels = resolve_backend(self.backend, xs[0], dim=self.to_query[0].out_features) == "triton"
+        options = {"scale": self.scale_factor, "token_norm": self.token_norm, "backend": self.backend}
+        w_g = [w.reshape(-1) for w in self.w_g]
+        if kernels and self.fuse_qk:
+            qk = torch.stack([
+                F.linear(x, torch.cat([q.weight, k.weight]), torch.cat([q.bias, k.bias]))
+                for q, k, x in zip(self.to_query, self.to_key, xs)
+            ])
+            y = cross_e2a_packed(qk, torch.stack(w_g), *self._stacked_proj(), **options)
+            return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(y.unbind(0)))
         qs = [lin(x) for lin, x in zip(self.to_query, xs)]
         ks = [lin(x) for lin, x in zip(self.to_key, xs)]
-        if resolve_backend(self.backend, qs[0]) == "torch":  # per stream, nothing stacked
-            ys = cross_e2a_streams(qs, ks, [w.reshape(-1) for w in self.w_g], [[p.weight for p in row] for row in self.proj],
+        if not kernels:  # per stream, nothing stacked
+            ys = cross_e2a_streams(qs, ks, w_g, [[p.weight for p in row] for row in self.proj],
                                    [[p.bias for p in row] for row in self.proj], self.scale_factor, self.token_norm)
             return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(ys))
-        q, k = torch.stack(qs), torch.stack(ks)
-        w_g = torch.stack([w.reshape(-1) for w in self.w_g])
+        y = cross_e2a(torch.stack(qs), torch.stack(ks), torch.stack(w_g), *self._stacked_proj(), **options)
+        return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(y.unbind(0)))
+
+    def _stacked_proj(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``proj`` as ``(S, S, D, D)`` weights and ``(S, S, D)`` biases."""
         weight = torch.stack([torch.stack([p.weight for p in row]) for row in self.proj])
         bias = torch.stack([torch.stack([p.bias for p in row]) for row in self.proj])
-        y = cross_e2a(q, k, w_g, weight, bias, scale=self.scale_factor, token_norm=self.token_norm, backend=self.backend)
-        return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(y.unbind(0)))
+        return weight, bias
 
     def load_crocnet_state_dict(self, state_dict: dict, strict: bool = True):
         """Load the authors' ``X_EfficientAdditiveAttnetion`` weights (keys ``to_query_lv``, ``Proj_lv1``, ...).

@@ -162,11 +162,42 @@ def cross_e2a(
     Returns:
         ``(S, B, N, D)`` in q's dtype (the autocast dtype under autocast with the Triton backend).
     """
+    return _streams(q, k, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend)
+
+
+def cross_e2a_packed(
+    qk: Tensor,
+    w_g: Tensor,
+    proj_weight: Tensor,
+    proj_bias: Optional[Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    token_norm: str = "l2",
+    eps: float = 1e-12,
+    backend: str = "auto",
+) -> Tensor:
+    """:func:`cross_e2a` on each stream's q and k side by side: ``qk (S, B, N, 2D)``, ``q = qk[..., :D]``,
+    ``k = qk[..., D:]`` (one GEMM per stream makes both; the kernels read them in place and return one
+    ``dqk``, see :func:`e2a_packed`). Other arguments and the result as in :func:`cross_e2a`."""
+    dim = _packed_width(qk, "(S, B, N, 2D)", 4)
+    return _streams(qk[..., :dim], qk[..., dim:], qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend)
+
+
+def _packed_width(qk: Tensor, layout: str, dims: int) -> int:
+    _checks.check_float("qk", qk)
+    if qk.dim() != dims or qk.shape[-1] % 2:
+        raise ValueError(f"qk must have shape {layout} (q and k side by side, an even last dim), got {tuple(qk.shape)}")
+    return qk.shape[-1] // 2
+
+
+def _streams(q, k, qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend) -> Tensor:
+    """:func:`cross_e2a` on ``(S, B, N, D)`` q and k; ``qk``: the packed tensor they are the halves of, or None."""
     _checks.check_options(token_norm, backend, eps, scale)
     _checks.check_streams(q, k, w_g, proj_weight, proj_bias)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if _checks.resolve_backend(backend, q) == "torch":
         return cross_e2a_naive(q, k, w_g.reshape(q.shape[0], -1), proj_weight, proj_bias, scale, token_norm, eps)
+    q, k = (q, k) if qk is None else (qk, None)
     return _triton_e2a(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps)
 
 
@@ -249,8 +280,5 @@ def e2a_packed(
     kernels read q and k in place and the backward returns one ``dqk (B, N, 2D)``, so the linear's backward is
     one GEMM too. Same math, arguments and result as ``e2a(qk[..., :D], qk[..., D:], ...)``.
     """
-    _checks.check_float("qk", qk)
-    if qk.dim() != 3 or qk.shape[-1] % 2:
-        raise ValueError(f"qk must have shape (B, N, 2D) (q and k side by side, an even last dim), got {tuple(qk.shape)}")
-    dim = qk.shape[-1] // 2
+    dim = _packed_width(qk, "(B, N, 2D)", 3)
     return _single_stream(qk[..., :dim], qk[..., dim:], qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend)

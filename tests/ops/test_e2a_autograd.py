@@ -68,10 +68,11 @@ def test_opcheck_custom_ops(op):
 
 
 @needs_fp64_kernels
+@pytest.mark.parametrize("S", [1, 3])
 @pytest.mark.parametrize("op", ["forward", "backward"])
-def test_opcheck_custom_ops_packed(op):
+def test_opcheck_custom_ops_packed(op, S):
     """The same custom ops with q and k packed in one ``(S, B, N, 2D)`` tensor and ``k = None``."""
-    q, k, w_g, W, b = (t.detach() for t in _inputs(1, 2, 9, 16))
+    q, k, w_g, W, b = (t.detach() for t in _inputs(S, 2, 9, 16))
     qk = torch.cat([q, k], dim=-1)
     if op == "forward":
         torch.library.opcheck(ops_e2a._e2a_forward, (qk, None, w_g, W, b, 0.25, "l2", 1e-12))
