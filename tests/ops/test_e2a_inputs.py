@@ -302,3 +302,21 @@ def test_interpreter_is_detected_as_triton_decides_it(value, when):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "interpreting False" in out.stdout
     assert "backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before triton" in out.stdout
+
+
+@pytest.mark.parametrize("op, qk, message", [
+    ("e2a_packed", torch.randn(2, 5, 15), r"qk must have shape \(B, N, 2D\) .* got \(2, 5, 15\)"),
+    ("e2a_packed", torch.randn(1, 2, 5, 16), r"qk must have shape \(B, N, 2D\) .* got \(1, 2, 5, 16\)"),
+    ("e2a_packed", torch.randn(2, 0, 16), r"q and k must be non-empty .* got \(2, 0, 8\)"),
+    ("cross_e2a_packed", torch.randn(3, 2, 5, 16), r"w_g .*\(3, 8\)"),
+    ("cross_e2a_packed", torch.randn(2, 5, 16), r"qk must have shape \(S, B, N, 2D\) .* got \(2, 5, 16\)"),
+    ("e2a_packed", torch.randint(0, 3, (2, 5, 16)), r"qk must be a floating-point tensor"),
+])
+def test_packed_ops_name_a_bad_qk(op, qk, message):
+    import crocnet.ops as ops
+
+    w_g, W = torch.randn(8), torch.randn(8, 8)
+    if op == "cross_e2a_packed":
+        w_g, W = torch.randn(2, 8), torch.randn(3, 3, 8, 8)  # two scoring vectors for three streams
+    with pytest.raises((ValueError, TypeError), match=message):
+        getattr(ops, op)(qk, w_g, W)
