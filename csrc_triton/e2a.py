@@ -59,6 +59,17 @@ def _load_rows(ptr, row0, rows, cols, N, D, LD, ACC: tl.constexpr):
 
 
 @triton.jit
+def _load_qk(ptr, row0, rows, cols, N, D, LD, QKB, bias_off, HAS_QKB: tl.constexpr, ACC: tl.constexpr):
+    """``_load_rows`` of q or k plus the input linear's bias ``QKB[bias_off + cols]`` when HAS_QKB (rows past N
+    stay 0: they must not add to any sum over tokens)."""
+    x = _load_rows(ptr, row0, rows, cols, N, D, LD, ACC)
+    if HAS_QKB:
+        b = tl.load(QKB + bias_off + cols, mask=cols < D, other=0.0).to(ACC)
+        x = tl.where((rows < N)[:, None], x + b[None, :], 0.0)
+    return x
+
+
+@triton.jit
 def _dot(a, b, acc, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr):
     """``acc + a @ b``; operands in the input dtype (tensor cores) unless DOT_IN_ACC."""
     if DOT_IN_ACC:
@@ -116,15 +127,15 @@ def _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM: tl.co
 
 @triton.autotune(
     configs=_config.row_configs(),
-    key=["BLOCK_D", "TOKEN_NORM"],
+    key=["BLOCK_D", "TOKEN_NORM", "HAS_QKB"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
     cache_results=_config.AUTOTUNE_CACHE,
 )
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _pool_partials_kernel(
-    Q, WG, NQ, PART_G, PART_STAT,
+    Q, QKB, WG, NQ, PART_G, PART_STAT,
     B, N, D, LDQ, P, scale, eps_arg,
-    TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_QKB: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (P, S·B). One pass over q: per-token norms (kept for the epilogue) and pooling partials."""
     eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
@@ -142,7 +153,7 @@ def _pool_partials_kernel(
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        x = _load_rows(Q, row * N, rows, cols, N, D, LDQ, ACC)
+        x = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, ACC)
         nq = tl.sqrt(tl.sum(x * x, axis=1))
         tl.store(NQ + row * N + rows, nq, mask=rmask)
         qh = x / tl.maximum(nq, eps)[:, None]
@@ -168,15 +179,15 @@ def _pool_partials_kernel(
 
 @triton.autotune(
     configs=_config.out_configs(),
-    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_BIAS", "DOT_PREC"],
+    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB", "HAS_BIAS", "DOT_PREC"],
     prune_configs_by={"early_config_prune": _config.prune_out},
     cache_results=_config.AUTOTUNE_CACHE,
 )
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _key_interaction_kernel(
-    Q, K, W, BIAS, NQ, PART_G, PART_STAT, Y, G_OUT, STAT_OUT, NK,
+    Q, K, QKB, W, BIAS, NQ, PART_G, PART_STAT, Y, G_OUT, STAT_OUT, NK,
     B, N, D, LDQ, P, eps_arg,
-    S: tl.constexpr, HAS_BIAS: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr,
+    S: tl.constexpr, HAS_QKB: tl.constexpr, HAS_BIAS: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr,
     IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
@@ -210,7 +221,7 @@ def _key_interaction_kernel(
         rmask = rows < N
         acc = tl.zeros([BLOCK_N, BLOCK_O], dtype=ACC)
         for t in tl.static_range(S):
-            kt = _load_rows(K, (t * B + b) * N, rows, cols, N, D, LDQ, ACC)
+            kt = _load_qk(K, (t * B + b) * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, ACC)
             nk = tl.sqrt(tl.sum(kt * kt, axis=1))
             tl.store(NK + (t * B + b) * N + rows, nk, mask=rmask & (pid_o == 0) & (s == 0))
             z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * G[None, :]
@@ -218,7 +229,7 @@ def _key_interaction_kernel(
             wt = tl.load(W + (s * S + t) * D * D + ocols[None, :].to(tl.int64) * D + cols[:, None], mask=wmask, other=0.0)
             acc = _dot(z, wt, acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
         nq = tl.load(NQ + row * N + rows, mask=rmask, other=1.0).to(ACC)
-        qo = _load_rows(Q, row * N, rows, ocols, N, D, LDQ, ACC)
+        qo = _load_qk(Q, row * N, rows, ocols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, ACC)
         y = acc + bias[None, :] + qo / tl.maximum(nq, eps)[:, None]
         offs = (row * N + rows.to(tl.int64))[:, None] * D + ocols[None, :]
         tl.store(Y + offs, y, mask=rmask[:, None] & omask[None, :])
@@ -231,15 +242,15 @@ def _key_interaction_kernel(
 
 @triton.autotune(
     configs=_config.row_configs(),
-    key=["BLOCK_D", "S", "BLOCK_O", "DOT_PREC"],
+    key=["BLOCK_D", "S", "BLOCK_O", "HAS_QKB", "DOT_PREC"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
     cache_results=_config.AUTOTUNE_CACHE,
 )
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _key_grad_kernel(
-    K, DY, W, G, DK, PART_DG,
+    K, QKB, DY, W, G, DK, PART_DG, PART_DKB,
     B, N, D, LDQ, P, eps_arg,
-    S: tl.constexpr, S_PAD: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr,
+    S: tl.constexpr, S_PAD: tl.constexpr, HAS_QKB: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr,
     DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -255,11 +266,12 @@ def _key_grad_kernel(
     srange = tl.arange(0, S_PAD)
 
     acc_dg = tl.zeros([S_PAD, BLOCK_D], dtype=ACC)
+    acc_dkb = tl.zeros([BLOCK_D], dtype=ACC)
     start, end = _token_range(pid, P, N, BLOCK_N)
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        kt = _load_rows(K, row * N, rows, cols, N, D, LDQ, ACC)
+        kt = _load_qk(K, row * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, ACC)
         nk = tl.sqrt(tl.sum(kt * kt, axis=1))
         rk = 1.0 / tl.maximum(nk, eps)
         kh = kt * rk[:, None]
@@ -280,6 +292,10 @@ def _key_grad_kernel(
         dk = tl.where((nk < eps)[:, None], dkh * rk[:, None], (dkh - kh * proj[:, None]) * rk[:, None])
         offs = (row * N + rows.to(tl.int64))[:, None] * LDQ + cols[None, :]
         tl.store(DK + offs, dk, mask=rmask[:, None] & cmask[None, :])
+        if HAS_QKB:
+            acc_dkb += tl.sum(tl.where(rmask[:, None], dk, 0.0), axis=0)
+    if HAS_QKB:
+        tl.store(PART_DKB + (row * P + pid) * D + cols, acc_dkb, mask=cmask)
     # PART_DG layout (S_s, B, S_t, P, D)
     out = ((srange.to(tl.int64) * B + b) * S + t) * P + pid
     tl.store(PART_DG + out[:, None] * D + cols[None, :], acc_dg, mask=(srange[:, None] < S) & cmask[None, :])
@@ -287,15 +303,15 @@ def _key_grad_kernel(
 
 @triton.autotune(
     configs=_config.row_configs(),
-    key=["BLOCK_D", "S", "TOKEN_NORM"],
+    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
     cache_results=_config.AUTOTUNE_CACHE,
 )
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _query_grad_kernel(
-    Q, DY, WG, G, STAT, PART_DG, DQ, PART_DWG, PART_DB,
+    Q, QKB, DY, WG, G, STAT, PART_DG, DQ, PART_DWG, PART_DB, PART_DQB,
     B, N, D, LDQ, P, scale, eps_arg,
-    S: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    S: tl.constexpr, HAS_QKB: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (P, S·B) over query streams s: dq through pooling and the row norm; partials of dw_g and db."""
     eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
@@ -322,11 +338,12 @@ def _query_grad_kernel(
 
     acc_dwg = tl.zeros([BLOCK_D], dtype=ACC)
     acc_db = tl.zeros([BLOCK_D], dtype=ACC)
+    acc_dqb = tl.zeros([BLOCK_D], dtype=ACC)
     start, end = _token_range(pid, P, N, BLOCK_N)
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        x = _load_rows(Q, row * N, rows, cols, N, D, LDQ, ACC)
+        x = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, ACC)
         nq = tl.sqrt(tl.sum(x * x, axis=1))
         rq = 1.0 / tl.maximum(nq, eps)
         qh = x * rq[:, None]
@@ -357,22 +374,26 @@ def _query_grad_kernel(
         offs = (row * N + rows.to(tl.int64))[:, None] * LDQ + cols[None, :]
         tl.store(DQ + offs, dq, mask=rmask[:, None] & cmask[None, :])
         acc_db += tl.sum(dy, axis=0)
+        if HAS_QKB:
+            acc_dqb += tl.sum(tl.where(rmask[:, None], dq, 0.0), axis=0)
     out = row * P + pid
     tl.store(PART_DWG + out * D + cols, acc_dwg, mask=cmask)
     tl.store(PART_DB + out * D + cols, acc_db, mask=cmask)
+    if HAS_QKB:
+        tl.store(PART_DQB + out * D + cols, acc_dqb, mask=cmask)
 
 
 @triton.autotune(
     configs=_config.weight_grad_configs(),
-    key=["BLOCK_D", "S", "DOT_PREC"],
+    key=["BLOCK_D", "S", "HAS_QKB", "DOT_PREC"],
     prune_configs_by={"early_config_prune": _config.prune_weight_grad},
     cache_results=_config.AUTOTUNE_CACHE,
 )
 @triton.jit(do_not_specialize=["B", "N", "SPLIT"])
 def _proj_weight_grad_kernel(
-    DY, K, NK, G, PART_DW,
+    DY, K, QKB, NK, G, PART_DW,
     B, N, D, LDQ, SPLIT, eps_arg,
-    S: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr,
+    S: tl.constexpr, HAS_QKB: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr,
     DOT_PREC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
     BLOCK_I: tl.constexpr,
 ):
@@ -402,7 +423,7 @@ def _proj_weight_grad_kernel(
         rows = (j - b * tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
         dy = _load_rows(DY, (s * B + b) * N, rows, ocols, N, D, D, ACC)
-        kt = _load_rows(K, (t * B + b) * N, rows, icols, N, D, LDQ, ACC)
+        kt = _load_qk(K, (t * B + b) * N, rows, icols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, ACC)
         nk = tl.load(NK + (t * B + b) * N + rows, mask=rmask, other=1.0).to(ACC)
         g = tl.load(G + (s * B + b) * D + icols, mask=imask, other=0.0).to(ACC)
         z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * g[None, :]
@@ -437,9 +458,10 @@ def _rows(q, k):
     return q.contiguous(), k.contiguous(), q.shape[-1]
 
 
-def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float):
+def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float, qk_bias=None):
     """``q, k (S, B, N, D)`` (or ``q = qk (S, B, N, 2D)`` packed and ``k = None``), ``w_g (S, D)``,
-    ``proj_weight (S, S, D, D)``, ``proj_bias (S, S, D) | None``.
+    ``proj_weight (S, S, D, D)``, ``proj_bias (S, S, D) | None``; ``qk_bias (S, 2D) | None`` is added to q
+    (first D) and k (last D) as they are loaded: the input linears' bias, so their GEMM can run without it.
 
     Returns ``y (S, B, N, D)`` in q's dtype, and for the backward ``G (S, B, D)``, ``stats (S, B, 2)``
     and the key norms ``nk (S, B, N)`` in the accumulator dtype (fp32, or fp64 for fp64 inputs).
@@ -448,6 +470,8 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
     S, B, N, D = q.shape
     w_g = w_g.reshape(S, D).contiguous()
     proj_weight = proj_weight.contiguous()
+    has_qkb = qk_bias is not None
+    qkb = qk_bias.reshape(S, 2 * D).contiguous() if has_qkb else w_g
     has_bias = proj_bias is not None
     bias = proj_bias.contiguous() if has_bias else proj_weight
     acc_dtype, ACC, IN_DTYPE, dot_in_acc, prec = _dtypes(q)
@@ -460,8 +484,8 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
     part_g = empty((S, B, P, D), dtype=acc_dtype, device=dev)
     part_stat = empty((S, B, P, 2), dtype=acc_dtype, device=dev)
     _pool_partials_kernel[(P, S * B)](
-        q, w_g, nq, part_g, part_stat, B, N, D, ld, P, float(scale), float(eps),
-        TOKEN_NORM=code, ACC=ACC, BLOCK_D=BLOCK_D,
+        q, qkb, w_g, nq, part_g, part_stat, B, N, D, ld, P, float(scale), float(eps),
+        HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, BLOCK_D=BLOCK_D,
     )
     y = empty((S, B, N, D), dtype=q.dtype, device=dev)
     G = empty((S, B, D), dtype=acc_dtype, device=dev)
@@ -469,22 +493,25 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
     nk = empty((S, B, N), dtype=acc_dtype, device=dev)
     grid = lambda meta: (P, triton.cdiv(D, meta["BLOCK_O"]), S * B)  # noqa: E731
     _key_interaction_kernel[grid](
-        q, k, proj_weight, bias, nq, part_g, part_stat, y, G, stats, nk, B, N, D, ld, P, float(eps),
-        S=S, HAS_BIAS=has_bias, TOKEN_NORM=code, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc,
+        q, k, qkb, proj_weight, bias, nq, part_g, part_stat, y, G, stats, nk, B, N, D, ld, P, float(eps),
+        S=S, HAS_QKB=has_qkb, HAS_BIAS=has_bias, TOKEN_NORM=code, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc,
         DOT_PREC=prec, BLOCK_D=BLOCK_D,
     )
     return y, G, stats, nk
 
 
-def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_norm: str, eps: float):
-    """Gradients ``(dq, dk, dw_g (S, D), d_proj_weight (S, S, D, D), d_proj_bias (S, S, D))`` from ``dy``;
-    for a packed ``q = qk`` (``k is None``), ``dq`` is the packed ``dqk (S, B, N, 2D)`` and ``dk`` is None."""
+def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_norm: str, eps: float, qk_bias=None):
+    """Gradients ``(dq, dk, dw_g (S, D), d_proj_weight (S, S, D, D), d_proj_bias (S, S, D), d_qk_bias (S, 2D) |
+    None)`` from ``dy``; for a packed ``q = qk`` (``k is None``), ``dq`` is the packed ``dqk (S, B, N, 2D)`` and
+    ``dk`` is None."""
     packed = k is None
     q, k, ld = _rows(q, k)
     S, B, N, D = q.shape
     dy = dy.contiguous()
     w_g = w_g.reshape(S, D).contiguous()
     proj_weight = proj_weight.contiguous()
+    has_qkb = qk_bias is not None
+    qkb = qk_bias.reshape(S, 2 * D).contiguous() if has_qkb else w_g
     acc_dtype, ACC, IN_DTYPE, dot_in_acc, prec = _dtypes(q)
     code = TOKEN_NORM_CODES[token_norm]
     BLOCK_D = _config.block_d(D)
@@ -495,30 +522,35 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
     dqk = empty((S, B, N, 2 * D), dtype=q.dtype, device=dev) if packed else None
     dk = dqk[..., D:] if packed else empty((S, B, N, D), dtype=k.dtype, device=dev)
     part_dg = empty((S, B, S, P, D), dtype=acc_dtype, device=dev)
+    part_dkb = empty((S, B, P, D), dtype=acc_dtype, device=dev) if has_qkb else part_dg
     _key_grad_kernel[(P, S * B)](
-        k, dy, proj_weight, G, dk, part_dg, B, N, D, ld, P, float(eps),
-        S=S, S_PAD=triton.next_power_of_2(S), ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec,
+        k, qkb, dy, proj_weight, G, dk, part_dg, part_dkb, B, N, D, ld, P, float(eps),
+        S=S, S_PAD=triton.next_power_of_2(S), HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec,
         BLOCK_D=BLOCK_D, BLOCK_O=BLOCK_O,
     )
     dq = dqk[..., :D] if packed else empty((S, B, N, D), dtype=q.dtype, device=dev)
     part_dwg = empty((S, B, P, D), dtype=acc_dtype, device=dev)
     part_db = empty((S, B, P, D), dtype=acc_dtype, device=dev)
+    part_dqb = empty((S, B, P, D), dtype=acc_dtype, device=dev) if has_qkb else part_db
     _query_grad_kernel[(P, S * B)](
-        q, dy, w_g, G, stats, part_dg, dq, part_dwg, part_db, B, N, D, ld, P, float(scale), float(eps),
-        S=S, TOKEN_NORM=code, ACC=ACC, BLOCK_D=BLOCK_D,
+        q, qkb, dy, w_g, G, stats, part_dg, dq, part_dwg, part_db, part_dqb, B, N, D, ld, P, float(scale), float(eps),
+        S=S, HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, BLOCK_D=BLOCK_D,
     )
     tiles = B * triton.cdiv(N, _config.MIN_BLOCK_N)
     split = _config.programs_per_row(tiles * _config.MIN_BLOCK_N, S * S * triton.cdiv(D, 32) ** 2, dev)
     part_dw = empty((S, S, split, D, D), dtype=acc_dtype, device=dev)
     grid = lambda meta: (triton.cdiv(D, meta["BLOCK_O"]), triton.cdiv(D, meta["BLOCK_I"]), S * S * split)  # noqa: E731
     _proj_weight_grad_kernel[grid](
-        dy, k, nk, G, part_dw, B, N, D, ld, split, float(eps),
-        S=S, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, BLOCK_D=BLOCK_D,
+        dy, k, qkb, nk, G, part_dw, B, N, D, ld, split, float(eps),
+        S=S, HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, BLOCK_D=BLOCK_D,
     )
     d_w_g = part_dwg.view(S, B * P, D).sum(1).mul_(scale)
     d_proj_weight = part_dw.sum(2)
     d_bias_stream = part_db.view(S, B * P, D).sum(1)
     d_proj_bias = d_bias_stream[:, None, :].expand(S, S, D).contiguous()
+    d_qk_bias = None
+    if has_qkb:
+        d_qk_bias = torch.cat([part_dqb.view(S, B * P, D).sum(1), part_dkb.view(S, B * P, D).sum(1)], dim=1)
     if packed:
-        return dqk, None, d_w_g, d_proj_weight, d_proj_bias
-    return dq, dk, d_w_g, d_proj_weight, d_proj_bias
+        return dqk, None, d_w_g, d_proj_weight, d_proj_bias, d_qk_bias
+    return dq, dk, d_w_g, d_proj_weight, d_proj_bias, d_qk_bias

@@ -69,10 +69,11 @@ class EfficientAdditiveAttention(nn.Module):
         num_heads: multiplies the attention width (as in timm; there is no per-head split).
         token_norm: ``"l2"`` (SwiftFormer), ``"softmax"`` (Fastformer) or ``"none"`` (the original release).
         backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"triton"`` or ``"torch"``.
-        fuse_qk: where the Triton kernels run, compute ``to_query`` and ``to_key`` as one GEMM into a packed
-            ``qk (B, N, 2D)`` that the kernels read in place (:func:`crocnet.ops.e2a_packed`): x is read
-            once, and the backward is one GEMM on one ``dqk``. False: two linears, as timm. The PyTorch
-            backend always uses two (timm's numbers to the bit).
+        fuse_qk: where the Triton kernels run, compute ``to_query`` and ``to_key`` as one GEMM (without
+            bias) into a packed ``qk (B, N, 2D)`` that the kernels read in place, adding the biases as they
+            load it (:func:`crocnet.ops.e2a_packed`): x is read once, no pass adds the bias, and the backward
+            is one GEMM on one ``dqk``. False: two linears, as timm. The PyTorch backend always uses two
+            (timm's numbers to the bit).
     """
 
     def __init__(
@@ -122,9 +123,9 @@ class EfficientAdditiveAttention(nn.Module):
         check_input_dtype(x, self.to_query.weight, "tokens")
         options = {"scale": self.scale_factor, "token_norm": self.token_norm, "backend": self.backend}
         if self.fuse_qk and resolve_backend(self.backend, x, dim=self.to_query.out_features) == "triton":
-            weight = torch.cat([self.to_query.weight, self.to_key.weight])
-            bias = torch.cat([self.to_query.bias, self.to_key.bias])
-            y = e2a_packed(F.linear(x, weight, bias), self.w_g, self.proj.weight, self.proj.bias, **options)
+            qk = F.linear(x, torch.cat([self.to_query.weight, self.to_key.weight]))  # the bias is added in the kernels
+            qk_bias = torch.cat([self.to_query.bias, self.to_key.bias])
+            y = e2a_packed(qk, self.w_g, self.proj.weight, self.proj.bias, qk_bias=qk_bias, **options)
         else:
             y = e2a(self.to_query(x), self.to_key(x), self.w_g, self.proj.weight, self.proj.bias, **options)
         return self.final(y)

@@ -34,8 +34,9 @@ class CrossEfficientAdditiveAttention(nn.Module):
         backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"triton"`` or ``"torch"``.
         authors_final_bug: apply ``final[1]`` to stream 2, as the authors' code does (S = 3 only).
         device, dtype: where and in which dtype to create the parameters.
-        fuse_qk: where the Triton kernels run, each stream's ``to_query`` and ``to_key`` are one GEMM into a
-            packed qk (:func:`crocnet.ops.cross_e2a_packed`); False: two linears per stream.
+        fuse_qk: where the Triton kernels run, each stream's ``to_query`` and ``to_key`` are one GEMM (the
+            biases added in the kernels) into a packed qk (:func:`crocnet.ops.cross_e2a_packed`); False: two
+            linears per stream.
     """
 
     def __init__(
@@ -105,11 +106,9 @@ class CrossEfficientAdditiveAttention(nn.Module):
         options = {"scale": self.scale_factor, "token_norm": self.token_norm, "backend": self.backend}
         w_g = [w.reshape(-1) for w in self.w_g]
         if kernels and self.fuse_qk:
-            qk = torch.stack([
-                F.linear(x, torch.cat([q.weight, k.weight]), torch.cat([q.bias, k.bias]))
-                for q, k, x in zip(self.to_query, self.to_key, xs)
-            ])
-            y = cross_e2a_packed(qk, torch.stack(w_g), *self._stacked_proj(), **options)
+            qk = torch.stack([F.linear(x, torch.cat([q.weight, k.weight])) for q, k, x in zip(self.to_query, self.to_key, xs)])
+            qk_bias = torch.stack([torch.cat([q.bias, k.bias]) for q, k in zip(self.to_query, self.to_key)])
+            y = cross_e2a_packed(qk, torch.stack(w_g), *self._stacked_proj(), qk_bias=qk_bias, **options)
             return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(y.unbind(0)))
         qs = [lin(x) for lin, x in zip(self.to_query, xs)]
         ks = [lin(x) for lin, x in zip(self.to_key, xs)]

@@ -61,12 +61,14 @@ def check_streams(
     w_g: torch.Tensor,
     proj_weight: torch.Tensor,
     proj_bias: torch.Tensor | None,
+    qk_bias: torch.Tensor | None = None,
 ) -> None:
-    """Validate the stacked ``(S, B, N, D)`` layout the kernels take."""
+    """Validate the stacked ``(S, B, N, D)`` layout the kernels take (``qk_bias``: ``(S, 2D)``, the packed ops')."""
     for name, t in (("q", q), ("k", k), ("w_g", w_g), ("proj_weight", proj_weight)):
         check_float(name, t)
-    if proj_bias is not None:
-        check_float("proj_bias", proj_bias)
+    for name, t in (("proj_bias", proj_bias), ("qk_bias", qk_bias)):
+        if t is not None:
+            check_float(name, t)
     if q.dim() != 4:
         raise ValueError(f"q must have shape (streams, batch, tokens, dim), got {_describe(q)}")
     if k.shape != q.shape:
@@ -82,13 +84,16 @@ def check_streams(
         raise ValueError(f"proj_weight must have shape {(streams, streams, dim, dim)} to match q, got {tuple(proj_weight.shape)}")
     if proj_bias is not None and proj_bias.shape != (streams, streams, dim):
         raise ValueError(f"proj_bias must have shape {(streams, streams, dim)} to match q, got {tuple(proj_bias.shape)}")
-    tensors = [q, k, w_g, proj_weight] + ([] if proj_bias is None else [proj_bias])
+    if qk_bias is not None and qk_bias.shape != (streams, 2 * dim):
+        raise ValueError(f"qk_bias must have shape {(streams, 2 * dim)} (the biases of q and k side by side), "
+                         f"got {tuple(qk_bias.shape)}")
+    optional = [(name, t) for name, t in (("proj_bias", proj_bias), ("qk_bias", qk_bias)) if t is not None]
+    tensors = [q, k, w_g, proj_weight] + [t for _, t in optional]
     # Under autocast the matmuls run in the autocast dtype whatever the operands' (as for nn.Linear);
     # elsewhere a parameter in another dtype would fail in the PyTorch path and silently mix precisions in
     # the kernels, so both refuse it.
     if not (q.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(q.device.type)):
-        named = [("w_g", w_g), ("proj_weight", proj_weight)] + ([] if proj_bias is None else [("proj_bias", proj_bias)])
-        for name, t in named:
+        for name, t in [("w_g", w_g), ("proj_weight", proj_weight)] + optional:
             if t.dtype != q.dtype:
                 raise TypeError(f"{name} must have q's dtype {q.dtype} (outside autocast), got {t.dtype}")
     devices = {t.device for t in tensors}

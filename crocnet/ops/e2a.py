@@ -34,11 +34,12 @@ def _e2a_forward(
     w_g: Tensor,
     proj_weight: Tensor,
     proj_bias: Optional[Tensor],
+    qk_bias: Optional[Tensor],
     scale: float,
     token_norm: str,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _kernels().e2a_forward(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps)
+    return _kernels().e2a_forward(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
 
 
 def _width(q: Tensor, k: Optional[Tensor]) -> int:
@@ -47,7 +48,7 @@ def _width(q: Tensor, k: Optional[Tensor]) -> int:
 
 
 @_e2a_forward.register_fake
-def _(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps):
+def _(q, k, w_g, proj_weight, proj_bias, qk_bias, scale, token_norm, eps):
     S, B, N, _ = q.shape
     D = _width(q, k)
     acc = _acc_dtype(q.dtype)
@@ -66,19 +67,22 @@ def _e2a_backward(
     k: Optional[Tensor],
     w_g: Tensor,
     proj_weight: Tensor,
+    qk_bias: Optional[Tensor],
     G: Tensor,
     stats: Tensor,
     nk: Tensor,
     scale: float,
     token_norm: str,
     eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    dq, dk, dw_g, dw, db = _kernels().e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale, token_norm, eps)
-    return dq, q.new_empty((0,)) if dk is None else dk, dw_g, dw, db  # a custom op returns tensors, never None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dq, dk, dw_g, dw, db, dqkb = _kernels().e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale, token_norm, eps, qk_bias)
+    # a custom op returns tensors, never None, and no two returns may share storage
+    dk = q.new_empty((0,)) if dk is None else dk
+    return dq, dk, dw_g, dw, db, q.new_empty((0,)) if dqkb is None else dqkb
 
 
 @_e2a_backward.register_fake
-def _(dy, q, k, w_g, proj_weight, G, stats, nk, scale, token_norm, eps):
+def _(dy, q, k, w_g, proj_weight, qk_bias, G, stats, nk, scale, token_norm, eps):
     S, B, N, _ = q.shape
     D = _width(q, k)
     acc = _acc_dtype(q.dtype)
@@ -88,47 +92,49 @@ def _(dy, q, k, w_g, proj_weight, G, stats, nk, scale, token_norm, eps):
         q.new_empty((S, D), dtype=acc),
         q.new_empty((S, S, D, D), dtype=acc),
         q.new_empty((S, S, D), dtype=acc),
+        q.new_empty((S, 2 * D) if qk_bias is not None else (0,), dtype=acc),
     )
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps = inputs
+    q, k, w_g, proj_weight, proj_bias, qk_bias, scale, token_norm, eps = inputs
     _, G, stats, nk = output
-    ctx.save_for_backward(q, k, w_g, proj_weight, G, stats, nk)
+    ctx.save_for_backward(q, k, w_g, proj_weight, qk_bias, G, stats, nk)
     ctx.scale, ctx.token_norm, ctx.eps = scale, token_norm, eps
     ctx.has_bias = proj_bias is not None
     ctx.mark_non_differentiable(G, stats, nk)
 
 
 def _backward(ctx, dy, _dG, _dstats, _dnk):
-    q, k, w_g, proj_weight, G, stats, nk = ctx.saved_tensors
-    dq, dk, dw_g, dw, db = _e2a_backward(dy.contiguous(), q, k, w_g, proj_weight, G, stats, nk, ctx.scale, ctx.token_norm, ctx.eps)
+    q, k, w_g, proj_weight, qk_bias, G, stats, nk = ctx.saved_tensors
+    dq, dk, dw_g, dw, db, dqkb = _e2a_backward(dy.contiguous(), q, k, w_g, proj_weight, qk_bias, G, stats, nk,
+                                               ctx.scale, ctx.token_norm, ctx.eps)
     dk = None if k is None else dk  # packed: dq is the whole dqk
+    dqkb = None if qk_bias is None else dqkb.to(qk_bias.dtype).reshape(qk_bias.shape)
     # token_norm "none" gives every token weight 1: w_g takes no part, and gets no gradient (as on the torch path)
     dw_g = None if ctx.token_norm == "none" else dw_g.to(w_g.dtype).reshape(w_g.shape)
     dw = dw.to(proj_weight.dtype)
     db = db.to(proj_weight.dtype) if ctx.has_bias else None
-    return dq, dk, dw_g, dw, db, None, None, None
+    return dq, dk, dw_g, dw, db, dqkb, None, None, None
 
 
 _e2a_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _autocast(q, k, proj_weight, proj_bias):
+def _autocast(q, k, proj_weight, proj_bias, qk_bias):
     """Under autocast, run the kernels in the autocast dtype as ``nn.Linear`` would."""
     device_type = q.device.type
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         q, proj_weight = q.to(dtype), proj_weight.to(dtype)
-        k = None if k is None else k.to(dtype)
-        proj_bias = None if proj_bias is None else proj_bias.to(dtype)
-    return q, k, proj_weight, proj_bias
+        k, proj_bias, qk_bias = (None if t is None else t.to(dtype) for t in (k, proj_bias, qk_bias))
+    return q, k, proj_weight, proj_bias, qk_bias
 
 
-def _triton_e2a(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps) -> Tensor:
+def _triton_e2a(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias=None) -> Tensor:
     """The kernels on validated ``(S, B, N, D)`` stacks."""
-    q, k, proj_weight, proj_bias = _autocast(q, k, proj_weight, proj_bias)
-    y, _, _, _ = _e2a_forward(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps)
+    q, k, proj_weight, proj_bias, qk_bias = _autocast(q, k, proj_weight, proj_bias, qk_bias)
+    y, _, _, _ = _e2a_forward(q, k, w_g, proj_weight, proj_bias, qk_bias, scale, token_norm, eps)
     return y
 
 
@@ -171,6 +177,7 @@ def cross_e2a_packed(
     proj_weight: Tensor,
     proj_bias: Optional[Tensor] = None,
     *,
+    qk_bias: Optional[Tensor] = None,
     scale: Optional[float] = None,
     token_norm: str = "l2",
     eps: float = 1e-12,
@@ -178,9 +185,11 @@ def cross_e2a_packed(
 ) -> Tensor:
     """:func:`cross_e2a` on each stream's q and k side by side: ``qk (S, B, N, 2D)``, ``q = qk[..., :D]``,
     ``k = qk[..., D:]`` (one GEMM per stream makes both; the kernels read them in place and return one
-    ``dqk``, see :func:`e2a_packed`). Other arguments and the result as in :func:`cross_e2a`."""
+    ``dqk``, see :func:`e2a_packed`); ``qk_bias (S, 2D)`` is added to each stream's qk first. Other arguments
+    and the result as in :func:`cross_e2a`."""
     dim = _packed_width(qk, "(S, B, N, 2D)", 4)
-    return _streams(qk[..., :dim], qk[..., dim:], qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend)
+    return _streams(qk[..., :dim], qk[..., dim:], qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend,
+                    qk_bias)
 
 
 def _packed_width(qk: Tensor, layout: str, dims: int) -> int:
@@ -190,20 +199,24 @@ def _packed_width(qk: Tensor, layout: str, dims: int) -> int:
     return qk.shape[-1] // 2
 
 
-def _streams(q, k, qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend) -> Tensor:
-    """:func:`cross_e2a` on ``(S, B, N, D)`` q and k; ``qk``: the packed tensor they are the halves of, or None."""
+def _streams(q, k, qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend, qk_bias=None) -> Tensor:
+    """:func:`cross_e2a` on ``(S, B, N, D)`` q and k; ``qk``: the packed tensor they are the halves of, or None;
+    ``qk_bias``: ``(S, 2D)`` added to q and k (packed ops only)."""
     _checks.check_options(token_norm, backend, eps, scale)
-    _checks.check_streams(q, k, w_g, proj_weight, proj_bias)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    _checks.check_streams(q, k, w_g, proj_weight, proj_bias, qk_bias)
+    dim = q.shape[-1]
+    scale = dim**-0.5 if scale is None else float(scale)
     if _checks.resolve_backend(backend, q) == "torch":
+        if qk_bias is not None:
+            q, k = q + qk_bias[:, None, None, :dim], k + qk_bias[:, None, None, dim:]
         return cross_e2a_naive(q, k, w_g.reshape(q.shape[0], -1), proj_weight, proj_bias, scale, token_norm, eps)
     q, k = (q, k) if qk is None else (qk, None)
-    return _triton_e2a(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps)
+    return _triton_e2a(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
 
 
-def _single_stream(q, k, qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend) -> Tensor:
+def _single_stream(q, k, qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend, qk_bias=None) -> Tensor:
     """:func:`e2a` on ``(B, N, D)`` q and k; ``qk``: the packed ``(B, N, 2D)`` tensor they are the halves of
-    (handed to the kernels whole), or None."""
+    (handed to the kernels whole), or None; ``qk_bias``: ``(2D,)`` added to q and k (packed op only)."""
     for name, t, dims in (("q", q, 3), ("k", k, 3), ("proj_weight", proj_weight, 2)):
         _checks.check_float(name, t)
         if t.dim() != dims:
@@ -222,15 +235,20 @@ def _single_stream(q, k, qk, w_g, proj_weight, proj_bias, scale, token_norm, eps
         raise ValueError(f"proj_weight must have shape ({dim}, {dim}) to match q's width {dim}, got {tuple(proj_weight.shape)}")
     if proj_bias is not None and proj_bias.shape != (dim,):
         raise ValueError(f"proj_bias must have shape ({dim},) to match q's width {dim}, got {tuple(proj_bias.shape)}")
+    if qk_bias is not None and qk_bias.shape != (2 * dim,):
+        raise ValueError(f"qk_bias must have shape ({2 * dim},) (the biases of q and k side by side), got {tuple(qk_bias.shape)}")
     bias = None if proj_bias is None else proj_bias[None, None]
+    stream_qkb = None if qk_bias is None else qk_bias[None]
     _checks.check_options(token_norm, backend, eps, scale)
-    _checks.check_streams(q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias)
+    _checks.check_streams(q[None], k[None], w_g.reshape(1, -1), proj_weight[None, None], bias, stream_qkb)
     scale = dim**-0.5 if scale is None else float(scale)
     if _checks.resolve_backend(backend, q) == "torch":
+        if qk_bias is not None:
+            q, k = q + qk_bias[:dim], k + qk_bias[dim:]
         # straight to the spec on (B, N, D): a stream axis would cost autograd a copy of every gradient
         return e2a_naive(q, k, w_g.reshape(-1), proj_weight, proj_bias, scale, token_norm, eps)
     q, k = (q[None], k[None]) if qk is None else (qk[None], None)
-    y = _triton_e2a(q, k, w_g.reshape(1, -1), proj_weight[None, None], bias, scale, token_norm, eps)
+    y = _triton_e2a(q, k, w_g.reshape(1, -1), proj_weight[None, None], bias, scale, token_norm, eps, stream_qkb)
     return y.squeeze(0)
 
 
@@ -269,6 +287,7 @@ def e2a_packed(
     proj_weight: Tensor,
     proj_bias: Optional[Tensor] = None,
     *,
+    qk_bias: Optional[Tensor] = None,
     scale: Optional[float] = None,
     token_norm: str = "l2",
     eps: float = 1e-12,
@@ -276,9 +295,13 @@ def e2a_packed(
 ) -> Tensor:
     """:func:`e2a` on q and k packed side by side: ``qk (B, N, 2D)`` with ``q = qk[..., :D]``, ``k = qk[..., D:]``.
 
-    The form one GEMM gives for both input linears (``F.linear(x, cat(W_q, W_k), cat(b_q, b_k))``): the
-    kernels read q and k in place and the backward returns one ``dqk (B, N, 2D)``, so the linear's backward is
-    one GEMM too. Same math, arguments and result as ``e2a(qk[..., :D], qk[..., D:], ...)``.
+    The form one GEMM gives for both input linears (``F.linear(x, cat(W_q, W_k))``): the kernels read q and k
+    in place and the backward returns one ``dqk (B, N, 2D)``, so the linear's backward is one GEMM too.
+    ``qk_bias (2D,)``, the linears' ``cat(b_q, b_k)``, is added as the kernels load q and k, and its gradient
+    summed there: a GEMM on a token view that is not one matrix (``x.flatten(2).transpose(1, 2)``) cannot add
+    the bias itself and would take a separate pass over its output. Same math and result as
+    ``e2a(q + b_q, k + b_k, ...)`` with ``q, k = qk[..., :D], qk[..., D:]``.
     """
     dim = _packed_width(qk, "(B, N, 2D)", 3)
-    return _single_stream(qk[..., :dim], qk[..., dim:], qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend)
+    return _single_stream(qk[..., :dim], qk[..., dim:], qk, w_g, proj_weight, proj_bias, scale, token_norm, eps, backend,
+                          qk_bias)

@@ -58,12 +58,12 @@ def test_opcheck_custom_ops(op):
     """torch.library.opcheck: schema, fake (meta) kernel, autograd registration, AOT dispatch."""
     q, k, w_g, W, b = (t.detach() for t in _inputs(2, 2, 9, 16))
     if op == "forward":
-        torch.library.opcheck(ops_e2a._e2a_forward, (q, k, w_g, W, b, 0.25, "l2", 1e-12))
-        torch.library.opcheck(ops_e2a._e2a_forward, (q, k, w_g, W, None, 0.25, "softmax", 1e-12))
+        torch.library.opcheck(ops_e2a._e2a_forward, (q, k, w_g, W, b, None, 0.25, "l2", 1e-12))
+        torch.library.opcheck(ops_e2a._e2a_forward, (q, k, w_g, W, None, None, 0.25, "softmax", 1e-12))
     else:
-        y, G, stats, nk = ops_e2a._e2a_forward(q, k, w_g, W, b, 0.25, "l2", 1e-12)
+        y, G, stats, nk = ops_e2a._e2a_forward(q, k, w_g, W, b, None, 0.25, "l2", 1e-12)
         dy = torch.randn_like(y)
-        torch.library.opcheck(ops_e2a._e2a_backward, (dy, q, k, w_g, W, G, stats, nk, 0.25, "l2", 1e-12),
+        torch.library.opcheck(ops_e2a._e2a_backward, (dy, q, k, w_g, W, None, G, stats, nk, 0.25, "l2", 1e-12),
                               test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
@@ -71,14 +71,14 @@ def test_opcheck_custom_ops(op):
 @pytest.mark.parametrize("S", [1, 3])
 @pytest.mark.parametrize("op", ["forward", "backward"])
 def test_opcheck_custom_ops_packed(op, S):
-    """The same custom ops with q and k packed in one ``(S, B, N, 2D)`` tensor and ``k = None``."""
+    """The same custom ops with q and k packed in one ``(S, B, N, 2D)`` tensor, ``k = None``, and their bias."""
     q, k, w_g, W, b = (t.detach() for t in _inputs(S, 2, 9, 16))
-    qk = torch.cat([q, k], dim=-1)
+    qk, qkb = torch.cat([q, k], dim=-1), torch.randn(S, 32, dtype=q.dtype)
     if op == "forward":
-        torch.library.opcheck(ops_e2a._e2a_forward, (qk, None, w_g, W, b, 0.25, "l2", 1e-12))
+        torch.library.opcheck(ops_e2a._e2a_forward, (qk, None, w_g, W, b, qkb, 0.25, "l2", 1e-12))
     else:
-        y, G, stats, nk = ops_e2a._e2a_forward(qk, None, w_g, W, b, 0.25, "l2", 1e-12)
-        torch.library.opcheck(ops_e2a._e2a_backward, (torch.randn_like(y), qk, None, w_g, W, G, stats, nk, 0.25, "l2", 1e-12),
+        y, G, stats, nk = ops_e2a._e2a_forward(qk, None, w_g, W, b, qkb, 0.25, "l2", 1e-12)
+        torch.library.opcheck(ops_e2a._e2a_backward, (torch.randn_like(y), qk, None, w_g, W, qkb, G, stats, nk, 0.25, "l2", 1e-12),
                               test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 

@@ -12,10 +12,10 @@ import copy
 import pytest
 import torch
 from kernel_env import skip_fp64_on_gpu, triton_device
-from e2a_reference import assert_core_matches_timm, assert_matches, grads, softmax_e2a_module_forward, timm_e2a
+from e2a_reference import assert_core_matches_timm, assert_matches, grads, softmax_e2a_module_forward, timm_core, timm_e2a
 
 from crocnet.nn import EfficientAdditiveAttention, EfficientAdditiveAttention2d
-from crocnet.ops import e2a, e2a_naive, e2a_packed
+from crocnet.ops import cross_e2a, cross_e2a_packed, e2a, e2a_naive, e2a_packed
 
 
 def _run(module, x, dy, forward=None):
@@ -144,6 +144,45 @@ def test_packed_op_matches_timm(backend, token_norm, B, N, D):
         return e2a_packed(torch.cat([q, k], dim=-1), *rest, token_norm=token_norm, backend=backend)
 
     assert_core_matches_timm(op, (q, k, w_g, W, b), dy, token_norm, dev, dtype)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("token_norm", ["l2", "softmax", "none"])
+@pytest.mark.parametrize("S, B, N, D", [(1, 2, 45, 40), (3, 2, 19, 16)], ids=["e2a", "cross3"])
+def test_packed_op_adds_the_qk_bias(backend, token_norm, S, B, N, D):
+    """``qk_bias``, added where the kernels load q and k, is ``e2a(q + b_q, k + b_k)``: against timm's module
+    on the bare op (E2A) and against the unpacked op on the biased inputs (cross-E2A, whose own parity with
+    the authors' form is tested in tests/nn), output and every gradient, the bias's included."""
+    dev = triton_device() if backend == "triton" else "cpu"
+    dtype = torch.float32 if dev == "cuda" else torch.float64
+    torch.manual_seed(S * 100 + N)
+    q, k = torch.randn(2, S, B, N, D, dtype=torch.float64).unbind(0)
+    w_g, W, b = torch.randn(S, D, dtype=torch.float64), torch.randn(S, S, D, D, dtype=torch.float64) / D, torch.randn(S, S, D, dtype=torch.float64)
+    c = torch.randn(S, 2 * D, dtype=torch.float64)
+    dy = torch.randn(S, B, N, D, dtype=torch.float64)
+
+    def ours(q, k, w_g, W, b, c):
+        if S == 1:
+            return e2a_packed(torch.cat([q[0], k[0]], -1), w_g[0], W[0, 0], b[0, 0], qk_bias=c[0], token_norm=token_norm, backend=backend)[None]
+        return cross_e2a_packed(torch.cat([q, k], -1), w_g, W, b, qk_bias=c, token_norm=token_norm, backend=backend)
+
+    def reference(q, k, w_g, W, b, c):
+        qb, kb = q + c[:, None, None, :D], k + c[:, None, None, D:]
+        if S == 1:
+            return timm_core(qb[0], kb[0], w_g[0], W[0, 0], b[0, 0], token_norm=token_norm)[None]
+        return cross_e2a(qb, kb, w_g, W, b, token_norm=token_norm, backend="torch")
+
+    res = {}
+    for name, fn, device, dt in (("ours", ours, dev, dtype), ("ref", reference, "cpu", torch.float64)):
+        leaves = [t.detach().to(device, dt, copy=True).requires_grad_(True) for t in (q, k, w_g, W, b, c)]
+        y = fn(*leaves)
+        y.backward(dy.to(device, dt))
+        res[name] = [y] + [t.grad for t in leaves]
+    for label, a, r in zip(["y", "dq", "dk", "dw_g", "dW", "db", "d_qk_bias"], res["ours"], res["ref"]):
+        if token_norm == "none" and label == "dw_g":
+            assert a is None or not a.any(), label
+            continue
+        assert_matches(label, a, r, dtype, grad=label != "y")
 
 
 def test_packed_op_gives_one_gradient_for_qk():
