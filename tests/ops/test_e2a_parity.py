@@ -233,3 +233,26 @@ def test_functional_op_matches_timm_module_math():
     # and the naive spec is the same function
     y2 = e2a_naive(ref.to_query(tokens), ref.to_key(tokens), ref.w_g, ref.proj.weight, ref.proj.bias, ref.scale_factor)
     torch.testing.assert_close(y2, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fuse_qk", [True, False], ids=["packed-qk", "two-linears"])
+def test_module_under_autocast_matches_timm(fuse_qk):
+    """Mixed precision as training runs it: float32 parameters under bfloat16 autocast, the Triton path (the
+    packed GEMM casts to bfloat16 and ``qk_bias`` is cast with it), output and every gradient held to timm's
+    module under the same autocast by the table's bfloat16 rule, against timm in float64."""
+    dev = triton_device()
+    torch.manual_seed(7)
+    ref = timm_e2a(24, 40).double()
+    x = torch.randn(2, 24, 6, 7, dtype=torch.float64)
+    dy = torch.randn(2, 40, 6, 7, dtype=torch.float64)
+    out64, g64 = _run(ref, x, dy)
+    ours = EfficientAdditiveAttention2d(24, 40, backend="triton", fuse_qk=fuse_qk).to(dev)
+    ours.load_state_dict(ref.state_dict())
+    low = copy.deepcopy(ref).float().to(dev)
+    with torch.autocast(device_type=dev, dtype=torch.bfloat16):
+        out, g = _run(ours, x.float().to(dev), dy.float().to(dev))
+        base_out, base_g = _run(low, x.float().to(dev), dy.float().to(dev))
+    assert out.dtype == torch.bfloat16
+    assert_matches("output", out, out64, torch.bfloat16, baseline=base_out)
+    for name in g64:
+        assert_matches(f"grad {name}", g[name], g64[name], torch.bfloat16, grad=True, baseline=base_g[name])
