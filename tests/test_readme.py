@@ -1,4 +1,4 @@
-"""The README's quickstart runs as written (on CPU)."""
+"""The README's quickstart runs as written (on CPU), and every command the READMEs show parses."""
 
 from __future__ import annotations
 
@@ -86,8 +86,9 @@ def test_documented_commands_parse(monkeypatch):
                 importlib.import_module(SUBCOMMANDS[name][0]).main(argv)
         except _Parsed:
             continue
-        except SystemExit:
-            failures.append(f"{where}: {command}\n    {stderr.getvalue().strip().splitlines()[-1]}")
+        except SystemExit as exit_:
+            said = stderr.getvalue().strip().splitlines() or [f"exit status {exit_.code}"]
+            failures.append(f"{where}: {command}\n    {said[-1]}")
             continue
         failures.append(f"{where}: {command}\n    ran instead of stopping after parsing")
     assert not failures, "documented commands the CLI refuses:\n" + "\n".join(failures)
