@@ -13,7 +13,6 @@ would leave the image), and crops are resized to the stage-2 size (theirs are ze
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+
+from .arguments import is_integral
 
 
 @dataclass(frozen=True)
@@ -60,24 +61,20 @@ class CropBox:
 RESIZE_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def as_size(size, name: str = "size") -> tuple[int, int]:
     """``size`` (an int or ``(h, w)``) as ``(h, w)`` of positive ints, or a ``ValueError`` saying what was got."""
-    pair = (size, size) if _is_int(size) else size
+    pair = (size, size) if is_integral(size) else size
     try:
         pair = tuple(pair)
     except TypeError:
         pair = ()
-    if len(pair) != 2 or not all(_is_int(n) and n > 0 for n in pair):
+    if len(pair) != 2 or not all(is_integral(n) and n > 0 for n in pair):
         raise ValueError(f"{name} must be a positive int or (h, w) of positive ints, got {size!r}")
     return int(pair[0]), int(pair[1])
 
 
 def check_margin(margin) -> None:
-    if not _is_int(margin) or margin < 0:
+    if not is_integral(margin) or margin < 0:
         raise ValueError(f"margin must be an int >= 0 (pixels), got {margin!r}")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
+from crocnet.arguments import is_int
 from crocnet.atomic import replacing
 
 
@@ -127,10 +128,6 @@ def read_checkpoint(path: str | Path) -> dict:
     return out
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_positive_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
@@ -151,7 +148,7 @@ def check_description(ckpt: dict, path: str | Path) -> None:
             sorted({type(v).__name__ for v in sd.values() if not isinstance(v, torch.Tensor)}))
         raise ValueError(f"{path}: expected a dict of tensors in 'state_dict', got {got}")
     stage = ckpt.get("stage", 1)
-    if not _is_int(stage) or stage not in (1, 2):
+    if not is_int(stage) or stage not in (1, 2):
         raise ValueError(f"{path}: expected 'stage' 1 or 2, got {stage!r}")
     if "preprocess" not in ckpt:
         raise ValueError(f"{path}: expected a model description with 'preprocess', got keys "
@@ -162,7 +159,7 @@ def check_description(ckpt: dict, path: str | Path) -> None:
     if "image_size" not in pre:
         raise ValueError(f"{path}: expected 'preprocess' with 'image_size', got keys {', '.join(map(str, pre)) or 'none'}")
     size = pre["image_size"]
-    if not _is_int(size) or size < 1:
+    if not is_int(size) or size < 1:
         raise ValueError(f"{path}: expected 'preprocess' 'image_size' to be a positive integer, got {size!r}")
     if stage == 1:
         if "target_spacing" not in pre:
@@ -177,7 +174,7 @@ def check_description(ckpt: dict, path: str | Path) -> None:
         if pre.get("crop_from", "frame") not in ("frame", "native"):
             raise ValueError(f"{path}: expected 'preprocess' 'crop_from' to be 'frame' or 'native', got {pre['crop_from']!r}")
         margin = pre.get("margin", 15)
-        if not _is_int(margin) or margin < 0:
+        if not is_int(margin) or margin < 0:
             raise ValueError(f"{path}: expected 'preprocess' 'margin' to be an integer >= 0, got {margin!r}")
 
 

@@ -29,8 +29,8 @@ from crocnet.data import Augment
 from crocnet.metrics import dice as mask_dice
 from crocnet.models import merge_binary_maps, stage1_to_labels
 
-from .checkpoint import (atomic_save, atomic_savefig, build_model, check_weights_fit, export_safetensors, nonfinite_tensors,
-                         read_checkpoint, read_resume_state, resolve_checkpoint)
+from .checkpoint import (atomic_save, atomic_savefig, build_model, check_weights_fit, export_safetensors, load_torch_file,
+                         nonfinite_tensors, read_checkpoint, read_resume_state, resolve_checkpoint)
 from .config import TrainConfig
 from .devices import resolve_device
 from .losses import segmentation_loss
@@ -358,9 +358,9 @@ def earlier_run(run_dir: Path) -> str | None:
     last = run_dir / "last.pt"
     if last.is_file():
         try:
-            state = torch.load(last, map_location="cpu", weights_only=False)
+            state = load_torch_file(last, str(last))
             return f"last.pt at epoch {state['epoch']} of {state['config']['epochs']}"
-        except Exception:  # noqa: BLE001  (torn, or not a training checkpoint: still someone's run)
+        except (ValueError, LookupError, TypeError):  # torn, or not a training checkpoint: still someone's run
             return "last.pt"
     return "best.pt" if (run_dir / "best.pt").is_file() else None
 

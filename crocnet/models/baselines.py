@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.attention import positive_int
+from ..arguments import positive_int
 from ..nn.blocks import TokenMixerBlock2d
 
 

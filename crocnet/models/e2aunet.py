@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from ..nn import E2ABlock2d
-from ..nn.attention import check_input_dtype, is_int, is_rate, positive_int
+from ..arguments import is_int, is_rate, positive_int
+from ..nn.attention import check_input_dtype
 from ..nn.blocks import check_block_args
 from ..nn.conv import ConvBlock2d, Downsample2d
 from ..ops._checks import BACKENDS

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from ..nn import CrossE2ABlock2d
-from ..nn.attention import check_input_dtype, positive_int
+from ..arguments import positive_int
+from ..nn.attention import check_input_dtype
 from .e2aunet import E2AUNet, drop_path_rates
 
 

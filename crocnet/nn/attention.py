@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arguments import positive_int
 from ..ops import e2a, e2a_packed
 from ..ops._checks import BACKENDS, resolve_backend
 from ..ops.naive import TOKEN_NORMS
-
-
-def is_int(value) -> bool:
-    """Whether ``value`` is a Python int (``bool`` is not an int here)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_rate(value) -> bool:
-    """Whether ``value`` is a real number (not a ``bool``) in [0, 1): a dropout or drop-path rate."""
-    return not isinstance(value, bool) and isinstance(value, numbers.Real) and 0 <= value < 1
-
-
-def positive_int(owner: str, **values) -> None:
-    """Raise a ``ValueError`` unless every keyword value is an int >= 1 (``bool`` is not an int here)."""
-    for name, value in values.items():
-        if not is_int(value) or value < 1:
-            raise ValueError(f"{owner}: {name} must be an int >= 1, got {value!r}")
 
 
 _AUTOCAST_DTYPES = {torch.float16, torch.bfloat16, torch.float32}

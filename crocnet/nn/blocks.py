@@ -10,7 +10,8 @@ import torch
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from .attention import EfficientAdditiveAttention, EfficientAdditiveAttention2d, check_input_dtype, is_rate, positive_int
+from ..arguments import is_rate, positive_int
+from .attention import EfficientAdditiveAttention, EfficientAdditiveAttention2d, check_input_dtype
 from .cross_attention import CROCNET_STREAMS, CrossEfficientAdditiveAttention, convert_crocnet_cross_attention
 
 

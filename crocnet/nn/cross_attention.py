@@ -9,7 +9,8 @@ from torch import nn
 from ..ops import cross_e2a, cross_e2a_packed, cross_e2a_streams
 from ..ops._checks import BACKENDS, resolve_backend
 from ..ops.naive import TOKEN_NORMS
-from .attention import check_input_dtype, positive_int
+from ..arguments import positive_int
+from .attention import check_input_dtype
 
 #: Stream names of the authors' ``X_EfficientAdditiveAttnetion``, in their order.
 CROCNET_STREAMS = ("lv", "myo", "rv")
