@@ -1,14 +1,31 @@
 """Compile every kernel ahead of time for a GPU target (no GPU needed) and report its resources.
 
-    python tools/compile_check.py [--arch 90] [--dims 32 48 64 ...] [--all-configs]
+    python tools/compile_check.py [--arch 90] [--dims 32 48 64 ...] [--layouts packed plain] [--all-configs]
 
-For each kernel, D, dtype and config: registers per thread, spilled bytes and shared memory, from the
-bundled ``ptxas -v``. Exits non-zero when a default config fails to compile or spills more than ``--max-spill`` bytes.
+Each case runs the launchers of ``crocnet._triton.e2a`` (forward, then backward) on small CPU tensors with
+the five kernels swapped for recorders, and compiles every recorded launch the way Triton's own launcher
+would on the GPU: the same pointer dtypes, constexprs and specialisation (integer arguments divisible by
+16 and 16-byte aligned pointers marked as such, which is what lets Triton emit vector loads). Layouts:
+``packed`` is the modules' path on a GPU (one ``qk (S, B, N, 2D)`` with the input linears' bias added in
+the kernels), ``plain`` the functional op's (separate ``q``, ``k``, no bias).
+
+Per kernel, width D, dtype, stream count S and config: registers per thread, spilled bytes and shared
+memory (from the bundled ``ptxas -v``), and the global-memory instructions of the PTX by access width:
+``16B`` and ``8B`` count vector loads and stores of 16 and 8 bytes, ``2B`` scalar 16-bit ones. The token
+and weight rows are accessed as wide as their alignment allows (the launchers pass it as ``VEC``): 16 bytes
+when D is a multiple of 8 (bf16/fp16) or 4 (fp32), 8 bytes for D = 100 or 220 in bf16. At D ≤ 128 with
+D % 16 == 0 a 16-bit kernel has no 2-byte access at all; elsewhere some (D,) parameter vectors (``w_g``,
+biases) are read one element per thread.
+
+Exits non-zero when a default config fails to compile, spills more than ``--max-spill`` bytes, or, at
+D ≤ 128 with D % 16 == 0, a 16-bit kernel makes a 2-byte global access (token rows read or written one
+element at a time: a fraction of the bandwidth).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import re
 import subprocess
@@ -19,14 +36,15 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
 
-from crocnet._triton import _config, e2a  # noqa: E402
+from crocnet._triton import e2a  # noqa: E402
 
-DTYPES = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}
-TORCH = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+KERNELS = ("_pool_partials_kernel", "_key_interaction_kernel", "_key_grad_kernel", "_query_grad_kernel",
+           "_proj_weight_grad_kernel")
+ACCESS = re.compile(r"\b(?:ld|st)\.global(?:\.\w+)*?\.(v[248]\.)?[bfsu](8|16|32|64)\b")
 
 
 def _ptxas(arch: int) -> str:
@@ -38,27 +56,58 @@ def _ptxas(arch: int) -> str:
         return compiler.get_ptxas().path
 
 
-def _signature(fn, constexprs, ptr_dtype):
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in ("scale", "eps_arg"):
-            sig[name] = "fp32"
-        elif name in ("B", "N", "D", "LDQ", "P", "SPLIT"):
-            sig[name] = "i32"
-        else:
-            sig[name] = f"*{ptr_dtype}"
-    return sig
+def launches(D: int, dtype: torch.dtype, S: int, layout: str, token_norm: str):
+    """``[(autotuner, args, kwargs)]``: the five launches of one forward and backward, as the launchers make them."""
+    recorded = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: recorded.append((self.kernel, args, kwargs))
+
+    kernels = {name: getattr(e2a, name) for name in KERNELS}
+    B, N = 2, 40  # B, N and the program counts are not specialised on: any small values do
+    gen = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, generator=gen).to(dtype)  # noqa: E731
+    packed = layout == "packed"
+    q = rand(S, B, N, 2 * D if packed else D)
+    k = None if packed else rand(S, B, N, D)
+    w_g, weight, bias = rand(S, D), rand(S, S, D, D), rand(S, S, D)
+    qk_bias = rand(S, 2 * D) if packed else None
+    try:
+        for name, kernel in kernels.items():
+            setattr(e2a, name, Recorder(kernel))
+        y, G, stats, nk = e2a.e2a_forward(q, k, w_g, weight, bias, 1.0, token_norm, 1e-12, qk_bias=qk_bias)
+        e2a.e2a_backward(rand(*y.shape), q, k, w_g, weight, G, stats, nk, 1.0, token_norm, 1e-12, qk_bias=qk_bias)
+    finally:
+        for name, kernel in kernels.items():
+            setattr(e2a, name, kernel)
+    return recorded
 
 
-def compile_one(kernel, constexprs, config, in_dtype, arch):
-    fn = kernel.fn
-    consts = {**constexprs, **config.kwargs}
-    ptr = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[in_dtype]
-    src = ASTSource(fn=fn, signature=_signature(fn, consts, ptr), constexprs=consts)
-    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+def configs(autotuner, args, kwargs):
+    """The configs the autotuner would try for these arguments, best guess (the default) first."""
+    named = dict(zip(autotuner.fn.arg_names, args))
+    return autotuner.early_config_prune(autotuner.configs, named, **kwargs)
+
+
+def compile_launch(autotuner, args, kwargs, config, arch: int):
+    """Compile one launch with one config for ``sm_<arch>``: (registers, spilled bytes, shared memory, access widths)."""
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = autotuner.fn
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    call = {**kwargs, **config.all_kwargs()}
+    bound, specialization, options = create_function_from_signature(fn.signature, fn.params, backend)(*args, **call)
+    options, signature, constexprs, attrs = fn._pack_args(backend, call, bound, specialization, options)
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                              target=target, options=options.__dict__)
+    widths = collections.Counter()
+    for vector, bits in ACCESS.findall(compiled.asm["ptx"]):
+        widths[(int(vector[1]) if vector else 1) * int(bits) // 8] += 1
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "k.ptx")
         with open(ptx, "w") as f:
@@ -69,21 +118,7 @@ def compile_one(kernel, constexprs, config, in_dtype, arch):
     report = out.stderr
     regs = int(re.search(r"Used (\d+) registers", report).group(1))
     spill = sum(int(x) for x in re.findall(r"(\d+) bytes spill stores", report))
-    return regs, spill, compiled.metadata.shared
-
-
-def cases(dims, streams=(1, 3), dtypes=tuple(DTYPES)):
-    for dtype in dtypes:
-        for D in dims:
-            BLOCK_D = _config.block_d(D)
-            for S in streams:
-                common = dict(ACC=tl.float32, BLOCK_D=BLOCK_D, HAS_QKB=True)  # the modules' path: the heavier one
-                dot = dict(IN_DTYPE=DTYPES[dtype], DOT_IN_ACC=dtype == "fp32", DOT_PREC="ieee")
-                yield dtype, D, S, e2a._pool_partials_kernel, dict(TOKEN_NORM=1, **common), _config.prune_rows
-                yield dtype, D, S, e2a._key_interaction_kernel, dict(S=S, HAS_BIAS=True, TOKEN_NORM=0, **common, **dot), _config.prune_out
-                yield dtype, D, S, e2a._key_grad_kernel, dict(S=S, S_PAD=triton.next_power_of_2(S), BLOCK_O=_config.key_grad_block_o(BLOCK_D, TORCH[dtype]), **common, **dot), _config.prune_rows
-                yield dtype, D, S, e2a._query_grad_kernel, dict(S=S, TOKEN_NORM=1, **common), _config.prune_rows
-                yield dtype, D, S, e2a._proj_weight_grad_kernel, dict(S=S, **common, **dot), _config.prune_weight_grad
+    return regs, spill, compiled.metadata.shared, widths
 
 
 def main(argv=None) -> int:
@@ -92,29 +127,39 @@ def main(argv=None) -> int:
     ap.add_argument("--dims", type=int, nargs="+", default=[32, 48, 64, 100, 128, 220, 256, 512])
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 3], help="S: 1 is E2A, 3 is CroCNet's cross-E2A")
+    ap.add_argument("--layouts", nargs="+", choices=["packed", "plain"], default=["packed"],
+                    help="packed: the modules' qk with its bias in the kernels; plain: separate q and k, no bias")
+    ap.add_argument("--token-norm", choices=list(e2a.TOKEN_NORM_CODES), default="softmax")
     ap.add_argument("--max-spill", type=int, default=0, help="spilled bytes per thread tolerated before flagging")
     ap.add_argument("--all-configs", action="store_true", help="every config the autotuner may try, not only the default")
     args = ap.parse_args(argv)
     os.environ["CROCNET_AUTOTUNE"] = "1" if args.all_configs else "0"
     bad = 0
-    print(f"{'kernel':28s} {'dtype':5s} {'D':>4s} {'S':>2s} {'config':38s} {'regs':>4s} {'spill':>6s} {'smem':>7s}")
-    for dtype, D, S, kernel, consts, prune in cases(args.dims, tuple(args.streams), tuple(args.dtypes)):
-        probe = torch.empty(0, dtype=TORCH[dtype])  # the prune functions read the dtype off the tensors
-        named = {"K": probe, "DY": probe, "W": probe} if kernel is not e2a._pool_partials_kernel else {}
-        if kernel is e2a._query_grad_kernel:
-            named = {"DY": probe}
-        configs = prune(kernel.configs, named, BLOCK_D=consts["BLOCK_D"])
-        for config in configs:
-            label = ",".join(f"{k}={v}" for k, v in config.kwargs.items()) + f",w{config.num_warps},s{config.num_stages}"
-            try:
-                regs, spill, smem = compile_one(kernel, consts, config, dtype, args.arch)
-            except Exception as exc:  # noqa: BLE001 - report every failure, keep going
-                print(f"{kernel.fn.__name__:28s} {dtype:5s} {D:4d} {S:2d} {label:38s} FAILED: {str(exc).splitlines()[0][:120]}")
-                bad += 1
-                continue
-            flag = "  <-- spills" if spill > args.max_spill else ""
-            bad += bool(flag) and not args.all_configs
-            print(f"{kernel.fn.__name__:28s} {dtype:5s} {D:4d} {S:2d} {label:38s} {regs:4d} {spill:6d} {smem:7d}{flag}")
+    print(f"{'kernel':26s} {'dtype':5s} {'D':>4s} {'S':>2s} {'layout':6s} {'config':38s} {'regs':>4s} {'spill':>5s} "
+          f"{'smem':>6s} {'16B':>4s} {'8B':>3s} {'2B':>3s}")
+    for dtype in args.dtypes:
+        for D in args.dims:
+            for S in args.streams:
+                for layout in args.layouts:
+                    for autotuner, launch_args, kwargs in launches(D, DTYPES[dtype], S, layout, args.token_norm):
+                        name = autotuner.fn.__name__
+                        for config in configs(autotuner, launch_args, kwargs):
+                            label = ",".join(f"{k}={v}" for k, v in config.kwargs.items()) + f",w{config.num_warps},s{config.num_stages}"
+                            head = f"{name:26s} {dtype:5s} {D:4d} {S:2d} {layout:6s} {label:38s}"
+                            try:
+                                regs, spill, smem, widths = compile_launch(autotuner, launch_args, kwargs, config, args.arch)
+                            except Exception as exc:  # noqa: BLE001 - report every failure, keep going
+                                print(f"{head} FAILED: {str(exc).splitlines()[0][:120]}")
+                                bad += 1
+                                continue
+                            flags = []
+                            if spill > args.max_spill:
+                                flags.append("spills")
+                            if dtype != "fp32" and D % 16 == 0 and D <= 128 and widths[2]:
+                                flags.append("scalar 16-bit access")
+                            bad += bool(flags) and not args.all_configs
+                            note = f"  <-- {', '.join(flags)}" if flags else ""
+                            print(f"{head} {regs:4d} {spill:5d} {smem:6d} {widths[16]:4d} {widths[8]:3d} {widths[2]:3d}{note}", flush=True)
     print(f"\n{bad} problem(s)")
     return 1 if bad else 0
 
