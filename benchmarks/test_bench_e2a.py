@@ -12,11 +12,13 @@ import torch
 from _impls import attention_module, e2a_module, quadratic, rel_err
 from conftest import CUDA, DEVICE, MHSA_CPU_MAX_TOKENS, SWEEP, UNET_SHAPES, dtype_for_device, run_benchmark
 
+from crocnet._triton import _config
 from crocnet.ops import e2a, e2a_naive
 
 E2A_IMPLS = ["crocnet", "timm", "timm_compile"]
 MHSA_IMPLS = ["sdpa", "nn_mha"]
 MODES = ["forward", "forward_backward", "inference"]
+ODD_WIDTHS = [(8, 128, 8), (8, 64, 24), (8, 32, 220)]
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +101,21 @@ def test_packed_qk(benchmark, parity, impl, B, side, D):
         pytest.skip("fuse_qk changes the Triton path only; on CPU both run the same PyTorch code")
     benchmark.group = f"packed-qk B{B} {side}x{side}x{D} forward_backward"
     _case(benchmark, parity, impl, B, side, D, "forward_backward")
+
+
+@pytest.mark.parametrize("B, side, D", ODD_WIDTHS, ids=lambda v: str(v))
+@pytest.mark.parametrize("rows", ["vector_rows", "scalar_rows"])
+def test_row_alignment(benchmark, parity, monkeypatch, rows, B, side, D):
+    """Widths that are not multiples of 16 (benchmarks/NOTES.md, item 8): rows accessed as wide as their
+    alignment allows (the kernels' VEC promise) against one element at a time, all that Triton's own
+    specialisation gives there. 8 is E-2AUNet's level 0 at width 8, 220 SwiftFormer-XS's attention width."""
+    if not CUDA:
+        pytest.skip("the alignment promise changes the compiled GPU code only")
+    if rows == "scalar_rows":
+        monkeypatch.setattr(_config, "MAX_VECTOR_BYTES", 1)
+    benchmark.group = f"row-alignment B{B} {side}x{side}x{D} forward_backward"
+    _case(benchmark, parity, "crocnet", B, side, D, "forward_backward")
+    benchmark.extra_info["impl"] = f"crocnet_{rows}"
 
 
 @pytest.mark.parametrize("B, side, D", SWEEP, ids=lambda v: str(v))

@@ -173,5 +173,10 @@ def key_grad_block_o(block_d: int, dtype: torch.dtype) -> int:
     return min(block_d, 64)
 
 
+#: Widest access the kernels promise Triton for token and weight rows (see ``e2a._vector_width``); the
+#: row-alignment benchmark sets 1 to compare with rows accessed one element at a time.
+MAX_VECTOR_BYTES = 16
+
+
 def block_d(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))

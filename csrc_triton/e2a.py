@@ -50,19 +50,42 @@ def _token_range(pid, nprog, N, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(ptr, row0, rows, cols, N, D, LD, ACC: tl.constexpr):
-    """A [BLOCK_N, BLOCK_D] tile of rows ``row0 + rows`` (int64 base) of a (…, N, D) tensor whose rows lie
-    ``LD`` elements apart (D, or 2D for q and k packed in one ``(…, N, 2D)`` tensor), in ACC."""
-    mask = (rows[:, None] < N) & (cols[None, :] < D)
-    offs = (row0 + rows.to(tl.int64))[:, None] * LD + cols[None, :]
-    return tl.load(ptr + offs, mask=mask, other=0.0).to(ACC)
+def _col_mask(cols, D, VEC: tl.constexpr):
+    """``cols < D``; for VEC > 1 written so that Triton sees it constant over each aligned group of VEC
+    columns (the launcher makes D a multiple of VEC), which lets masked row accesses be vectorised."""
+    if VEC > 1:
+        return (cols // VEC) * VEC < D
+    else:
+        return cols < D
 
 
 @triton.jit
-def _load_qk(ptr, row0, rows, cols, N, D, LD, QKB, bias_off, HAS_QKB: tl.constexpr, ACC: tl.constexpr):
+def _row_ptrs(ptr, row0, rows, cols, LD, VEC: tl.constexpr):
+    """``[BLOCK_N, BLOCK_D]`` pointers to rows ``row0 + rows`` (int64 base), columns ``cols`` of a tensor whose
+    rows lie LD elements apart; for VEC > 1 marked as starting on VEC-element boundaries (the launcher checks
+    the base pointer, LD and D), so that Triton uses vector accesses of up to 16 bytes also where D, or a
+    packed k's offset, is not a multiple of 16, the only alignment its own specialisation recognises."""
+    offs = (row0 + rows.to(tl.int64))[:, None] * LD + cols[None, :]
+    ptrs = ptr + offs
+    if VEC > 1:
+        ptrs = tl.multiple_of(ptrs, [1, VEC * (ptr.dtype.element_ty.primitive_bitwidth // 8)])
+    return ptrs
+
+
+@triton.jit
+def _load_rows(ptr, row0, rows, cols, N, D, LD, VEC: tl.constexpr, ACC: tl.constexpr):
+    """A [BLOCK_N, BLOCK_D] tile of rows ``row0 + rows`` (int64 base) of a (…, N, D) tensor whose rows lie
+    ``LD`` elements apart (D, or 2D for q and k packed in one ``(…, N, 2D)`` tensor), in ACC."""
+    mask = (rows[:, None] < N) & _col_mask(cols, D, VEC)[None, :]
+    return tl.load(_row_ptrs(ptr, row0, rows, cols, LD, VEC), mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
+def _load_qk(ptr, row0, rows, cols, N, D, LD, QKB, bias_off, HAS_QKB: tl.constexpr, VEC: tl.constexpr,
+             ACC: tl.constexpr):
     """``_load_rows`` of q or k plus the input linear's bias ``QKB[bias_off + cols]`` when HAS_QKB (rows past N
     stay 0: they must not add to any sum over tokens)."""
-    x = _load_rows(ptr, row0, rows, cols, N, D, LD, ACC)
+    x = _load_rows(ptr, row0, rows, cols, N, D, LD, VEC, ACC)
     if HAS_QKB:
         b = tl.load(QKB + bias_off + cols, mask=cols < D, other=0.0).to(ACC)
         x = tl.where((rows < N)[:, None], x + b[None, :], 0.0)
@@ -127,7 +150,7 @@ def _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM: tl.co
 
 @triton.autotune(
     configs=_config.row_configs(),
-    key=["BLOCK_D", "TOKEN_NORM", "HAS_QKB"],
+    key=["BLOCK_D", "TOKEN_NORM", "HAS_QKB", "VEC"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
     cache_results=_config.AUTOTUNE_CACHE,
 )
@@ -135,7 +158,8 @@ def _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM: tl.co
 def _pool_partials_kernel(
     Q, QKB, WG, NQ, PART_G, PART_STAT,
     B, N, D, LDQ, P, scale, eps_arg,
-    HAS_QKB: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_QKB: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """Grid (P, S·B). One pass over q: per-token norms (kept for the epilogue) and pooling partials."""
     eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
@@ -143,7 +167,7 @@ def _pool_partials_kernel(
     row = tl.program_id(1).to(tl.int64)  # s·B + b
     s = row // B
     cols = tl.arange(0, BLOCK_D)
-    cmask = cols < D
+    cmask = _col_mask(cols, D, VEC)
     wg = tl.load(WG + s * D + cols, mask=cmask, other=0.0).to(ACC)
 
     acc_g = tl.zeros([BLOCK_D], dtype=ACC)
@@ -153,7 +177,7 @@ def _pool_partials_kernel(
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        x = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, ACC)
+        x = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
         nq = tl.sqrt(tl.sum(x * x, axis=1))
         tl.store(NQ + row * N + rows, nq, mask=rmask)
         qh = x / tl.maximum(nq, eps)[:, None]
@@ -179,7 +203,7 @@ def _pool_partials_kernel(
 
 @triton.autotune(
     configs=_config.out_configs(),
-    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB", "HAS_BIAS", "DOT_PREC"],
+    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB", "HAS_BIAS", "DOT_PREC", "VEC"],
     prune_configs_by={"early_config_prune": _config.prune_out},
     cache_results=_config.AUTOTUNE_CACHE,
 )
@@ -188,7 +212,7 @@ def _key_interaction_kernel(
     Q, K, QKB, W, BIAS, NQ, PART_G, PART_STAT, Y, G_OUT, STAT_OUT, NK,
     B, N, D, LDQ, P, eps_arg,
     S: tl.constexpr, HAS_QKB: tl.constexpr, HAS_BIAS: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr,
-    IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
+    IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr, VEC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
     """Grid (P, ⌈D/BLOCK_O⌉, S·B): ``y_s[:, o] = Σ_t (k̂_t ⊙ G_s) @ W_{s,t}[o, :]ᵀ + Σ_t b_{s,t}[o] + q̂_s[:, o]``."""
@@ -199,9 +223,9 @@ def _key_interaction_kernel(
     s = row // B
     b = row - s * B
     cols = tl.arange(0, BLOCK_D)
-    cmask = cols < D
+    cmask = _col_mask(cols, D, VEC)
     ocols = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
-    omask = ocols < D
+    omask = _col_mask(ocols, D, VEC)
 
     G, st0, st1 = _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM, ACC, BLOCK_D)
     if (pid == 0) & (pid_o == 0):
@@ -221,18 +245,20 @@ def _key_interaction_kernel(
         rmask = rows < N
         acc = tl.zeros([BLOCK_N, BLOCK_O], dtype=ACC)
         for t in tl.static_range(S):
-            kt = _load_qk(K, (t * B + b) * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, ACC)
+            kt = _load_qk(K, (t * B + b) * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
             nk = tl.sqrt(tl.sum(kt * kt, axis=1))
             tl.store(NK + (t * B + b) * N + rows, nk, mask=rmask & (pid_o == 0) & (s == 0))
             z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * G[None, :]
             # W_{s,t}ᵀ restricted to the output columns: wt[i, o] = W[s, t, o, i]
-            wt = tl.load(W + (s * S + t) * D * D + ocols[None, :].to(tl.int64) * D + cols[:, None], mask=wmask, other=0.0)
+            wt = W + (s * S + t) * D * D + ocols[None, :].to(tl.int64) * D + cols[:, None]
+            if VEC > 1:
+                wt = tl.multiple_of(wt, [VEC * (W.dtype.element_ty.primitive_bitwidth // 8), 1])
+            wt = tl.load(wt, mask=wmask, other=0.0)
             acc = _dot(z, wt, acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
         nq = tl.load(NQ + row * N + rows, mask=rmask, other=1.0).to(ACC)
-        qo = _load_qk(Q, row * N, rows, ocols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, ACC)
+        qo = _load_qk(Q, row * N, rows, ocols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
         y = acc + bias[None, :] + qo / tl.maximum(nq, eps)[:, None]
-        offs = (row * N + rows.to(tl.int64))[:, None] * D + ocols[None, :]
-        tl.store(Y + offs, y, mask=rmask[:, None] & omask[None, :])
+        tl.store(_row_ptrs(Y, row * N, rows, ocols, D, VEC), y, mask=rmask[:, None] & omask[None, :])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -242,7 +268,7 @@ def _key_interaction_kernel(
 
 @triton.autotune(
     configs=_config.row_configs(),
-    key=["BLOCK_D", "S", "BLOCK_O", "HAS_QKB", "DOT_PREC"],
+    key=["BLOCK_D", "S", "BLOCK_O", "HAS_QKB", "DOT_PREC", "VEC"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
     cache_results=_config.AUTOTUNE_CACHE,
 )
@@ -251,7 +277,7 @@ def _key_grad_kernel(
     K, QKB, DY, W, G, DK, PART_DG, PART_DKB,
     B, N, D, LDQ, P, eps_arg,
     S: tl.constexpr, S_PAD: tl.constexpr, HAS_QKB: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr,
-    DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
+    DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr, VEC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (P, S·B) over key streams t. With ``e_{s,t} = dy_s @ W_{s,t}``:
@@ -262,7 +288,7 @@ def _key_grad_kernel(
     t = row // B
     b = row - t * B
     cols = tl.arange(0, BLOCK_D)
-    cmask = cols < D
+    cmask = _col_mask(cols, D, VEC)
     srange = tl.arange(0, S_PAD)
 
     acc_dg = tl.zeros([S_PAD, BLOCK_D], dtype=ACC)
@@ -271,7 +297,7 @@ def _key_grad_kernel(
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        kt = _load_qk(K, row * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, ACC)
+        kt = _load_qk(K, row * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
         nk = tl.sqrt(tl.sum(kt * kt, axis=1))
         rk = 1.0 / tl.maximum(nk, eps)
         kh = kt * rk[:, None]
@@ -280,9 +306,10 @@ def _key_grad_kernel(
             e = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
             for o0 in range(0, D, BLOCK_O):
                 ocols = o0 + tl.arange(0, BLOCK_O)
-                dy = _load_rows(DY, (s * B + b) * N, rows, ocols, N, D, D, ACC)
-                w = tl.load(W + (s * S + t) * D * D + ocols[:, None].to(tl.int64) * D + cols[None, :],
-                            mask=(ocols[:, None] < D) & cmask[None, :], other=0.0)
+                omask = _col_mask(ocols, D, VEC)
+                dy = _load_rows(DY, (s * B + b) * N, rows, ocols, N, D, D, VEC, ACC)
+                w = tl.load(_row_ptrs(W + (s * S + t) * D * D, 0, ocols, cols, D, VEC),
+                            mask=omask[:, None] & cmask[None, :], other=0.0)
                 e = _dot(dy, w, e, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
             g = tl.load(G + (s * B + b) * D + cols, mask=cmask, other=0.0).to(ACC)
             dkh += g[None, :] * e
@@ -290,8 +317,7 @@ def _key_grad_kernel(
         proj = tl.sum(kh * dkh, axis=1)
         # the eps branch is tested as n < eps, so a NaN norm takes the full formula and its NaN reaches dk
         dk = tl.where((nk < eps)[:, None], dkh * rk[:, None], (dkh - kh * proj[:, None]) * rk[:, None])
-        offs = (row * N + rows.to(tl.int64))[:, None] * LDQ + cols[None, :]
-        tl.store(DK + offs, dk, mask=rmask[:, None] & cmask[None, :])
+        tl.store(_row_ptrs(DK, row * N, rows, cols, LDQ, VEC), dk, mask=rmask[:, None] & cmask[None, :])
         if HAS_QKB:
             acc_dkb += tl.sum(tl.where(rmask[:, None], dk, 0.0), axis=0)
     if HAS_QKB:
@@ -303,7 +329,7 @@ def _key_grad_kernel(
 
 @triton.autotune(
     configs=_config.row_configs(),
-    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB"],
+    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB", "VEC"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
     cache_results=_config.AUTOTUNE_CACHE,
 )
@@ -311,7 +337,8 @@ def _key_grad_kernel(
 def _query_grad_kernel(
     Q, QKB, DY, WG, G, STAT, PART_DG, DQ, PART_DWG, PART_DB, PART_DQB,
     B, N, D, LDQ, P, scale, eps_arg,
-    S: tl.constexpr, HAS_QKB: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    S: tl.constexpr, HAS_QKB: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (P, S·B) over query streams s: dq through pooling and the row norm; partials of dw_g and db."""
     eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
@@ -319,7 +346,7 @@ def _query_grad_kernel(
     row = tl.program_id(1).to(tl.int64)  # s·B + b
     s = row // B
     cols = tl.arange(0, BLOCK_D)
-    cmask = cols < D
+    cmask = _col_mask(cols, D, VEC)
 
     g = tl.load(G + row * D + cols, mask=cmask, other=0.0).to(ACC)
     dg = tl.zeros([BLOCK_D], dtype=ACC)
@@ -343,11 +370,11 @@ def _query_grad_kernel(
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        x = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, ACC)
+        x = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
         nq = tl.sqrt(tl.sum(x * x, axis=1))
         rq = 1.0 / tl.maximum(nq, eps)
         qh = x * rq[:, None]
-        dy = _load_rows(DY, row * N, rows, cols, N, D, D, ACC)
+        dy = _load_rows(DY, row * N, rows, cols, N, D, D, VEC, ACC)
         if TOKEN_NORM == 2:
             dqh = dy + tl.where(rmask, 1.0, 0.0)[:, None] * dg[None, :]
         else:
@@ -371,8 +398,7 @@ def _query_grad_kernel(
             acc_dwg += tl.sum(da[:, None] * qh, axis=0)
         proj = tl.sum(qh * dqh, axis=1)
         dq = tl.where((nq < eps)[:, None], dqh * rq[:, None], (dqh - qh * proj[:, None]) * rq[:, None])
-        offs = (row * N + rows.to(tl.int64))[:, None] * LDQ + cols[None, :]
-        tl.store(DQ + offs, dq, mask=rmask[:, None] & cmask[None, :])
+        tl.store(_row_ptrs(DQ, row * N, rows, cols, LDQ, VEC), dq, mask=rmask[:, None] & cmask[None, :])
         acc_db += tl.sum(dy, axis=0)
         if HAS_QKB:
             acc_dqb += tl.sum(tl.where(rmask[:, None], dq, 0.0), axis=0)
@@ -385,7 +411,7 @@ def _query_grad_kernel(
 
 @triton.autotune(
     configs=_config.weight_grad_configs(),
-    key=["BLOCK_D", "S", "HAS_QKB", "DOT_PREC"],
+    key=["BLOCK_D", "S", "HAS_QKB", "DOT_PREC", "VEC"],
     prune_configs_by={"early_config_prune": _config.prune_weight_grad},
     cache_results=_config.AUTOTUNE_CACHE,
 )
@@ -394,7 +420,7 @@ def _proj_weight_grad_kernel(
     DY, K, QKB, NK, G, PART_DW,
     B, N, D, LDQ, SPLIT, eps_arg,
     S: tl.constexpr, HAS_QKB: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr,
-    DOT_PREC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
+    DOT_PREC: tl.constexpr, VEC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
     BLOCK_I: tl.constexpr,
 ):
     """Grid (⌈D/BLOCK_O⌉, ⌈D/BLOCK_I⌉, S·S·SPLIT): split-K partials of
@@ -409,8 +435,8 @@ def _proj_weight_grad_kernel(
     t = pair - s * S
     ocols = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     icols = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
-    omask = ocols < D
-    imask = icols < D
+    omask = _col_mask(ocols, D, VEC)
+    imask = _col_mask(icols, D, VEC)
 
     tiles = tl.cdiv(N, BLOCK_N)
     total = B * tiles
@@ -422,8 +448,8 @@ def _proj_weight_grad_kernel(
         b = j // tiles
         rows = (j - b * tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        dy = _load_rows(DY, (s * B + b) * N, rows, ocols, N, D, D, ACC)
-        kt = _load_qk(K, (t * B + b) * N, rows, icols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, ACC)
+        dy = _load_rows(DY, (s * B + b) * N, rows, ocols, N, D, D, VEC, ACC)
+        kt = _load_qk(K, (t * B + b) * N, rows, icols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
         nk = tl.load(NK + (t * B + b) * N + rows, mask=rmask, other=1.0).to(ACC)
         g = tl.load(G + (s * B + b) * D + icols, mask=imask, other=0.0).to(ACC)
         z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * g[None, :]
@@ -458,6 +484,22 @@ def _rows(q, k):
     return q.contiguous(), k.contiguous(), q.shape[-1]
 
 
+def _vector_width(D: int, ld: int, *tensors: torch.Tensor) -> int:
+    """VEC for the kernels: the row alignment, in elements, that they promise Triton (1: none).
+
+    Triton's launcher marks integer arguments divisible by 16 and 16-byte aligned pointers, and vectorises
+    from that alone; where it does (D and ``ld`` multiples of 16, every address 16-byte aligned) no promise is
+    made, so those widths compile exactly as without one. Elsewhere VEC is the most elements, at most
+    16 bytes' worth, such that D, ``ld`` and every tensor's address are multiples of VEC elements. A promise
+    broken on the GPU is a misaligned vector access, so it is checked here, never assumed."""
+    if D % 16 == 0 and ld % 16 == 0 and all(t.data_ptr() % 16 == 0 for t in tensors):
+        return 1
+    vec = max(1, _config.MAX_VECTOR_BYTES // tensors[0].element_size())
+    while vec > 1 and (D % vec or ld % vec or any(t.data_ptr() % (vec * t.element_size()) for t in tensors)):
+        vec //= 2
+    return vec
+
+
 def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float, qk_bias=None):
     """``q, k (S, B, N, D)`` (or ``q = qk (S, B, N, 2D)`` packed and ``k = None``), ``w_g (S, D)``,
     ``proj_weight (S, S, D, D)``, ``proj_bias (S, S, D) | None``; ``qk_bias (S, 2D) | None`` is added to q
@@ -483,11 +525,12 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
     nq = empty((S, B, N), dtype=acc_dtype, device=dev)
     part_g = empty((S, B, P, D), dtype=acc_dtype, device=dev)
     part_stat = empty((S, B, P, 2), dtype=acc_dtype, device=dev)
+    y = empty((S, B, N, D), dtype=q.dtype, device=dev)
+    vec = _vector_width(D, ld, q, k, proj_weight, y)
     _pool_partials_kernel[(P, S * B)](
         q, qkb, w_g, nq, part_g, part_stat, B, N, D, ld, P, float(scale), float(eps),
-        HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, BLOCK_D=BLOCK_D,
+        HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, VEC=vec, BLOCK_D=BLOCK_D,
     )
-    y = empty((S, B, N, D), dtype=q.dtype, device=dev)
     G = empty((S, B, D), dtype=acc_dtype, device=dev)
     stats = empty((S, B, 2), dtype=acc_dtype, device=dev)
     nk = empty((S, B, N), dtype=acc_dtype, device=dev)
@@ -495,7 +538,7 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
     _key_interaction_kernel[grid](
         q, k, qkb, proj_weight, bias, nq, part_g, part_stat, y, G, stats, nk, B, N, D, ld, P, float(eps),
         S=S, HAS_QKB=has_qkb, HAS_BIAS=has_bias, TOKEN_NORM=code, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc,
-        DOT_PREC=prec, BLOCK_D=BLOCK_D,
+        DOT_PREC=prec, VEC=vec, BLOCK_D=BLOCK_D,
     )
     return y, G, stats, nk
 
@@ -521,20 +564,21 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
 
     dqk = empty((S, B, N, 2 * D), dtype=q.dtype, device=dev) if packed else None
     dk = dqk[..., D:] if packed else empty((S, B, N, D), dtype=k.dtype, device=dev)
+    dq = dqk[..., :D] if packed else empty((S, B, N, D), dtype=q.dtype, device=dev)
+    vec = _vector_width(D, ld, q, k, dy, proj_weight, dq, dk)
     part_dg = empty((S, B, S, P, D), dtype=acc_dtype, device=dev)
     part_dkb = empty((S, B, P, D), dtype=acc_dtype, device=dev) if has_qkb else part_dg
     _key_grad_kernel[(P, S * B)](
         k, qkb, dy, proj_weight, G, dk, part_dg, part_dkb, B, N, D, ld, P, float(eps),
         S=S, S_PAD=triton.next_power_of_2(S), HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec,
-        BLOCK_D=BLOCK_D, BLOCK_O=BLOCK_O,
+        VEC=vec, BLOCK_D=BLOCK_D, BLOCK_O=BLOCK_O,
     )
-    dq = dqk[..., :D] if packed else empty((S, B, N, D), dtype=q.dtype, device=dev)
     part_dwg = empty((S, B, P, D), dtype=acc_dtype, device=dev)
     part_db = empty((S, B, P, D), dtype=acc_dtype, device=dev)
     part_dqb = empty((S, B, P, D), dtype=acc_dtype, device=dev) if has_qkb else part_db
     _query_grad_kernel[(P, S * B)](
         q, qkb, dy, w_g, G, stats, part_dg, dq, part_dwg, part_db, part_dqb, B, N, D, ld, P, float(scale), float(eps),
-        S=S, HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, BLOCK_D=BLOCK_D,
+        S=S, HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, VEC=vec, BLOCK_D=BLOCK_D,
     )
     tiles = B * triton.cdiv(N, _config.MIN_BLOCK_N)
     split = _config.programs_per_row(tiles * _config.MIN_BLOCK_N, S * S * triton.cdiv(D, 32) ** 2, dev)
@@ -542,7 +586,7 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
     grid = lambda meta: (triton.cdiv(D, meta["BLOCK_O"]), triton.cdiv(D, meta["BLOCK_I"]), S * S * split)  # noqa: E731
     _proj_weight_grad_kernel[grid](
         dy, k, qkb, nk, G, part_dw, B, N, D, ld, split, float(eps),
-        S=S, HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, BLOCK_D=BLOCK_D,
+        S=S, HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, VEC=vec, BLOCK_D=BLOCK_D,
     )
     d_w_g = part_dwg.view(S, B * P, D).sum(1).mul_(scale)
     d_proj_weight = part_dw.sum(2)

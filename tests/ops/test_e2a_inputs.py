@@ -252,6 +252,79 @@ def test_non_contiguous_inputs_and_gradients(backend):
         torch.testing.assert_close(a, r, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_vector_width_promises_only_what_holds(dtype, monkeypatch):
+    """The kernels tell Triton that every token row (and weight row) starts on a VEC-element boundary, so it
+    may use vector accesses of up to 16 bytes; on a GPU a false promise is a misaligned access. VEC must divide
+    D, the row stride and every tensor's address (each in its own element size), and be the largest such;
+    1 (no promise) where Triton's own specialisation already sees 16-element, 16-byte alignment."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    buf = torch.empty(4096, dtype=dtype)
+    weights = torch.empty(4096, dtype=torch.float32)
+    seen = set()
+    for D in (1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 40, 100, 220, 256):
+        for ld in (D, 2 * D):
+            for offset in range(9):
+                rows, w = buf[offset : offset + 2 * D], weights[offset % 5 :]
+
+                def holds(v):
+                    return D % v == 0 and ld % v == 0 and rows.data_ptr() % (v * size) == 0 and w.data_ptr() % (v * 4) == 0
+
+                vec = kernels._vector_width(D, ld, rows, w)
+                if D % 16 == 0 and ld % 16 == 0 and rows.data_ptr() % 16 == 0 and w.data_ptr() % 16 == 0:
+                    assert vec == 1, (D, ld, offset, vec)  # Triton's own specialisation covers it
+                    continue
+                assert holds(vec), (D, ld, offset, vec)
+                assert vec * size == 16 or not holds(2 * vec), (D, ld, offset, vec)
+                seen.add(vec)
+    assert seen == {v for v in (1, 2, 4, 8, 16) if v * size <= 16}  # every width was reached
+    monkeypatch.setattr(kernels._config, "MAX_VECTOR_BYTES", 1)  # the benchmark's one-element rows
+    assert kernels._vector_width(24, 48, buf, weights) == 1
+
+
+class _GradAtOffset(torch.autograd.Function):
+    """Identity whose backward hands on the gradient as a contiguous view ``offset`` elements into its buffer."""
+
+    @staticmethod
+    def forward(ctx, x, offset):
+        ctx.offset = offset
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _at_offset(grad.contiguous(), ctx.offset), None
+
+
+def _at_offset(x, offset):
+    """``x`` as a contiguous view starting ``offset`` elements into a larger buffer (autograd flows through)."""
+    return torch.cat([x.new_zeros(offset), x.reshape(-1)])[offset:].view(x.shape)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["e2a", "e2a_packed"])
+@pytest.mark.parametrize("offset", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("D", [12, 20, 24])
+def test_rows_at_any_alignment_match_timm(D, offset, packed):
+    """q, k (or the packed qk) and the upstream gradient as contiguous views at every alignment, at widths that
+    are not multiples of 16 (where the kernels' own alignment promise, not Triton's, decides the access width):
+    output and every gradient against timm. On a GPU in fp32 and bf16 (rows of 16-byte vectors where aligned),
+    in the interpreter in fp64."""
+    dev = triton_device()
+    torch.manual_seed(D * 10 + offset)
+    q, k = torch.randn(2, 2, 19, D, dtype=torch.float64).unbind(0)
+    w_g, W, b = torch.randn(D, 1, dtype=torch.float64), torch.randn(D, D, dtype=torch.float64) / D, torch.randn(D, dtype=torch.float64)
+    dy = torch.randn(2, 19, D, dtype=torch.float64)
+
+    def op(q, k, w_g, W, b):
+        if packed:
+            y = e2a_packed(_at_offset(torch.cat([q, k], dim=-1), offset), w_g, W, b, backend="triton")
+        else:
+            y = e2a(_at_offset(q, offset), _at_offset(k, offset), w_g, W, b, backend="triton")
+        return _GradAtOffset.apply(y, offset)
+
+    for dtype in (torch.float32, torch.bfloat16) if dev == "cuda" else (torch.float64,):
+        assert_core_matches_timm(op, (q, k, w_g, W, b), dy, "l2", dev, dtype)
+
+
 def test_cross_module_rejects_mismatched_streams():
     m = CrossEfficientAdditiveAttention(8, 16, streams=3)
     x = torch.randn(2, 10, 8)
