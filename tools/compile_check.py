@@ -15,7 +15,8 @@ memory (from the bundled ``ptxas -v``), and the global-memory instructions of th
 and weight rows are accessed as wide as their alignment allows (the launchers pass it as ``VEC``): 16 bytes
 when D is a multiple of 8 (bf16/fp16) or 4 (fp32), 8 bytes for D = 100 or 220 in bf16. At D ≤ 128 with
 D % 16 == 0 a 16-bit kernel has no 2-byte access at all; elsewhere some (D,) parameter vectors (``w_g``,
-biases) are read one element per thread.
+biases) are read one element per thread. ``tc`` names the tensor-core instructions of the GEMMs (``wgmma``
+or ``mma``; ``-`` for none: fp32 at the default ``ieee`` precision runs on FMA units).
 
 Exits non-zero when a default config fails to compile, spills more than ``--max-spill`` bytes, or, at
 D ≤ 128 with D % 16 == 0, a 16-bit kernel makes a 2-byte global access (token rows read or written one
@@ -45,6 +46,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 KERNELS = ("_pool_partials_kernel", "_key_interaction_kernel", "_key_grad_kernel", "_query_grad_kernel",
            "_proj_weight_grad_kernel")
 ACCESS = re.compile(r"\b(?:ld|st)\.global(?:\.\w+)*?\.(v[248]\.)?[bfsu](8|16|32|64)\b")
+TENSOR_CORE = re.compile(r"\b(wgmma|mma)\.")
 
 
 def _ptxas(arch: int) -> str:
@@ -94,7 +96,8 @@ def configs(autotuner, args, kwargs):
 
 
 def compile_launch(autotuner, args, kwargs, config, arch: int):
-    """Compile one launch with one config for ``sm_<arch>``: (registers, spilled bytes, shared memory, access widths)."""
+    """Compile one launch with one config for ``sm_<arch>``: (registers, spilled bytes, shared memory, access
+    widths, tensor-core instruction family or "-")."""
     from triton.runtime.jit import create_function_from_signature
 
     fn = autotuner.fn
@@ -106,6 +109,7 @@ def compile_launch(autotuner, args, kwargs, config, arch: int):
     compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
                               target=target, options=options.__dict__)
     widths = collections.Counter()
+    tensor_core = sorted(set(TENSOR_CORE.findall(compiled.asm["ptx"])), reverse=True)
     for vector, bits in ACCESS.findall(compiled.asm["ptx"]):
         widths[(int(vector[1]) if vector else 1) * int(bits) // 8] += 1
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +122,7 @@ def compile_launch(autotuner, args, kwargs, config, arch: int):
     report = out.stderr
     regs = int(re.search(r"Used (\d+) registers", report).group(1))
     spill = sum(int(x) for x in re.findall(r"(\d+) bytes spill stores", report))
-    return regs, spill, compiled.metadata.shared, widths
+    return regs, spill, compiled.metadata.shared, widths, (tensor_core or ["-"])[0]
 
 
 def main(argv=None) -> int:
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
     os.environ["CROCNET_AUTOTUNE"] = "1" if args.all_configs else "0"
     bad = 0
     print(f"{'kernel':26s} {'dtype':5s} {'D':>4s} {'S':>2s} {'layout':6s} {'config':38s} {'regs':>4s} {'spill':>5s} "
-          f"{'smem':>6s} {'16B':>4s} {'8B':>3s} {'2B':>3s}")
+          f"{'smem':>6s} {'16B':>4s} {'8B':>3s} {'2B':>3s} {'tc':>5s}")
     for dtype in args.dtypes:
         for D in args.dims:
             for S in args.streams:
@@ -147,7 +151,7 @@ def main(argv=None) -> int:
                             label = ",".join(f"{k}={v}" for k, v in config.kwargs.items()) + f",w{config.num_warps},s{config.num_stages}"
                             head = f"{name:26s} {dtype:5s} {D:4d} {S:2d} {layout:6s} {label:38s}"
                             try:
-                                regs, spill, smem, widths = compile_launch(autotuner, launch_args, kwargs, config, args.arch)
+                                regs, spill, smem, widths, tc = compile_launch(autotuner, launch_args, kwargs, config, args.arch)
                             except Exception as exc:  # noqa: BLE001 - report every failure, keep going
                                 print(f"{head} FAILED: {str(exc).splitlines()[0][:120]}")
                                 bad += 1
@@ -159,7 +163,7 @@ def main(argv=None) -> int:
                                 flags.append("scalar 16-bit access")
                             bad += bool(flags) and not args.all_configs
                             note = f"  <-- {', '.join(flags)}" if flags else ""
-                            print(f"{head} {regs:4d} {spill:5d} {smem:6d} {widths[16]:4d} {widths[8]:3d} {widths[2]:3d}{note}", flush=True)
+                            print(f"{head} {regs:4d} {spill:5d} {smem:6d} {widths[16]:4d} {widths[8]:3d} {widths[2]:3d} {tc:>5s}{note}", flush=True)
     print(f"\n{bad} problem(s)")
     return 1 if bad else 0
 
