@@ -138,6 +138,24 @@ def assert_core_matches_timm(op, inputs, dy, token_norm: str, device, dtype: tor
         assert_matches(label, a, r, dtype, grad=label != "y")
 
 
+class GradAtOffset(torch.autograd.Function):
+    """Identity whose backward hands on the gradient as a contiguous view ``offset`` elements into its buffer."""
+
+    @staticmethod
+    def forward(ctx, x, offset):
+        ctx.offset = offset
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return at_offset(grad.contiguous(), ctx.offset), None
+
+
+def at_offset(x, offset):
+    """``x`` as a contiguous view starting ``offset`` elements into a larger buffer (autograd flows through)."""
+    return torch.cat([x.new_zeros(offset), x.reshape(-1)])[offset:].view(x.shape)
+
+
 STREAMS = ("lv", "myo", "rv")
 
 

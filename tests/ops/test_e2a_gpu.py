@@ -12,9 +12,11 @@ import sys
 
 import pytest
 import torch
-from e2a_reference import AuthorsCrossAttention, assert_matches, authors_to_ours_names, grads, timm_e2a
+from e2a_reference import (AuthorsCrossAttention, GradAtOffset, assert_core_matches_timm, assert_matches, at_offset,
+                           authors_to_ours_names, grads, timm_e2a)
 
 from crocnet.nn import CrossEfficientAdditiveAttention, EfficientAdditiveAttention2d
+from crocnet.ops import e2a, e2a_packed
 
 pytestmark = pytest.mark.gpu
 
@@ -45,6 +47,29 @@ def test_unet_sizes_match_timm(B, side, D, dtype):
     assert_matches("output", out, out64, dtype, baseline=base_out)
     for name in g64:
         assert_matches(f"grad {name}", g[name], g64[name], dtype, grad=True, baseline=base_g.get(name))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("D", [8, 24, 220])
+def test_vector_rows_at_odd_widths_and_offsets(D, dtype):
+    """Where the kernels, not Triton, decide the access width (D not a multiple of 16, inputs at storage offsets
+    of 0, 1 and 4 elements, packed or not): 64² tokens against timm in float64, output and every gradient.
+    A wrong alignment promise shows here as a misaligned-address error or wrong numbers."""
+    torch.manual_seed(D)
+    q, k = torch.randn(2, 2, 64 * 64, D, dtype=torch.float64).unbind(0)
+    w_g, W, b = torch.randn(D, 1, dtype=torch.float64), torch.randn(D, D, dtype=torch.float64) / D, torch.randn(D, dtype=torch.float64)
+    dy = torch.randn(2, 64 * 64, D, dtype=torch.float64)
+    for packed in (False, True):
+        for offset in (0, 1, 4):
+
+            def op(q, k, w_g, W, b):
+                if packed:
+                    y = e2a_packed(at_offset(torch.cat([q, k], dim=-1), offset), w_g, W, b, backend="triton")
+                else:
+                    y = e2a(at_offset(q, offset), at_offset(k, offset), w_g, W, b, backend="triton")
+                return GradAtOffset.apply(y, offset)
+
+            assert_core_matches_timm(op, (q, k, w_g, W, b), dy, "l2", "cuda", dtype)
 
 
 def test_int64_offsets_past_2_31_elements():

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 from kernel_env import interpreting, triton_device
-from e2a_reference import LOWP_FLOOR, LOWP_RATIO, assert_core_matches_timm, assert_matches, rel_err, timm_core
+from e2a_reference import (LOWP_FLOOR, LOWP_RATIO, GradAtOffset, assert_core_matches_timm, assert_matches, at_offset,
+                           rel_err, timm_core)
 
 import crocnet._triton.e2a as kernels
 from crocnet.nn import CrossEfficientAdditiveAttention, EfficientAdditiveAttention
@@ -282,24 +283,6 @@ def test_vector_width_promises_only_what_holds(dtype, monkeypatch):
     assert kernels._vector_width(24, 48, buf, weights) == 1
 
 
-class _GradAtOffset(torch.autograd.Function):
-    """Identity whose backward hands on the gradient as a contiguous view ``offset`` elements into its buffer."""
-
-    @staticmethod
-    def forward(ctx, x, offset):
-        ctx.offset = offset
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _at_offset(grad.contiguous(), ctx.offset), None
-
-
-def _at_offset(x, offset):
-    """``x`` as a contiguous view starting ``offset`` elements into a larger buffer (autograd flows through)."""
-    return torch.cat([x.new_zeros(offset), x.reshape(-1)])[offset:].view(x.shape)
-
-
 @pytest.mark.parametrize("packed", [False, True], ids=["e2a", "e2a_packed"])
 @pytest.mark.parametrize("offset", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize("D", [12, 20, 24])
@@ -316,10 +299,10 @@ def test_rows_at_any_alignment_match_timm(D, offset, packed):
 
     def op(q, k, w_g, W, b):
         if packed:
-            y = e2a_packed(_at_offset(torch.cat([q, k], dim=-1), offset), w_g, W, b, backend="triton")
+            y = e2a_packed(at_offset(torch.cat([q, k], dim=-1), offset), w_g, W, b, backend="triton")
         else:
-            y = e2a(_at_offset(q, offset), _at_offset(k, offset), w_g, W, b, backend="triton")
-        return _GradAtOffset.apply(y, offset)
+            y = e2a(at_offset(q, offset), at_offset(k, offset), w_g, W, b, backend="triton")
+        return GradAtOffset.apply(y, offset)
 
     for dtype in (torch.float32, torch.bfloat16) if dev == "cuda" else (torch.float64,):
         assert_core_matches_timm(op, (q, k, w_g, W, b), dy, "l2", dev, dtype)
