@@ -118,6 +118,20 @@ def test_row_alignment(benchmark, parity, monkeypatch, rows, B, side, D):
     benchmark.extra_info["impl"] = f"crocnet_{rows}"
 
 
+@pytest.mark.parametrize("B, side, D", [(8, 128, 32), (8, 128, 16)], ids=lambda v: str(v))
+@pytest.mark.parametrize("weight_grad", ["fused_dw", "separate_dw"])
+def test_fused_weight_grad(benchmark, parity, monkeypatch, weight_grad, B, side, D):
+    """The projection's weight gradient inside the key-gradient kernel (benchmarks/NOTES.md, item 10) against
+    ``_proj_weight_grad_kernel`` reading dy and k once more, at the narrow widths where it is used."""
+    if not CUDA:
+        pytest.skip("the fusion changes the Triton path only; on CPU the PyTorch path runs")
+    if weight_grad == "separate_dw":
+        monkeypatch.setattr(_config, "FUSED_WEIGHT_GRAD_MAX_BLOCK_D", 0)
+    benchmark.group = f"fused-dw B{B} {side}x{side}x{D} forward_backward"
+    _case(benchmark, parity, "crocnet", B, side, D, "forward_backward")
+    benchmark.extra_info["impl"] = f"crocnet_{weight_grad}"
+
+
 @pytest.mark.parametrize("B, side, D", SWEEP, ids=lambda v: str(v))
 @pytest.mark.parametrize("impl", ["crocnet", "timm", "sdpa", "nn_mha"])
 def test_token_sweep(benchmark, parity, impl, B, side, D):

@@ -178,5 +178,12 @@ def key_grad_block_o(block_d: int, dtype: torch.dtype) -> int:
 MAX_VECTOR_BYTES = 16
 
 
+#: Widest row block (BLOCK_D) at which the key-gradient kernel also computes the projection's weight
+#: gradient: it saves ``_proj_weight_grad_kernel``'s second read of dy and k (2 BND), but writes a D × D
+#: partial per program, which outgrows that saving past D = 32 at the UNet sizes (benchmarks/NOTES.md,
+#: item 10). The fused-weight-gradient benchmark sets 0 to compare with the separate kernel.
+FUSED_WEIGHT_GRAD_MAX_BLOCK_D = 32
+
+
 def block_d(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))

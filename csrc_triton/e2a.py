@@ -15,8 +15,9 @@ those partials in a fixed order (deterministic) into G and computes the projecti
 
 Backward, three launches plus tiny sums: ``_key_grad_kernel`` (dk and per-program partials of dG),
 ``_query_grad_kernel`` (dq, partials of dw_g and db), ``_proj_weight_grad_kernel`` (split-K partials of
-dW). Every cross-program reduction goes through fp32 partial buffers and ``torch.sum``: no atomics, so two
-runs give bit-identical results. All offsets are int64; the token count N is a runtime value.
+dW); for rows of D ≤ 32 two, the key-gradient kernel computing dW's partials from the tiles it holds.
+Every cross-program reduction goes through fp32 partial buffers and ``torch.sum``: no atomics, so two runs
+give bit-identical results. All offsets are int64; the token count N is a runtime value.
 """
 
 from __future__ import annotations
@@ -268,20 +269,23 @@ def _key_interaction_kernel(
 
 @triton.autotune(
     configs=_config.row_configs(),
-    key=["BLOCK_D", "S", "BLOCK_O", "HAS_QKB", "DOT_PREC", "VEC"],
+    key=["BLOCK_D", "S", "BLOCK_O", "HAS_QKB", "DOT_PREC", "VEC", "FUSE_DW"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
     cache_results=_config.AUTOTUNE_CACHE,
 )
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _key_grad_kernel(
-    K, QKB, DY, W, G, DK, PART_DG, PART_DKB,
+    K, QKB, DY, W, G, DK, PART_DG, PART_DKB, PART_DW,
     B, N, D, LDQ, P, eps_arg,
     S: tl.constexpr, S_PAD: tl.constexpr, HAS_QKB: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr,
-    DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr, VEC: tl.constexpr,
+    DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr, VEC: tl.constexpr, FUSE_DW: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (P, S·B) over key streams t. With ``e_{s,t} = dy_s @ W_{s,t}``:
-    ``dk̂_t = Σ_s G_s ⊙ e_{s,t}``, ``dk_t`` through the row norm, and partials of ``dG_s = Σ_n k̂_t ⊙ e_{s,t}``."""
+    ``dk̂_t = Σ_s G_s ⊙ e_{s,t}``, ``dk_t`` through the row norm, and partials of ``dG_s = Σ_n k̂_t ⊙ e_{s,t}``.
+    With FUSE_DW (narrow rows, D ≤ BLOCK_O: one output chunk) also this program's share of
+    ``dW_{s,t} = Σ_n dy_s[n]ᵀ (G_s ⊙ k̂_t[n])`` from the dy and k tiles already loaded, instead of
+    ``_proj_weight_grad_kernel`` reading both once more."""
     eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)  # t·B + b
@@ -293,6 +297,8 @@ def _key_grad_kernel(
 
     acc_dg = tl.zeros([S_PAD, BLOCK_D], dtype=ACC)
     acc_dkb = tl.zeros([BLOCK_D], dtype=ACC)
+    if FUSE_DW:
+        acc_dw = tl.zeros([S_PAD, BLOCK_O, BLOCK_D], dtype=ACC)
     start, end = _token_range(pid, P, N, BLOCK_N)
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -303,6 +309,7 @@ def _key_grad_kernel(
         kh = kt * rk[:, None]
         dkh = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
         for s in tl.static_range(S):
+            g = tl.load(G + (s * B + b) * D + cols, mask=cmask, other=0.0).to(ACC)
             e = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
             for o0 in range(0, D, BLOCK_O):
                 ocols = o0 + tl.arange(0, BLOCK_O)
@@ -311,7 +318,10 @@ def _key_grad_kernel(
                 w = tl.load(_row_ptrs(W + (s * S + t) * D * D, 0, ocols, cols, D, VEC),
                             mask=omask[:, None] & cmask[None, :], other=0.0)
                 e = _dot(dy, w, e, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
-            g = tl.load(G + (s * B + b) * D + cols, mask=cmask, other=0.0).to(ACC)
+                if FUSE_DW:  # rows past N are 0 in dy and k̂: they add nothing
+                    share = _dot(tl.trans(dy), kh * g[None, :], tl.zeros([BLOCK_O, BLOCK_D], dtype=ACC), IN_DTYPE,
+                                 DOT_IN_ACC, DOT_PREC)
+                    acc_dw = tl.where(srange[:, None, None] == s, acc_dw + share[None, :, :], acc_dw)
             dkh += g[None, :] * e
             acc_dg = tl.where(srange[:, None] == s, acc_dg + tl.sum(kh * e, axis=0)[None, :], acc_dg)
         proj = tl.sum(kh * dkh, axis=1)
@@ -325,6 +335,12 @@ def _key_grad_kernel(
     # PART_DG layout (S_s, B, S_t, P, D)
     out = ((srange.to(tl.int64) * B + b) * S + t) * P + pid
     tl.store(PART_DG + out[:, None] * D + cols[None, :], acc_dg, mask=(srange[:, None] < S) & cmask[None, :])
+    if FUSE_DW:  # PART_DW layout (S_t, B, P, S_s, D, D)
+        ocols = tl.arange(0, BLOCK_O)
+        out = (row * P + pid) * S + srange.to(tl.int64)
+        offs = (out[:, None, None] * D + ocols[None, :, None]) * D + cols[None, None, :]
+        mask = (srange[:, None, None] < S) & (ocols[None, :, None] < D) & cmask[None, None, :]
+        tl.store(PART_DW + offs, acc_dw, mask=mask)
 
 
 @triton.autotune(
@@ -568,10 +584,12 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
     vec = _vector_width(D, ld, q, k, dy, proj_weight, dq, dk)
     part_dg = empty((S, B, S, P, D), dtype=acc_dtype, device=dev)
     part_dkb = empty((S, B, P, D), dtype=acc_dtype, device=dev) if has_qkb else part_dg
+    fuse_dw = D <= BLOCK_O and BLOCK_D <= _config.FUSED_WEIGHT_GRAD_MAX_BLOCK_D
+    part_dw = empty((S, B, P, S, D, D), dtype=acc_dtype, device=dev) if fuse_dw else part_dg
     _key_grad_kernel[(P, S * B)](
-        k, qkb, dy, proj_weight, G, dk, part_dg, part_dkb, B, N, D, ld, P, float(eps),
+        k, qkb, dy, proj_weight, G, dk, part_dg, part_dkb, part_dw, B, N, D, ld, P, float(eps),
         S=S, S_PAD=triton.next_power_of_2(S), HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec,
-        VEC=vec, BLOCK_D=BLOCK_D, BLOCK_O=BLOCK_O,
+        VEC=vec, FUSE_DW=fuse_dw, BLOCK_D=BLOCK_D, BLOCK_O=BLOCK_O,
     )
     part_dwg = empty((S, B, P, D), dtype=acc_dtype, device=dev)
     part_db = empty((S, B, P, D), dtype=acc_dtype, device=dev)
@@ -580,16 +598,19 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
         q, qkb, dy, w_g, G, stats, part_dg, dq, part_dwg, part_db, part_dqb, B, N, D, ld, P, float(scale), float(eps),
         S=S, HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, VEC=vec, BLOCK_D=BLOCK_D,
     )
-    tiles = B * triton.cdiv(N, _config.MIN_BLOCK_N)
-    split = _config.programs_per_row(tiles * _config.MIN_BLOCK_N, S * S * triton.cdiv(D, 32) ** 2, dev)
-    part_dw = empty((S, S, split, D, D), dtype=acc_dtype, device=dev)
-    grid = lambda meta: (triton.cdiv(D, meta["BLOCK_O"]), triton.cdiv(D, meta["BLOCK_I"]), S * S * split)  # noqa: E731
-    _proj_weight_grad_kernel[grid](
-        dy, k, qkb, nk, G, part_dw, B, N, D, ld, split, float(eps),
-        S=S, HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, VEC=vec, BLOCK_D=BLOCK_D,
-    )
+    if fuse_dw:  # (S_t, B·P, S_s, D, D) summed over images and programs, to (S_s, S_t, D, D)
+        d_proj_weight = part_dw.view(S, B * P, S, D, D).sum(1).transpose(0, 1).contiguous()
+    else:
+        tiles = B * triton.cdiv(N, _config.MIN_BLOCK_N)
+        split = _config.programs_per_row(tiles * _config.MIN_BLOCK_N, S * S * triton.cdiv(D, 32) ** 2, dev)
+        part_dw = empty((S, S, split, D, D), dtype=acc_dtype, device=dev)
+        grid = lambda meta: (triton.cdiv(D, meta["BLOCK_O"]), triton.cdiv(D, meta["BLOCK_I"]), S * S * split)  # noqa: E731
+        _proj_weight_grad_kernel[grid](
+            dy, k, qkb, nk, G, part_dw, B, N, D, ld, split, float(eps),
+            S=S, HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, VEC=vec, BLOCK_D=BLOCK_D,
+        )
+        d_proj_weight = part_dw.sum(2)
     d_w_g = part_dwg.view(S, B * P, D).sum(1).mul_(scale)
-    d_proj_weight = part_dw.sum(2)
     d_bias_stream = part_db.view(S, B * P, D).sum(1)
     d_proj_bias = d_bias_stream[:, None, :].expand(S, S, D).contiguous()
     d_qk_bias = None

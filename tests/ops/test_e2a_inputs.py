@@ -217,7 +217,7 @@ def test_kernels_write_every_output_element(monkeypatch):
         return torch.full(*shape, float("nan"), **kw) if len(shape) == 1 else torch.full(shape, float("nan"), **kw)
 
     monkeypatch.setattr(kernels, "empty", poisoned)
-    for S, B, N, D in ((1, 2, 33, 24), (3, 1, 17, 40)):
+    for S, B, N, D in ((1, 2, 33, 24), (3, 2, 17, 20), (3, 1, 17, 40)):  # weight gradient fused at D ≤ 32
         q, k = torch.randn(2, S, B, N, D, device=dev).unbind(0)
         args = [q, k, torch.randn(S, D, device=dev), torch.randn(S, S, D, D, device=dev) / D, torch.randn(S, S, D, device=dev)]
         args = [a.requires_grad_(True) for a in args]

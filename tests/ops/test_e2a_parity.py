@@ -204,6 +204,32 @@ def test_packed_op_gives_one_gradient_for_qk():
         e2a_packed(torch.randn(2, 33, 47, device=dev), w_g, W)
 
 
+@pytest.mark.parametrize("S, B, N, D", [(1, 2, 45, 24), (3, 2, 19, 16)], ids=["e2a", "cross3"])
+def test_fused_weight_gradient_equals_the_separate_kernel(monkeypatch, S, B, N, D):
+    """At D ≤ 32 the key-gradient kernel also computes the projection's weight gradient; the separate
+    ``_proj_weight_grad_kernel`` (forced with ``FUSED_WEIGHT_GRAD_MAX_BLOCK_D = 0``) gives the same numbers,
+    and every other output is untouched."""
+    import crocnet._triton._config as config
+
+    dev = triton_device()
+    dtype = torch.float32 if dev == "cuda" else torch.float64
+    torch.manual_seed(S * 100 + D)
+    q, k = torch.randn(2, S, B, N, D, device=dev, dtype=dtype).unbind(0)
+    args = [q, k, torch.randn(S, D, device=dev, dtype=dtype), torch.randn(S, S, D, D, device=dev, dtype=dtype) / D,
+            torch.randn(S, S, D, device=dev, dtype=dtype)]
+    dy = torch.randn(S, B, N, D, device=dev, dtype=dtype)
+    results = []
+    for limit in (config.FUSED_WEIGHT_GRAD_MAX_BLOCK_D, 0):
+        monkeypatch.setattr(config, "FUSED_WEIGHT_GRAD_MAX_BLOCK_D", limit)
+        leaves = [a.detach().clone().requires_grad_(True) for a in args]
+        y = cross_e2a(*leaves, backend="triton")
+        y.backward(dy)
+        results.append([y] + [a.grad for a in leaves])
+    tol = 1e-12 if dtype == torch.float64 else 1e-5  # only the summation order of dW differs
+    for name, fused, separate in zip(["y", "dq", "dk", "dw_g", "dW", "db"], *results):
+        torch.testing.assert_close(fused, separate, rtol=tol, atol=tol, msg=name)
+
+
 @pytest.mark.parametrize("token_norm", ["l2", "softmax"])
 def test_token_weight_gradient_is_exactly_zero_for_one_token(token_norm):
     """N = 1: the token weight is ±1 (l2) or 1 (softmax) whatever w_g is, so dL/dw_g is exactly 0. The kernel
