@@ -9,12 +9,13 @@
 #   here, after: copy $OUT's bench-*.json to benchmarks/results/<device>-<date>-<suite>.json, run
 #                tools/bench_report.py on each, fill benchmarks/NOTES.md
 #
-# Environment: OUT (default runs/device), ONLY (space-separated subset of: env tests core unet cross models tune),
-# T_TESTS / T_E2A / T_CROSS / T_MODELS / T_TUNE (seconds per step).
+# Environment: OUT (default runs/device), ONLY (space-separated subset of: env tests core ab unet cross models tune),
+# T_TESTS / T_E2A / T_AB / T_CROSS / T_MODELS / T_TUNE (seconds per step). "ab" times each change built without a
+# GPU against its off switch (benchmarks/NOTES.md items 5-6, 8, 10), early, so a cut call still has them.
 set -u
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
-ONLY=${ONLY:-"env tests core unet cross models tune"}
+ONLY=${ONLY:-"env tests core ab unet cross models tune"}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 declare -A STATUS
 FAILED=0
@@ -50,7 +51,9 @@ bench() {  # bench NAME SECONDS FILE [-k EXPR]
 want tests && step gpu-tests "${T_TESTS:-150}" python3 -m pytest -m gpu tests/ops tests/nn tests/models -q -p no:cacheprovider \
     -k "not autotune_results_persist"
 want core && bench core "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "test_core"
-want unet && bench unet "${T_E2A:-150}" benchmarks/test_bench_e2a.py -k "not test_core"
+want ab && bench ab "${T_AB:-60}" benchmarks/test_bench_e2a.py -k "test_packed_qk or test_row_alignment or test_fused_weight_grad"
+want unet && bench unet "${T_E2A:-120}" benchmarks/test_bench_e2a.py \
+    -k "not (test_core or test_packed_qk or test_row_alignment or test_fused_weight_grad)"
 want cross && bench cross "${T_CROSS:-60}" benchmarks/test_bench_cross.py
 want models && bench models "${T_MODELS:-90}" benchmarks/test_bench_models.py
 # last, so a run cut at the call's limit loses only this: three fresh processes tune from an empty Triton cache
