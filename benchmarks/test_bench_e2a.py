@@ -103,19 +103,26 @@ def test_packed_qk(benchmark, parity, impl, B, side, D):
     _case(benchmark, parity, impl, B, side, D, "forward_backward")
 
 
+def _switched_case(benchmark, parity, monkeypatch, group, label, switch_off, B, side, D):
+    """One side of an A/B benchmark of a change built into the kernels: ``switch_off`` is the ``_config``
+    (name, value) that turns it off, or None for the change itself."""
+    if not CUDA:
+        pytest.skip("the change alters the compiled GPU path only; on CPU the PyTorch path runs")
+    if switch_off is not None:
+        monkeypatch.setattr(_config, *switch_off)
+    benchmark.group = f"{group} B{B} {side}x{side}x{D} forward_backward"
+    _case(benchmark, parity, "crocnet", B, side, D, "forward_backward")
+    benchmark.extra_info["impl"] = f"crocnet_{label}"
+
+
 @pytest.mark.parametrize("B, side, D", ODD_WIDTHS, ids=lambda v: str(v))
 @pytest.mark.parametrize("rows", ["vector_rows", "scalar_rows"])
 def test_row_alignment(benchmark, parity, monkeypatch, rows, B, side, D):
     """Widths that are not multiples of 16 (benchmarks/NOTES.md, item 8): rows accessed as wide as their
     alignment allows (the kernels' VEC promise) against one element at a time, all that Triton's own
     specialisation gives there. 8 is E-2AUNet's level 0 at width 8, 220 SwiftFormer-XS's attention width."""
-    if not CUDA:
-        pytest.skip("the alignment promise changes the compiled GPU code only")
-    if rows == "scalar_rows":
-        monkeypatch.setattr(_config, "MAX_VECTOR_BYTES", 1)
-    benchmark.group = f"row-alignment B{B} {side}x{side}x{D} forward_backward"
-    _case(benchmark, parity, "crocnet", B, side, D, "forward_backward")
-    benchmark.extra_info["impl"] = f"crocnet_{rows}"
+    switch_off = ("MAX_VECTOR_BYTES", 1) if rows == "scalar_rows" else None
+    _switched_case(benchmark, parity, monkeypatch, "row-alignment", rows, switch_off, B, side, D)
 
 
 @pytest.mark.parametrize("B, side, D", [(8, 128, 32), (8, 128, 16)], ids=lambda v: str(v))
@@ -123,13 +130,8 @@ def test_row_alignment(benchmark, parity, monkeypatch, rows, B, side, D):
 def test_fused_weight_grad(benchmark, parity, monkeypatch, weight_grad, B, side, D):
     """The projection's weight gradient inside the key-gradient kernel (benchmarks/NOTES.md, item 10) against
     ``_proj_weight_grad_kernel`` reading dy and k once more, at the narrow widths where it is used."""
-    if not CUDA:
-        pytest.skip("the fusion changes the Triton path only; on CPU the PyTorch path runs")
-    if weight_grad == "separate_dw":
-        monkeypatch.setattr(_config, "FUSED_WEIGHT_GRAD_MAX_BLOCK_D", 0)
-    benchmark.group = f"fused-dw B{B} {side}x{side}x{D} forward_backward"
-    _case(benchmark, parity, "crocnet", B, side, D, "forward_backward")
-    benchmark.extra_info["impl"] = f"crocnet_{weight_grad}"
+    switch_off = ("FUSED_WEIGHT_GRAD_MAX_BLOCK_D", 0) if weight_grad == "separate_dw" else None
+    _switched_case(benchmark, parity, monkeypatch, "fused-dw", weight_grad, switch_off, B, side, D)
 
 
 @pytest.mark.parametrize("B, side, D", SWEEP, ids=lambda v: str(v))

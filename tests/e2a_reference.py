@@ -138,7 +138,7 @@ def assert_core_matches_timm(op, inputs, dy, token_norm: str, device, dtype: tor
         assert_matches(label, a, r, dtype, grad=label != "y")
 
 
-class GradAtOffset(torch.autograd.Function):
+class _GradAtOffset(torch.autograd.Function):
     """Identity whose backward hands on the gradient as a contiguous view ``offset`` elements into its buffer."""
 
     @staticmethod
@@ -148,12 +148,28 @@ class GradAtOffset(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return at_offset(grad.contiguous(), ctx.offset), None
+        return _at_offset(grad.contiguous(), ctx.offset), None
 
 
-def at_offset(x, offset):
+def _at_offset(x, offset):
     """``x`` as a contiguous view starting ``offset`` elements into a larger buffer (autograd flows through)."""
     return torch.cat([x.new_zeros(offset), x.reshape(-1)])[offset:].view(x.shape)
+
+
+def e2a_at_offset(offset: int, packed: bool):
+    """``op(q, k, w_g, W, b)`` for :func:`assert_core_matches_timm`: our op on the Triton backend, with q and k
+    (or, ``packed``, ``cat(q, k)``) and the upstream gradient as contiguous views ``offset`` elements into
+    their buffers, so the kernels see every alignment."""
+    from crocnet.ops import e2a, e2a_packed
+
+    def op(q, k, w_g, W, b):
+        if packed:
+            y = e2a_packed(_at_offset(torch.cat([q, k], dim=-1), offset), w_g, W, b, backend="triton")
+        else:
+            y = e2a(_at_offset(q, offset), _at_offset(k, offset), w_g, W, b, backend="triton")
+        return _GradAtOffset.apply(y, offset)
+
+    return op
 
 
 STREAMS = ("lv", "myo", "rv")

@@ -12,11 +12,10 @@ import sys
 
 import pytest
 import torch
-from e2a_reference import (AuthorsCrossAttention, GradAtOffset, assert_core_matches_timm, assert_matches, at_offset,
-                           authors_to_ours_names, grads, timm_e2a)
+from e2a_reference import (AuthorsCrossAttention, assert_core_matches_timm, assert_matches, authors_to_ours_names, e2a_at_offset,
+                           grads, timm_e2a)
 
 from crocnet.nn import CrossEfficientAdditiveAttention, EfficientAdditiveAttention2d
-from crocnet.ops import e2a, e2a_packed
 
 pytestmark = pytest.mark.gpu
 
@@ -61,15 +60,7 @@ def test_vector_rows_at_odd_widths_and_offsets(D, dtype):
     dy = torch.randn(2, 64 * 64, D, dtype=torch.float64)
     for packed in (False, True):
         for offset in (0, 1, 4):
-
-            def op(q, k, w_g, W, b):
-                if packed:
-                    y = e2a_packed(at_offset(torch.cat([q, k], dim=-1), offset), w_g, W, b, backend="triton")
-                else:
-                    y = e2a(at_offset(q, offset), at_offset(k, offset), w_g, W, b, backend="triton")
-                return GradAtOffset.apply(y, offset)
-
-            assert_core_matches_timm(op, (q, k, w_g, W, b), dy, "l2", "cuda", dtype)
+            assert_core_matches_timm(e2a_at_offset(offset, packed), (q, k, w_g, W, b), dy, "l2", "cuda", dtype)
 
 
 def test_int64_offsets_past_2_31_elements():
