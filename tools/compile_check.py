@@ -98,9 +98,15 @@ def configs(autotuner, args, kwargs):
 def compile_launch(autotuner, args, kwargs, config, arch: int):
     """Compile one launch with one config for ``sm_<arch>``: (registers, spilled bytes, shared memory, access
     widths, tensor-core instruction family or "-")."""
-    from triton.runtime.jit import create_function_from_signature
+    try:  # Triton's launcher internals: what makes the compile match a real launch
+        from triton.runtime.jit import create_function_from_signature
 
-    fn = autotuner.fn
+        fn = autotuner.fn
+        fn._pack_args  # noqa: B018
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeError(f"compile_check needs Triton's launcher internals (create_function_from_signature, "
+                           f"JITFunction._pack_args; Triton 3.x as bundled with torch), missing in Triton "
+                           f"{triton.__version__}: {exc}") from exc
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     call = {**kwargs, **config.all_kwargs()}
