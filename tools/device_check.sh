@@ -51,9 +51,9 @@ bench() {  # bench NAME SECONDS FILE [-k EXPR]
 want tests && step gpu-tests "${T_TESTS:-150}" python3 -m pytest -m gpu tests/ops tests/nn tests/models -q -p no:cacheprovider \
     -k "not autotune_results_persist"
 want core && bench core "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "test_core"
-want ab && bench ab "${T_AB:-60}" benchmarks/test_bench_e2a.py -k "test_packed_qk or test_row_alignment or test_fused_weight_grad"
-want unet && bench unet "${T_E2A:-120}" benchmarks/test_bench_e2a.py \
-    -k "not (test_core or test_packed_qk or test_row_alignment or test_fused_weight_grad)"
+AB_TESTS="test_packed_qk or test_row_alignment or test_fused_weight_grad"
+want ab && bench ab "${T_AB:-60}" benchmarks/test_bench_e2a.py -k "$AB_TESTS"
+want unet && bench unet "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "not (test_core or $AB_TESTS)"
 want cross && bench cross "${T_CROSS:-60}" benchmarks/test_bench_cross.py
 want models && bench models "${T_MODELS:-90}" benchmarks/test_bench_models.py
 # last, so a run cut at the call's limit loses only this: three fresh processes tune from an empty Triton cache
