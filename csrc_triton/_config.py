@@ -163,7 +163,7 @@ def programs_per_row(tokens: int, rows: int, device: torch.device) -> int:
     """Programs that split the tokens of one (stream, image) row: enough to fill the device, at most one per
     ``MIN_BLOCK_N`` tokens. Independent of the tile config, so the partial buffers never change shape."""
     target = 4 * _sm_count(device.index or 0) if device.type == "cuda" else 4
-    return max(1, min(triton.cdiv(tokens, MIN_BLOCK_N), triton.cdiv(target, rows)))
+    return max(1, min(cdiv(tokens, MIN_BLOCK_N), cdiv(target, rows)))
 
 
 def key_grad_block_o(block_d: int, dtype: torch.dtype) -> int:
@@ -186,4 +186,14 @@ FUSED_WEIGHT_GRAD_MAX_BLOCK_D = 32
 
 
 def block_d(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
+    return max(16, next_power_of_2(dim))
+
+
+# Host-side arithmetic in plain Python: ``triton.cdiv`` and ``triton.next_power_of_2`` are constexpr
+# functions whose host call costs microseconds, several times a launch.
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()

@@ -550,7 +550,7 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
     G = empty((S, B, D), dtype=acc_dtype, device=dev)
     stats = empty((S, B, 2), dtype=acc_dtype, device=dev)
     nk = empty((S, B, N), dtype=acc_dtype, device=dev)
-    grid = lambda meta: (P, triton.cdiv(D, meta["BLOCK_O"]), S * B)  # noqa: E731
+    grid = lambda meta: (P, _config.cdiv(D, meta["BLOCK_O"]), S * B)  # noqa: E731
     _key_interaction_kernel[grid](
         q, k, qkb, proj_weight, bias, nq, part_g, part_stat, y, G, stats, nk, B, N, D, ld, P, float(eps),
         S=S, HAS_QKB=has_qkb, HAS_BIAS=has_bias, TOKEN_NORM=code, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc,
@@ -588,7 +588,7 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
     part_dw = empty((S, B, P, S, D, D), dtype=acc_dtype, device=dev) if fuse_dw else part_dg
     _key_grad_kernel[(P, S * B)](
         k, qkb, dy, proj_weight, G, dk, part_dg, part_dkb, part_dw, B, N, D, ld, P, float(eps),
-        S=S, S_PAD=triton.next_power_of_2(S), HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec,
+        S=S, S_PAD=_config.next_power_of_2(S), HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec,
         VEC=vec, FUSE_DW=fuse_dw, BLOCK_D=BLOCK_D, BLOCK_O=BLOCK_O,
     )
     part_dwg = empty((S, B, P, D), dtype=acc_dtype, device=dev)
@@ -601,10 +601,10 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
     if fuse_dw:  # (S_t, B·P, S_s, D, D) summed over images and programs, to (S_s, S_t, D, D)
         d_proj_weight = part_dw.view(S, B * P, S, D, D).sum(1).transpose(0, 1).contiguous()
     else:
-        tiles = B * triton.cdiv(N, _config.MIN_BLOCK_N)
-        split = _config.programs_per_row(tiles * _config.MIN_BLOCK_N, S * S * triton.cdiv(D, 32) ** 2, dev)
+        tiles = B * _config.cdiv(N, _config.MIN_BLOCK_N)
+        split = _config.programs_per_row(tiles * _config.MIN_BLOCK_N, S * S * _config.cdiv(D, 32) ** 2, dev)
         part_dw = empty((S, S, split, D, D), dtype=acc_dtype, device=dev)
-        grid = lambda meta: (triton.cdiv(D, meta["BLOCK_O"]), triton.cdiv(D, meta["BLOCK_I"]), S * S * split)  # noqa: E731
+        grid = lambda meta: (_config.cdiv(D, meta["BLOCK_O"]), _config.cdiv(D, meta["BLOCK_I"]), S * S * split)  # noqa: E731
         _proj_weight_grad_kernel[grid](
             dy, k, qkb, nk, G, part_dw, B, N, D, ld, split, float(eps),
             S=S, HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, VEC=vec, BLOCK_D=BLOCK_D,

@@ -36,3 +36,20 @@ def test_benchmark_suites_run_and_report(tmp_path):
     # on CPU quadratic attention past the token cap is not run: recorded as such, not dropped
     assert any("sdpa-8-128-64" in s["test"] and "quadratic" in s["reason"] for s in data["skipped"])
     assert "Not run" in out.with_suffix(".md").read_text()
+
+
+def test_host_overhead_tool_times_every_case(tmp_path):
+    """``tools/host_overhead.py`` runs without a GPU (kernels swapped for no-ops) and times each case."""
+    out = tmp_path / "host.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)  # the tool sets it itself where there is no GPU
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "host_overhead.py"), "--rounds", "5", "--json", str(out)],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    data = json.loads(out.read_text())
+    cases = [row["case"] for row in data["rows"]]
+    assert cases == ["op: e2a, torch backend", "op: e2a, triton", "op: e2a_packed, triton", "module: timm eager",
+                     "module: ours, torch backend", "module: ours, triton", "module: ours, triton, fuse_qk=False"]
+    for row in data["rows"]:  # a backward costs host time too
+        assert 0 < row["forward_us"] < row["forward_backward_us"], row
+    assert len(run.stdout.splitlines()) == 1 + len(cases)

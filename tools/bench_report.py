@@ -2,8 +2,9 @@
 
     python tools/bench_report.py benchmarks/results/NAME.json      # writes NAME.md and NAME.png beside it
 
-The table has one row per benchmark: group, implementation, median and IQR time, memory (CUDA peak or the
-CPU saved-activation measure), GB/s and share of the copy rate where measured; skipped cases (CPU caps,
+The table has one row per benchmark: group, implementation, median and IQR time (wall clock), on CUDA the
+host and device times, memory (CUDA peak or the CPU saved-activation measure), GB/s and share of the copy
+rate where measured; skipped cases (CPU caps,
 out of memory) are listed with their reason. The plot shows time and memory against tokens for the
 token sweep (E2A linear vs MHSA quadratic).
 """
@@ -30,15 +31,23 @@ def table(data: dict) -> str:
     info = data.get("crocnet", {})
     lines = [f"Device: **{info.get('device', '?')}**, torch {info.get('torch')}, triton {info.get('triton')}, "
              f"crocnet {info.get('crocnet')}, {info.get('threads')} threads, {info.get('date')}.", ""]
-    lines += ["| group | impl | median | IQR | memory | GB/s (share of copy) |", "|---|---|---:|---:|---:|---:|"]
+    lines += ["| group | impl | median | IQR | host | device | memory | GB/s (share of copy) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     rows = sorted(data["benchmarks"], key=lambda b: (b.get("group") or "", b["stats"]["median"]))
     for b in rows:
         e = b.get("extra_info", {})
         gbs = f"{e['gbs']:.0f} ({100 * e['share_of_copy']:.0f} %)" if "gbs" in e else ""
+        host, device = (f"{e[key]:.0f} µs" if key in e else "" for key in ("host_us", "device_us"))
+        if device and e.get("device_timing", "cuda_graph") != "cuda_graph":
+            device += " †"
         lines.append(f"| {b.get('group')} | {e.get('impl', b['name'])} | {_fmt_time(b['stats']['median'])} | "
-                     f"{_fmt_time(b['stats']['iqr'])} | {_fmt_bytes(e.get('memory_bytes'))} | {gbs} |")
+                     f"{_fmt_time(b['stats']['iqr'])} | {host} | {device} | {_fmt_bytes(e.get('memory_bytes'))} | {gbs} |")
     measure = {b.get("extra_info", {}).get("memory_measure") for b in rows} - {None}
     lines += ["", f"Memory measure: {', '.join(sorted(measure)) or 'n/a'} (see benchmarks/README.md)."]
+    if any("device_us" in b.get("extra_info", {}) for b in rows):
+        lines += ["median: wall clock of a call and its synchronisation; host: until the call returns; device: the "
+                  "kernels alone (CUDA graph replay after an L2 flush; † eager calls, capture failed); GB/s from the "
+                  "device time."]
     skipped = data.get("skipped", [])
     if skipped:
         lines += ["", f"Not run ({len(skipped)}):", ""] + [f"- `{s['test']}`: {s['reason']}" for s in skipped]

@@ -7,9 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arguments import positive_int
-from ..ops import e2a, e2a_packed
+from ..ops import e2a
 from ..ops._checks import BACKENDS, resolve_backend
+from ..ops.e2a import single_stream_kernels
 from ..ops.naive import TOKEN_NORMS
+
+#: epsilon of every norm, F.normalize's default (as timm)
+EPS = 1e-12
 
 
 _AUTOCAST_DTYPES = {torch.float16, torch.bfloat16, torch.float32}
@@ -103,13 +107,15 @@ class EfficientAdditiveAttention(nn.Module):
         if 0 in x.shape:
             raise ValueError(f"tokens must be non-empty in every axis (batch, tokens, {self.in_dims}), got {tuple(x.shape)}")
         check_input_dtype(x, self.to_query.weight, "tokens")
-        options = {"scale": self.scale_factor, "token_norm": self.token_norm, "backend": self.backend}
-        if self.fuse_qk and resolve_backend(self.backend, x, dim=self.to_query.out_features) == "triton":
+        attention = (self.w_g, self.proj.weight, self.proj.bias, self.scale_factor, self.token_norm, EPS)
+        if resolve_backend(self.backend, x, dim=self.to_query.out_features) == "torch":
+            y = e2a(self.to_query(x), self.to_key(x), *attention[:3], scale=self.scale_factor, token_norm=self.token_norm,
+                    eps=EPS, backend="torch")
+        elif self.fuse_qk:  # the kernels straight away: the parameters fit by construction, x is checked above
             qk = F.linear(x, torch.cat([self.to_query.weight, self.to_key.weight]))  # the bias is added in the kernels
-            qk_bias = torch.cat([self.to_query.bias, self.to_key.bias])
-            y = e2a_packed(qk, self.w_g, self.proj.weight, self.proj.bias, qk_bias=qk_bias, **options)
+            y = single_stream_kernels(qk, None, *attention, torch.cat([self.to_query.bias, self.to_key.bias]))
         else:
-            y = e2a(self.to_query(x), self.to_key(x), self.w_g, self.proj.weight, self.proj.bias, **options)
+            y = single_stream_kernels(self.to_query(x), self.to_key(x), *attention)
         return self.final(y)
 
 

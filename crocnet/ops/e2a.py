@@ -101,24 +101,69 @@ def _setup_context(ctx, inputs, output):
     _, G, stats, nk = output
     ctx.save_for_backward(q, k, w_g, proj_weight, qk_bias, G, stats, nk)
     ctx.scale, ctx.token_norm, ctx.eps = scale, token_norm, eps
-    ctx.has_bias = proj_bias is not None
+    ctx.bias_shape = None if proj_bias is None else proj_bias.shape
     ctx.mark_non_differentiable(G, stats, nk)
+
+
+def _finish_grads(ctx, grads, q, k, w_g, proj_weight, qk_bias) -> tuple:
+    """The kernels' gradients as autograd wants them: in the inputs' shapes and the parameters' dtypes, None
+    where an input takes none."""
+    dq, dk, dw_g, dw, db, dqkb = grads
+    dq = dq.view(q.shape)
+    dk = None if k is None else dk.view(k.shape)  # packed: dq is the whole dqk
+    dqkb = None if qk_bias is None else dqkb.to(qk_bias.dtype).reshape(qk_bias.shape)
+    # token_norm "none" gives every token weight 1: w_g takes no part, and gets no gradient (as on the torch path)
+    dw_g = None if ctx.token_norm == "none" else dw_g.to(w_g.dtype).reshape(w_g.shape)
+    dw = dw.to(proj_weight.dtype).view(proj_weight.shape)
+    db = db.to(proj_weight.dtype).view(ctx.bias_shape) if ctx.bias_shape is not None else None
+    return dq, dk, dw_g, dw, db, dqkb, None, None, None
 
 
 def _backward(ctx, dy, _dG, _dstats, _dnk):
     q, k, w_g, proj_weight, qk_bias, G, stats, nk = ctx.saved_tensors
-    dq, dk, dw_g, dw, db, dqkb = _e2a_backward(dy.contiguous(), q, k, w_g, proj_weight, qk_bias, G, stats, nk,
-                                               ctx.scale, ctx.token_norm, ctx.eps)
-    dk = None if k is None else dk  # packed: dq is the whole dqk
-    dqkb = None if qk_bias is None else dqkb.to(qk_bias.dtype).reshape(qk_bias.shape)
-    # token_norm "none" gives every token weight 1: w_g takes no part, and gets no gradient (as on the torch path)
-    dw_g = None if ctx.token_norm == "none" else dw_g.to(w_g.dtype).reshape(w_g.shape)
-    dw = dw.to(proj_weight.dtype)
-    db = db.to(proj_weight.dtype) if ctx.has_bias else None
-    return dq, dk, dw_g, dw, db, dqkb, None, None, None
+    grads = _e2a_backward(dy.contiguous(), q, k, w_g, proj_weight, qk_bias, G, stats, nk, ctx.scale, ctx.token_norm, ctx.eps)
+    return _finish_grads(ctx, grads, q, k, w_g, proj_weight, qk_bias)
 
 
 _e2a_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _as_streams(q, k, w_g, proj_weight, proj_bias, qk_bias):
+    """One stream's ``(B, N, D)`` tensors as the kernels' stacked layout (views; stacks pass unchanged)."""
+    if q.dim() == 4:
+        return q, k, w_g, proj_weight, proj_bias, qk_bias
+    D = proj_weight.shape[-1]
+    return (q[None], None if k is None else k[None], w_g.reshape(1, D), proj_weight.reshape(1, 1, D, D),
+            None if proj_bias is None else proj_bias.reshape(1, 1, D), None if qk_bias is None else qk_bias.reshape(1, 2 * D))
+
+
+class _E2AFunction(torch.autograd.Function):
+    """The custom ops' computation for eager calls: the same kernels, saved tensors and gradients, without
+    the dispatcher's per-call work: about 80 µs of host time per forward and backward on a 2-core CPU
+    (``tools/host_overhead.py``), several times what the kernels take at 64² × 64 on an H100-class GPU.
+    ``torch.compile`` traces the custom ops.
+
+    Takes the stacked ``(S, B, N, D)`` layout or one stream's ``(B, N, D)`` tensors as they are (``w_g (D,)``
+    or ``(D, 1)``, ``proj_weight (D, D)``, ...), viewed as a stack inside: views taken outside would each add
+    an autograd node to every forward and backward."""
+
+    @staticmethod
+    def forward(ctx, *inputs):  # a separate setup_context would cost an inspect.signature bind a call
+        q, k, w_g, proj_weight, proj_bias, qk_bias, scale, token_norm, eps = inputs
+        stacked = _as_streams(q, k, w_g, proj_weight, proj_bias, qk_bias)
+        output = _kernels().e2a_forward(*stacked[:5], scale, token_norm, eps, stacked[5])
+        _setup_context(ctx, inputs, output)
+        y = output[0] if q.dim() == 4 else output[0][0]
+        return (y,) + output[1:]
+
+    @staticmethod
+    def backward(ctx, dy, _dG, _dstats, _dnk):
+        q, k, w_g, proj_weight, qk_bias, G, stats, nk = ctx.saved_tensors
+        sq, sk, sw_g, sproj_weight, _, sqk_bias = _as_streams(q, k, w_g, proj_weight, None, qk_bias)
+        dy = dy.contiguous().view(G.shape[0], *dy.shape[-3:])
+        grads = _kernels().e2a_backward(dy, sq, sk, sw_g, sproj_weight, G, stats, nk, ctx.scale, ctx.token_norm,
+                                        ctx.eps, sqk_bias)
+        return _finish_grads(ctx, grads, q, k, w_g, proj_weight, qk_bias)
 
 
 def _autocast(q, k, proj_weight, proj_bias, qk_bias):
@@ -131,11 +176,17 @@ def _autocast(q, k, proj_weight, proj_bias, qk_bias):
     return q, k, proj_weight, proj_bias, qk_bias
 
 
+def _recorded() -> bool:
+    """Whether a tracer records the call (``torch.compile`` / ``torch.export``, ``torch.jit.trace``): it must
+    see the custom ops, since it cannot see into a kernel launch."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def _triton_e2a(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias=None) -> Tensor:
-    """The kernels on validated ``(S, B, N, D)`` stacks."""
+    """The kernels on validated ``(S, B, N, D)`` stacks (or, for the eager Function, one stream's tensors)."""
     q, k, proj_weight, proj_bias, qk_bias = _autocast(q, k, proj_weight, proj_bias, qk_bias)
-    y, _, _, _ = _e2a_forward(q, k, w_g, proj_weight, proj_bias, qk_bias, scale, token_norm, eps)
-    return y
+    op = _e2a_forward if _recorded() else _E2AFunction.apply
+    return op(q, k, w_g, proj_weight, proj_bias, qk_bias, scale, token_norm, eps)[0]
 
 
 def cross_e2a(
@@ -247,9 +298,18 @@ def _single_stream(q, k, qk, w_g, proj_weight, proj_bias, scale, token_norm, eps
             q, k = q + qk_bias[:dim], k + qk_bias[dim:]
         # straight to the spec on (B, N, D): a stream axis would cost autograd a copy of every gradient
         return e2a_naive(q, k, w_g.reshape(-1), proj_weight, proj_bias, scale, token_norm, eps)
-    q, k = (q[None], k[None]) if qk is None else (qk[None], None)
-    y = _triton_e2a(q, k, w_g.reshape(1, -1), proj_weight[None, None], bias, scale, token_norm, eps, stream_qkb)
-    return y.squeeze(0)
+    q, k = (q, k) if qk is None else (qk, None)
+    return single_stream_kernels(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
+
+
+def single_stream_kernels(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float, qk_bias=None):
+    """The Triton kernels on one stream's ``(B, N, D)`` q and k (``k = None``: q is a packed ``qk``), without
+    the public ops' argument checks: for callers whose arguments hold by construction (the modules, which
+    check their input once). Same result and gradients as :func:`e2a` / :func:`e2a_packed`."""
+    if not _recorded():  # the eager Function takes one stream's tensors as they are
+        return _triton_e2a(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
+    stacked = _as_streams(q, k, w_g, proj_weight, proj_bias, qk_bias)  # the custom ops' (S, B, N, D) layout
+    return _triton_e2a(*stacked[:5], scale, token_norm, eps, stacked[5]).squeeze(0)
 
 
 def e2a(

@@ -159,7 +159,8 @@ def test_e2a_block_matches_timms_swiftformer_block(backend):
 
 
 @pytest.mark.parametrize("backend, fuse_qk, expected", [
-    ("triton", True, "e2a_packed"), ("triton", False, "e2a"), ("torch", True, "e2a"), ("torch", False, "e2a"),
+    ("triton", True, "kernels, packed qk"), ("triton", False, "kernels, q and k"), ("torch", True, "e2a"),
+    ("torch", False, "e2a"),
 ])
 def test_module_packs_q_and_k_only_for_the_kernels(monkeypatch, backend, fuse_qk, expected):
     """``fuse_qk`` runs one GEMM into a packed qk where the Triton kernels run; the PyTorch backend keeps
@@ -167,12 +168,17 @@ def test_module_packs_q_and_k_only_for_the_kernels(monkeypatch, backend, fuse_qk
     import crocnet.nn.attention as attention
 
     called = []
-    for name in ("e2a", "e2a_packed"):
-        def spy(*args, _real=getattr(attention, name), _name=name, **kwargs):
-            called.append(_name)
-            return _real(*args, **kwargs)
 
-        monkeypatch.setattr(attention, name, spy)
+    def kernels(q, k, *args, _real=attention.single_stream_kernels):
+        called.append("kernels, packed qk" if k is None else "kernels, q and k")
+        return _real(q, k, *args)
+
+    def spec(*args, _real=attention.e2a, **kwargs):
+        called.append("e2a")
+        return _real(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "single_stream_kernels", kernels)
+    monkeypatch.setattr(attention, "e2a", spec)
     device = triton_device() if backend == "triton" else "cpu"
     module = EfficientAdditiveAttention(16, 24, backend=backend, fuse_qk=fuse_qk).to(device)
     assert f"fuse_qk={fuse_qk}" in repr(module)

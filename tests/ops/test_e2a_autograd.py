@@ -10,7 +10,7 @@ from e2a_reference import assert_matches, timm_core
 from kernel_env import interpreting, triton_device
 
 import crocnet._triton._config as kconfig
-from crocnet.ops import cross_e2a, e2a, e2a_packed
+from crocnet.ops import cross_e2a, cross_e2a_packed, e2a, e2a_packed
 
 ops_e2a = importlib.import_module("crocnet.ops.e2a")  # the module, not the function it exports
 
@@ -80,6 +80,49 @@ def test_opcheck_custom_ops_packed(op, S):
         y, G, stats, nk = ops_e2a._e2a_forward(qk, None, w_g, W, b, qkb, 0.25, "l2", 1e-12)
         torch.library.opcheck(ops_e2a._e2a_backward, (torch.randn_like(y), qk, None, w_g, W, qkb, G, stats, nk, 0.25, "l2", 1e-12),
                               test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["q_k", "packed"])
+@pytest.mark.parametrize("S", [1, 3])
+def test_eager_calls_match_the_custom_ops_bit_for_bit(S, packed):
+    """Eager calls run the kernels through a plain ``autograd.Function`` (one stream's tensors as they are)
+    and ``torch.compile`` traces the custom ops: the same kernels, so outputs and every gradient must be
+    identical, not merely close (float32 where the kernels run: the interpreter, or a GPU)."""
+    device = triton_device()
+    q, k, w_g, W, b = (t.detach().float().to(device) for t in _inputs(S, 2, 21, 12, seed=3))
+    qk = torch.cat([q, k], dim=-1)
+    qkb = torch.randn(S, 24, generator=torch.Generator().manual_seed(4)).to(device) if packed else None
+
+    def leaves():
+        tensors = [qk] if packed else [q, k]
+        return [t.clone().requires_grad_(True) for t in tensors + [w_g, W, b] + ([qkb] if packed else [])]
+
+    dy = torch.randn(S, 2, 21, 12, generator=torch.Generator().manual_seed(5)).to(device)
+    runs = []
+    for path in ("custom_op", "eager"):
+        args = leaves()
+        x, rest = (args[0], args[1:]) if packed else (args[:2], args[2:])
+        q_in, k_in = (x, None) if packed else x
+        w_in, W_in, b_in = rest[:3]
+        qkb_in = rest[3] if packed else None
+        if path == "custom_op":
+            y = ops_e2a._e2a_forward(q_in, k_in, w_in, W_in, b_in, qkb_in, 0.3, "l2", 1e-12)[0]
+        elif S == 1:  # the public single-stream ops hand their (B, N, D) tensors to the Function unstacked
+            op = e2a_packed if packed else e2a
+            first = (q_in[0],) if packed else (q_in[0], k_in[0])
+            y = op(*first, w_in[0], W_in[0, 0], b_in[0, 0], scale=0.3, backend="triton",
+                   **({"qk_bias": qkb_in[0]} if packed else {}))[None]
+        else:
+            op = cross_e2a_packed if packed else cross_e2a
+            first = (q_in,) if packed else (q_in, k_in)
+            y = op(*first, w_in, W_in, b_in, scale=0.3, backend="triton", **({"qk_bias": qkb_in} if packed else {}))
+        y.backward(dy)
+        runs.append([y.detach()] + [t.grad for t in args])
+    names = ["y"] + (["d qk"] if packed else ["d q", "d k"]) + ["d w_g", "d proj_weight", "d proj_bias"]
+    names += ["d qk_bias"] if packed else []
+    assert len(names) == len(runs[0])
+    for name, want, got in zip(names, *runs):
+        assert got is not None and torch.equal(want, got), name
 
 
 @needs_fp64_kernels

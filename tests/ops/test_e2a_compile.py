@@ -1,4 +1,4 @@
-"""torch.compile traces through the custom ops (fullgraph), and new image sizes do not recompile kernels."""
+"""torch.compile and torch.jit.trace record the custom ops (fullgraph), and new image sizes do not recompile kernels."""
 
 from __future__ import annotations
 
@@ -29,6 +29,19 @@ def test_compile_fullgraph_matches_eager(backend):
         ref.sum().backward()
         torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(g, x.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_jit_trace_records_the_custom_op():
+    """Eager calls launch the kernels from a plain autograd.Function, which ``torch.jit.trace`` cannot see
+    into (it would record only the allocations): under tracing the op goes through the custom op, so the
+    traced module holds it and computes the same on new inputs."""
+    dev = triton_device()
+    m = EfficientAdditiveAttention(16, 16, backend="triton").to(dev)
+    x, x2 = torch.randn(2, 2, 7, 16, device=dev).unbind(0)
+    with torch.no_grad():
+        traced = torch.jit.trace(m, x, check_trace=False)
+        assert "crocnet::e2a_forward" in str(traced.graph)
+        torch.testing.assert_close(traced(x2), m(x2), rtol=0, atol=0)
 
 
 def test_compile_before_any_kernel_import_in_a_fresh_process():
