@@ -133,6 +133,40 @@ def test_cross_unet_sizes(dtype):
     check_cross_against_authors(8, 64 * 64, 64, dtype, "cuda")
 
 
+@pytest.mark.parametrize("fuse_qk", [True, False], ids=["packed", "q_k"])
+def test_module_forward_backward_replays_in_a_cuda_graph(fuse_qk):
+    """At UNet sizes the host's work is most of a call (benchmarks/NOTES.md, item 11); CUDA graphs remove it.
+    The module's forward and backward (its linears, the kernels, the partial sums) capture in one graph, and
+    replays on new inputs copied into the static ones give what eager calls give. float32: the kernels are
+    the same launches, but cuBLAS may pick another algorithm for the linears under capture."""
+    torch.manual_seed(0)
+    module = EfficientAdditiveAttention2d(64, 64, backend="triton", fuse_qk=fuse_qk).cuda()
+    x = torch.randn(8, 64, 32, 32, device="cuda", requires_grad=True)
+    dy = torch.randn(8, 64, 32, 32, device="cuda")
+    leaves = [x, *module.parameters()]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (autotuning included) off the default stream, as capture requires
+        for _ in range(3):
+            torch.autograd.grad(module(x), leaves, dy)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = module(x)
+        static_grads = torch.autograd.grad(static_out, leaves, dy)
+    for seed in (1, 2):
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        with torch.no_grad():
+            x.copy_(torch.randn(x.shape, device="cuda", generator=gen))
+            dy.copy_(torch.randn(dy.shape, device="cuda", generator=gen))
+        graph.replay()
+        out = module(x)
+        want = torch.autograd.grad(out, leaves, dy)
+        torch.testing.assert_close(static_out, out, rtol=1e-5, atol=1e-5)
+        for name, got, expected in zip(["x"] + [n for n, _ in module.named_parameters()], static_grads, want):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"grad {name}: {m}")
+
+
 _TUNE_ONCE = """
 import torch
 from crocnet.ops import e2a
