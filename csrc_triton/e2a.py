@@ -419,7 +419,7 @@ def _query_grad_kernel(
         if HAS_QKB:
             acc_dqb += tl.sum(tl.where(rmask[:, None], dq, 0.0), axis=0)
     out = row * P + pid
-    tl.store(PART_DWG + out * D + cols, acc_dwg, mask=cmask)
+    tl.store(PART_DWG + out * D + cols, acc_dwg * scale, mask=cmask)
     tl.store(PART_DB + out * D + cols, acc_db, mask=cmask)
     if HAS_QKB:
         tl.store(PART_DQB + out * D + cols, acc_dqb, mask=cmask)
@@ -583,7 +583,11 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
     dq = dqk[..., :D] if packed else empty((S, B, N, D), dtype=q.dtype, device=dev)
     vec = _vector_width(D, ld, q, k, dy, proj_weight, dq, dk)
     part_dg = empty((S, B, S, P, D), dtype=acc_dtype, device=dev)
-    part_dkb = empty((S, B, P, D), dtype=acc_dtype, device=dev) if has_qkb else part_dg
+    # The programs' partials of the (D,)-sized gradients side by side, so one sum reduces them all: dw_g
+    # (scaled in the kernel), the proj bias's, and with qk_bias the q and k biases'.
+    part_vec = empty((4 if has_qkb else 2, S, B * P, D), dtype=acc_dtype, device=dev)
+    part_dwg, part_db = part_vec[0], part_vec[1]
+    part_dqb, part_dkb = (part_vec[2], part_vec[3]) if has_qkb else (part_db, part_dg)
     fuse_dw = D <= BLOCK_O and BLOCK_D <= _config.FUSED_WEIGHT_GRAD_MAX_BLOCK_D
     part_dw = empty((S, B, P, S, D, D), dtype=acc_dtype, device=dev) if fuse_dw else part_dg
     _key_grad_kernel[(P, S * B)](
@@ -591,9 +595,6 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
         S=S, S_PAD=_config.next_power_of_2(S), HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec,
         VEC=vec, FUSE_DW=fuse_dw, BLOCK_D=BLOCK_D, BLOCK_O=BLOCK_O,
     )
-    part_dwg = empty((S, B, P, D), dtype=acc_dtype, device=dev)
-    part_db = empty((S, B, P, D), dtype=acc_dtype, device=dev)
-    part_dqb = empty((S, B, P, D), dtype=acc_dtype, device=dev) if has_qkb else part_db
     _query_grad_kernel[(P, S * B)](
         q, qkb, dy, w_g, G, stats, part_dg, dq, part_dwg, part_db, part_dqb, B, N, D, ld, P, float(scale), float(eps),
         S=S, HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, VEC=vec, BLOCK_D=BLOCK_D,
@@ -610,12 +611,10 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
             S=S, HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, VEC=vec, BLOCK_D=BLOCK_D,
         )
         d_proj_weight = part_dw.sum(2)
-    d_w_g = part_dwg.view(S, B * P, D).sum(1).mul_(scale)
-    d_bias_stream = part_db.view(S, B * P, D).sum(1)
-    d_proj_bias = d_bias_stream[:, None, :].expand(S, S, D).contiguous()
-    d_qk_bias = None
-    if has_qkb:
-        d_qk_bias = torch.cat([part_dqb.view(S, B * P, D).sum(1), part_dkb.view(S, B * P, D).sum(1)], dim=1)
+    sums = part_vec.sum(2)  # views of it below: every extra PyTorch op costs host time (NOTES.md, item 11)
+    d_w_g = sums[0]
+    d_proj_bias = sums[1].view(1, 1, D) if S == 1 else sums[1][:, None, :].expand(S, S, D).contiguous()
+    d_qk_bias = sums[2:].transpose(0, 1).reshape(S, 2 * D) if has_qkb else None
     if packed:
         return dqk, None, d_w_g, d_proj_weight, d_proj_bias, d_qk_bias
     return dq, dk, d_w_g, d_proj_weight, d_proj_bias, d_qk_bias

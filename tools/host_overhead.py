@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -82,6 +83,17 @@ def cases(batch: int, side: int, dim: int, device: str):
     yield "op: e2a_packed, triton", lambda: e2a_packed(qk, w_g, W, b, qk_bias=qkb, backend="triton")
     for name, module in modules.items():
         yield name, lambda m=module.to(device): m(x)
+    # CroCNet's 3-stream cross attention: ours against the transcription of the authors' module in tests/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from e2a_reference import AuthorsCrossAttention
+
+    from crocnet.nn import CrossEfficientAdditiveAttention
+
+    xs = [torch.randn(batch, N, dim, generator=g).to(device).requires_grad_(True) for _ in range(3)]
+    cross = {"cross module: authors eager": AuthorsCrossAttention(dim, dim),
+             "cross module: ours, triton": CrossEfficientAdditiveAttention(dim, dim, streams=3, backend="triton")}
+    for name, module in cross.items():
+        yield name, lambda m=module.to(device): torch.stack(m(*xs))
 
 
 def measure(batch: int, side: int, dim: int, rounds: int) -> list[dict]:

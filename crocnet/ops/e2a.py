@@ -76,9 +76,10 @@ def _e2a_backward(
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     dq, dk, dw_g, dw, db, dqkb = _kernels().e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale, token_norm, eps, qk_bias)
-    # a custom op returns tensors, never None, and no two returns may share storage
+    # a custom op returns fresh tensors, never None, no two sharing storage (the launcher's gradients of
+    # the (D,)-sized parameters are views of one sum)
     dk = q.new_empty((0,)) if dk is None else dk
-    return dq, dk, dw_g, dw, db, q.new_empty((0,)) if dqkb is None else dqkb
+    return dq, dk, dw_g.clone(), dw, db.clone(), q.new_empty((0,)) if dqkb is None else dqkb.clone()
 
 
 @_e2a_backward.register_fake
