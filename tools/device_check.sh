@@ -10,13 +10,14 @@
 #                tools/bench_report.py on each, fill benchmarks/NOTES.md
 #
 # Environment: OUT (default runs/device), ONLY (space-separated subset of: env tests core ab host unet cross models
-# tune), T_TESTS / T_E2A / T_AB / T_CROSS / T_MODELS / T_TUNE (seconds per step). "ab" times each change built without
-# a GPU against its off switch (benchmarks/NOTES.md items 5-6, 8, 10), early, so a cut call still has them; "host"
-# measures the host time per call of the op and modules (item 11).
+# core32 tune), T_TESTS / T_E2A / T_AB / T_CROSS / T_MODELS / T_CORE32 / T_TUNE (seconds per step). "core" is the E2A
+# core in bf16, "core32" the same in float32 (late: its autotuning is new work). "ab" times each change built
+# without a GPU against its off switch (benchmarks/NOTES.md items 5-6, 8, 10), early, so a cut call still has them;
+# "host" measures the host time per call of the op and modules (item 11).
 set -u
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
-ONLY=${ONLY:-"env tests core ab host unet cross models tune"}
+ONLY=${ONLY:-"env tests core ab host unet cross models core32 tune"}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 declare -A STATUS
 FAILED=0
@@ -51,13 +52,14 @@ bench() {  # bench NAME SECONDS FILE [-k EXPR]
 }
 want tests && step gpu-tests "${T_TESTS:-150}" python3 -m pytest -m gpu tests/ops tests/nn tests/models -q -p no:cacheprovider \
     -k "not autotune_results_persist"
-want core && bench core "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "test_core"
+want core && bench core "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "test_core and bf16"
 AB_TESTS="test_packed_qk or test_row_alignment or test_fused_weight_grad"
 want ab && bench ab "${T_AB:-60}" benchmarks/test_bench_e2a.py -k "$AB_TESTS"
-want host && step host 60 python3 tools/host_overhead.py --rounds 300 --json "$OUT/host.json"
+want host && step host 30 python3 tools/host_overhead.py --rounds 300 --json "$OUT/host.json"
 want unet && bench unet "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "not (test_core or $AB_TESTS)"
 want cross && bench cross "${T_CROSS:-60}" benchmarks/test_bench_cross.py
 want models && bench models "${T_MODELS:-90}" benchmarks/test_bench_models.py
+want core32 && bench core32 "${T_CORE32:-60}" benchmarks/test_bench_e2a.py -k "test_core and fp32"
 # last, so a run cut at the call's limit loses only this: three fresh processes tune from an empty Triton cache
 want tune && step autotune-cache "${T_TUNE:-60}" python3 -m pytest -m gpu tests/ops/test_e2a_gpu.py -q -p no:cacheprovider \
     -k autotune_results_persist
