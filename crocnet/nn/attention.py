@@ -107,15 +107,17 @@ class EfficientAdditiveAttention(nn.Module):
         if 0 in x.shape:
             raise ValueError(f"tokens must be non-empty in every axis (batch, tokens, {self.in_dims}), got {tuple(x.shape)}")
         check_input_dtype(x, self.to_query.weight, "tokens")
-        attention = (self.w_g, self.proj.weight, self.proj.bias, self.scale_factor, self.token_norm, EPS)
         if resolve_backend(self.backend, x, dim=self.to_query.out_features) == "torch":
-            y = e2a(self.to_query(x), self.to_key(x), *attention[:3], scale=self.scale_factor, token_norm=self.token_norm,
-                    eps=EPS, backend="torch")
-        elif self.fuse_qk:  # the kernels straight away: the parameters fit by construction, x is checked above
+            y = e2a(self.to_query(x), self.to_key(x), self.w_g, self.proj.weight, self.proj.bias, scale=self.scale_factor,
+                    token_norm=self.token_norm, eps=EPS, backend="torch")
+            return self.final(y)
+        # the kernels without the public ops' checks: the parameters fit by construction, x is checked above
+        rest = (self.w_g, self.proj.weight, self.proj.bias, self.scale_factor, self.token_norm, EPS)
+        if self.fuse_qk:
             qk = F.linear(x, torch.cat([self.to_query.weight, self.to_key.weight]))  # the bias is added in the kernels
-            y = single_stream_kernels(qk, None, *attention, torch.cat([self.to_query.bias, self.to_key.bias]))
+            y = single_stream_kernels(qk, None, *rest, torch.cat([self.to_query.bias, self.to_key.bias]))
         else:
-            y = single_stream_kernels(self.to_query(x), self.to_key(x), *attention)
+            y = single_stream_kernels(self.to_query(x), self.to_key(x), *rest)
         return self.final(y)
 
 
