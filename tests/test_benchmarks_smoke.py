@@ -31,6 +31,9 @@ def test_benchmark_suites_run_and_report(tmp_path):
     assert report.returncode == 0, report.stderr
     assert "| group | impl | median |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 1000
+    targets = subprocess.run([sys.executable, str(REPO / "tools" / "perf_targets.py"), str(out)], capture_output=True, text=True)
+    assert targets.returncode == 0, targets.stderr
+    assert "| cross-E2A fwd+bwd speed-up over the authors' |" in targets.stdout
     if not data["crocnet"]["device"].startswith("CPU"):
         return
     # on CPU quadratic attention past the token cap is not run: recorded as such, not dropped

@@ -7,7 +7,8 @@
 #                  --implementation cp --platform manylinux2014_x86_64 -d .whl nibabel   # not on the image
 #   device tool: run(command="bash tools/device_check.sh", carry=[".whl"], timeout_s=590)
 #   here, after: copy $OUT's bench-*.json to benchmarks/results/<device>-<date>-<suite>.json, run
-#                tools/bench_report.py on each, fill benchmarks/NOTES.md
+#                tools/bench_report.py on each, fill benchmarks/NOTES.md ($OUT/targets.md: issue 8's targets,
+#                tools/perf_targets.py)
 #
 # Environment: OUT (default runs/device), ONLY (space-separated subset of: env tests core ab host unet cross models
 # core32 tune), T_TESTS / T_E2A / T_AB / T_CROSS / T_MODELS / T_CORE32 / T_TUNE (seconds per step). "core" is the E2A
@@ -68,4 +69,5 @@ echo
 echo "== summary"
 for k in "${!STATUS[@]}"; do echo "$k: ${STATUS[$k]}"; done
 for f in "$OUT"/bench-*.md; do [ -f "$f" ] && { echo "-- $f"; grep -E "^\| (core|unet|cross3|e2aunet)" "$f" | head -n 30; }; done
+compgen -G "$OUT/bench-*.json" >/dev/null && python3 tools/perf_targets.py "$OUT"/bench-*.json --out "$OUT/targets.md" | head -n 45
 exit $FAILED
