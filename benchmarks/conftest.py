@@ -41,6 +41,10 @@ def dtype_for_device():
     return torch.bfloat16 if CUDA else torch.float32
 
 
+#: the dtypes of the issue's targets, by name: bf16 and float32 on a GPU; float32 only on a CPU
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32} if CUDA else {"fp32": torch.float32}
+
+
 #: (test id, reason) of every benchmark skipped in this session: CPU caps, out of memory, failed parity
 SKIPPED: list[tuple[str, str]] = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CUDA, DEVICE, dtype_for_device, run_benchmark
+from conftest import CUDA, DEVICE, DTYPES, dtype_for_device, run_benchmark
 from e2a_reference import AuthorsCrossAttention
 
 from crocnet.nn import CrossEfficientAdditiveAttention
@@ -32,11 +32,12 @@ def cross_parity() -> bool:
 
 @pytest.mark.parametrize("mode", ["forward_backward", "inference"])
 @pytest.mark.parametrize("B, side, D", SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("impl", ["crocnet", "authors"])
-def test_cross(benchmark, cross_parity, impl, B, side, D, mode):
+def test_cross(benchmark, cross_parity, impl, dtype_name, B, side, D, mode):
     if not cross_parity:
         pytest.skip("parity failed: cross-E2A not benchmarked")
-    dtype = dtype_for_device()
+    dtype = DTYPES[dtype_name]
     m = _modules(D, dtype)[impl]
     xs = [torch.randn(B, side * side, D, device=DEVICE, dtype=dtype, requires_grad=mode == "forward_backward") for _ in range(3)]
     dys = [torch.randn_like(x) for x in xs]
@@ -52,6 +53,7 @@ def test_cross(benchmark, cross_parity, impl, B, side, D, mode):
         torch.autograd.backward(outs, dys)
         return outs
 
-    benchmark.group = f"cross3 B{B} {side}x{side}x{D} {mode}"
-    run_benchmark(benchmark, fn, extra={"impl": impl, "mode": mode, "B": B, "tokens": side * side, "D": D, "streams": 3,
-                                        "device": DEVICE}, memory_fn=forward if mode == "forward_backward" else None)
+    benchmark.group = f"cross3 B{B} {side}x{side}x{D} {dtype_name} {mode}"
+    extra = {"impl": impl, "mode": mode, "dtype": dtype_name, "B": B, "tokens": side * side, "D": D, "streams": 3,
+             "device": DEVICE}
+    run_benchmark(benchmark, fn, extra=extra, memory_fn=forward if mode == "forward_backward" else None)

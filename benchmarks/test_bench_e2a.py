@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _impls import attention_module, e2a_module, quadratic, rel_err
-from conftest import CUDA, DEVICE, MHSA_CPU_MAX_TOKENS, SWEEP, UNET_SHAPES, dtype_for_device, run_benchmark
+from conftest import CUDA, DEVICE, DTYPES, MHSA_CPU_MAX_TOKENS, SWEEP, UNET_SHAPES, dtype_for_device, run_benchmark
 
 from crocnet._triton import _config
 from crocnet.ops import e2a, e2a_naive
@@ -45,16 +45,17 @@ def parity() -> dict[str, bool]:
     return ok
 
 
-def _case(benchmark, parity, impl, B, side, D, mode, copy_rate=None):
+def _case(benchmark, parity, impl, B, side, D, mode, dtype_name=None):
     if not parity.get(impl, False):
         pytest.skip(f"parity failed for {impl}: not benchmarked")
     tokens = side * side
-    extra = {"impl": impl, "mode": mode, "B": B, "tokens": tokens, "D": D, "device": DEVICE}
+    dtype_name = dtype_name or ("bf16" if CUDA else "fp32")  # dtype_for_device()'s
+    dtype = DTYPES[dtype_name]
+    extra = {"impl": impl, "mode": mode, "dtype": dtype_name, "B": B, "tokens": tokens, "D": D, "device": DEVICE}
     if quadratic(impl) and not CUDA and tokens > MHSA_CPU_MAX_TOKENS:
         benchmark.extra_info.update(extra, status=f"skipped: quadratic attention above {MHSA_CPU_MAX_TOKENS} tokens on CPU")
         pytest.skip(f"{impl} at {tokens} tokens: quadratic, above the CPU cap of {MHSA_CPU_MAX_TOKENS}")
     torch.manual_seed(0)
-    dtype = dtype_for_device()
     try:
         m = (attention_module(impl, D) if quadratic(impl) else e2a_module(impl, D)).to(DEVICE, dtype)
         x = torch.randn(B, D, side, side, device=DEVICE, dtype=dtype, requires_grad=mode == "forward_backward")
@@ -85,12 +86,13 @@ def _case(benchmark, parity, impl, B, side, D, mode, copy_rate=None):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("B, side, D", UNET_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("impl", E2A_IMPLS + MHSA_IMPLS)
-def test_unet_shapes(benchmark, parity, impl, B, side, D, mode):
+def test_unet_shapes(benchmark, parity, impl, dtype_name, B, side, D, mode):
     if impl == "timm_compile" and not CUDA and (side, D) != (64, 64):
         pytest.skip("torch.compile on CPU only at 64²×64 (each shape compiles for ~20 s)")
-    benchmark.group = f"unet B{B} {side}x{side}x{D} {mode}"
-    _case(benchmark, parity, impl, B, side, D, mode)
+    benchmark.group = f"unet B{B} {side}x{side}x{D} {dtype_name} {mode}"
+    _case(benchmark, parity, impl, B, side, D, mode, dtype_name)
 
 
 @pytest.mark.parametrize("B, side, D", UNET_SHAPES[:3], ids=lambda v: str(v))
@@ -141,20 +143,16 @@ def test_token_sweep(benchmark, parity, impl, B, side, D):
     _case(benchmark, parity, impl, B, side, D, "forward_backward")
 
 
-#: the issue's two dtypes for the core on a GPU; the CPU runs float32 only
-CORE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32} if CUDA else {"fp32": torch.float32}
-
-
 @pytest.mark.parametrize("mode", ["forward", "forward_backward"])
 @pytest.mark.parametrize("B, side, D", UNET_SHAPES[:3], ids=lambda v: str(v))
-@pytest.mark.parametrize("dtype_name", list(CORE_DTYPES))
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("impl", ["core_fused", "core_eager"])
 def test_core(benchmark, parity, copy_rate_gbs, impl, dtype_name, B, side, D, mode):
     """The E2A core alone (pooling + key interaction, no input/output linears): fused op vs eager spec.
     Gradients by ``torch.autograd.grad``, not accumulated into ``.grad`` (an extra pass per call)."""
     if not parity["core"]:
         pytest.skip("parity failed for the core op")
-    dtype = CORE_DTYPES[dtype_name]
+    dtype = DTYPES[dtype_name]
     N = side * side
     q, k = torch.randn(2, B, N, D, device=DEVICE, dtype=dtype).unbind(0)
     w, W, b = torch.randn(D, device=DEVICE, dtype=dtype), torch.randn(D, D, device=DEVICE, dtype=dtype) / D**0.5, torch.randn(D, device=DEVICE, dtype=dtype)

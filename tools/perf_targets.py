@@ -27,6 +27,7 @@ from pathlib import Path
 
 ISSUE_SIZES = ("128x128x32", "64x64x64", "32x32x128")
 MET, NOT_MET, NOT_MEASURED = "met", "**not met**", "not measured"
+NAMES = {"timm": "timm eager", "timm_compile": "timm compiled", "authors": "the authors'"}
 
 
 def _cases(data: list[dict]) -> dict[tuple[str, str], dict]:
@@ -72,26 +73,26 @@ def rows(data: list[dict]) -> list[dict]:
                 b = groups.get(f"core B8 {size} {dtype} {mode}", {}).get("core_fused")
                 share = b.get("extra_info", {}).get("share_of_copy") if b else None
                 add(f"core {mode.replace('_', '+')} share of copy rate", f"{size} {dtype}", share, goal, fmt="{:.0%}")
-    for size in ISSUE_SIZES:
-        impls = groups.get(f"unet B8 {size} forward_backward", {})
-        ours = impls.get("crocnet")
-        for ref, goal in (("timm", 3.0), ("timm_compile", 1.5)):
-            wall, device = _ratio(impls.get(ref), ours)
-            add(f"module fwd+bwd speed-up over {ref.replace('_', ' ')}", size, wall, goal,
-                extra=f" (device {device:.2f}×)" if device else "")
-        mem = (ours["extra_info"].get("memory_bytes") / impls["timm"]["extra_info"]["memory_bytes"]
-               if ours and impls.get("timm") and impls["timm"]["extra_info"].get("memory_bytes") else None)
-        add("module peak memory / timm eager's", size, mem, 0.5, at_least=False)
+    def speed_up(target, case, impls, theirs, goal):
+        wall, device = _ratio(impls.get(theirs), impls.get("crocnet"))
+        add(f"{target} fwd+bwd speed-up over {NAMES[theirs]}", case, wall, goal, extra=f" (device {device:.2f}×)" if device else "")
+
+    def versus(target, case, impls, theirs, goal):
+        """The speed-up and memory rows of ours (``crocnet``) against ``theirs`` in one group's implementations."""
+        speed_up(target, case, impls, theirs, goal)
+        mine, ref = impls.get("crocnet"), impls.get(theirs)
+        mem = (mine["extra_info"].get("memory_bytes") / ref["extra_info"]["memory_bytes"]
+               if mine and ref and ref["extra_info"].get("memory_bytes") else None)
+        add(f"{target} peak memory / {NAMES[theirs]}", case, mem, 0.5, at_least=False)
+
+    for dtype in ("bf16", "fp32"):
+        for size in ISSUE_SIZES:
+            impls = groups.get(f"unet B8 {size} {dtype} forward_backward", {})
+            versus("module", f"{size} {dtype}", impls, "timm", 3.0)
+            speed_up("module", f"{size} {dtype}", impls, "timm_compile", 1.5)
     cross = sorted(g for g in groups if g.startswith("cross3 ") and g.endswith(" forward_backward"))
-    for group in cross or ["cross3 (no case) forward_backward"]:
-        impls = groups.get(group, {})
-        size = group.split()[2] if cross else "—"
-        wall, device = _ratio(impls.get("authors"), impls.get("crocnet"))
-        add("cross-E2A fwd+bwd speed-up over the authors'", size, wall, 3.0, extra=f" (device {device:.2f}×)" if device else "")
-        ours, theirs = impls.get("crocnet"), impls.get("authors")
-        mem = (ours["extra_info"]["memory_bytes"] / theirs["extra_info"]["memory_bytes"]
-               if ours and theirs and theirs["extra_info"].get("memory_bytes") else None)
-        add("cross-E2A peak memory / the authors'", size, mem, 0.5, at_least=False)
+    for group in cross or ["cross3 — — forward_backward"]:
+        versus("cross-E2A", " ".join(group.split()[2:4]), groups.get(group, {}), "authors", 3.0)
     steps = sorted(g for g in groups if re.match(r"e2aunet B\d+ \S+ train_step$", g))
     for group in steps or ["e2aunet (no case) train_step"]:
         impls = groups.get(group, {})
