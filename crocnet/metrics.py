@@ -273,9 +273,14 @@ class MetricSummary:
 def summarize(values: Sequence[float]) -> MetricSummary:
     """Mean, std and median of the finite values, with the number of cases and of NaN (undefined) ones.
 
-    Infinite values are not expected from this module and are rejected.
+    Infinite values are not expected from this module and are rejected, as is anything that is not a real
+    number (``None`` would otherwise become NaN and pass for an undefined case).
     """
-    values = np.asarray(list(values), dtype=np.float64)
+    values = list(values)
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (numbers.Real, np.floating, np.integer)):
+            raise TypeError(f"summarize takes real numbers (NaN for an undefined case), got {v!r} at index {i}")
+    values = np.asarray(values, dtype=np.float64)
     if np.isinf(values).any():
         raise ValueError("summarize got an infinite value; metrics here are finite or NaN")
     defined = values[~np.isnan(values)]

@@ -228,3 +228,6 @@ def test_summarize_counts_undefined_cases():
     assert math.isnan(none.mean) and none.n_undefined == 1
     with pytest.raises(ValueError):
         summarize([float("inf")])
+    with pytest.raises(TypeError, match=r"got None at index 1"):
+        summarize([0.5, None])  # not silently one more undefined case
+    assert summarize([np.float32(0.5), 1, np.int64(0)]).n == 3

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on a lent GPU for issue 8: the kernels at real sizes, then the benchmark suites, each under its
 # own time limit, results under $OUT (the device tool brings them back). Prepared ahead: a session has
-# ~15 minutes of device time, so this is sized for one call of ~9 minutes with room to rerun a part.
+# ~15 minutes of device time, so this is sized for one call of ~9 minutes with room to rerun a part. The steps
+# are in order of value and their limits add up to more than one call: a call cut at its limit keeps every
+# finished step (and the cut one's JSON); the rest runs in a second call, e.g. ONLY="models fp32 tune".
 #
 #   here, once:  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #                  --implementation cp --platform manylinux2014_x86_64 -d .whl nibabel   # not on the image
