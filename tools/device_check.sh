@@ -16,7 +16,7 @@
 # fp32 tune), T_TESTS / T_E2A / T_AB / T_CROSS / T_MODELS / T_FP32 / T_TUNE (seconds per step). "core", "unet" and
 # "cross" run bf16; "fp32" runs what issue 8's targets need in float32 (core, module and cross-E2A forward+backward
 # at the issue's sizes), late: its autotuning and compilation are new work. "ab" times each change built without
-# a GPU against its off switch (benchmarks/NOTES.md items 5-6, 8, 10), early, so a cut call still has them;
+# a GPU against its off switch (benchmarks/NOTES.md items 5-6, 8, 10, 12), early, so a cut call still has them;
 # "host" measures the host time per call of the op and modules (item 11).
 set -u
 OUT=${OUT:-runs/device}
@@ -57,7 +57,7 @@ bench() {  # bench NAME SECONDS FILE [-k EXPR]
 want tests && step gpu-tests "${T_TESTS:-150}" python3 -m pytest -m gpu tests/ops tests/nn tests/models -q -p no:cacheprovider \
     -k "not autotune_results_persist"
 want core && bench core "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "test_core and bf16"
-AB_TESTS="test_packed_qk or test_row_alignment or test_fused_weight_grad"
+AB_TESTS="test_packed_qk or test_row_alignment or test_fused_weight_grad or test_recompute_qk"
 want ab && bench ab "${T_AB:-60}" benchmarks/test_bench_e2a.py -k "$AB_TESTS"
 want host && step host 30 python3 tools/host_overhead.py --rounds 300 --json "$OUT/host.json"
 want unet && bench unet "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "not (test_core or $AB_TESTS) and not fp32"

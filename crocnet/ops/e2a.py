@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from . import _checks
 from .naive import cross_e2a_naive, e2a_naive
@@ -167,6 +168,41 @@ class _E2AFunction(torch.autograd.Function):
         return _finish_grads(ctx, grads, q, k, w_g, proj_weight, qk_bias)
 
 
+class _E2ATokensFunction(torch.autograd.Function):
+    """E2A with its packed input linear, from the tokens ``x (B, N, C)``, for the modules' eager path:
+    ``qk = x W_qkᵀ`` (in the autocast dtype under autocast) is made here and made again in the backward
+    instead of being saved, 2 BND less activation memory for one more GEMM (x read, qk written: 3 BND).
+    Its weight gradient ``Σ_b dqk_bᵀ x_b`` is a batched GEMM that takes the 2D modules' token view
+    ``x.flatten(2).transpose(1, 2)`` without a copy."""
+
+    @staticmethod
+    def forward(ctx, x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale, token_norm, eps):
+        stacked = _as_streams(_tokens_gemm(x, w_qk), None, w_g, proj_weight, proj_bias, qk_bias)
+        y, G, stats, nk = _kernels().e2a_forward(*stacked[:5], scale, token_norm, eps, stacked[5])
+        ctx.save_for_backward(x, w_qk, w_g, proj_weight, qk_bias, G, stats, nk)
+        ctx.scale, ctx.token_norm, ctx.eps, ctx.qk_dtype = scale, token_norm, eps, y.dtype
+        ctx.bias_shape = None if proj_bias is None else proj_bias.shape
+        return y[0]
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w_qk, w_g, proj_weight, qk_bias, G, stats, nk = ctx.saved_tensors
+        x_, w_ = x.to(ctx.qk_dtype), w_qk.to(ctx.qk_dtype)
+        qk = _tokens_gemm(x_, w_)
+        sq, _, sw_g, sproj_weight, _, sqk_bias = _as_streams(qk, None, w_g, proj_weight, None, qk_bias)
+        grads = _kernels().e2a_backward(dy.contiguous()[None].to(ctx.qk_dtype), sq, None, sw_g, sproj_weight, G, stats,
+                                        nk, ctx.scale, ctx.token_norm, ctx.eps, sqk_bias)
+        dqk, _, dw_g, dw, db, dqkb = _finish_grads(ctx, grads, qk, None, w_g, proj_weight, qk_bias)[:6]
+        dx = torch.matmul(dqk, w_).to(x.dtype) if ctx.needs_input_grad[0] else None
+        dw_qk = torch.bmm(dqk.transpose(1, 2), x_).sum(0).to(w_qk.dtype) if ctx.needs_input_grad[1] else None
+        return dx, dw_qk, dqkb, dw_g, dw, db, None, None, None
+
+
+def _tokens_gemm(x, w):
+    """``x (B, N, C) @ wᵀ`` as the input linears compute it (the autocast dtype under autocast)."""
+    return torch.matmul(x, w.t())
+
+
 def _autocast(q, k, proj_weight, proj_bias, qk_bias):
     """Under autocast, run the kernels in the autocast dtype as ``nn.Linear`` would."""
     device_type = q.device.type
@@ -301,6 +337,19 @@ def _single_stream(q, k, qk, w_g, proj_weight, proj_bias, scale, token_norm, eps
         return e2a_naive(q, k, w_g.reshape(-1), proj_weight, proj_bias, scale, token_norm, eps)
     q, k = (q, k) if qk is None else (qk, None)
     return single_stream_kernels(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
+
+
+def tokens_kernels(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float):
+    """:func:`single_stream_kernels` on ``qk = x W_qkᵀ`` (``w_qk (2D, C)``, the input linears' weights stacked),
+    with that GEMM inside the op so that the backward makes qk again instead of keeping it (the modules'
+    ``recompute_qk``). Traced calls (``torch.compile``, ``torch.jit.trace``) keep qk: the custom ops take it."""
+    if _recorded():
+        return single_stream_kernels(F.linear(x, w_qk), None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
+    device_type = x.device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):  # the kernels' operands as nn.Linear's
+        dtype = torch.get_autocast_dtype(device_type)
+        proj_weight, proj_bias, qk_bias = (None if t is None else t.to(dtype) for t in (proj_weight, proj_bias, qk_bias))
+    return _E2ATokensFunction.apply(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale, token_norm, eps)
 
 
 def single_stream_kernels(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float, qk_bias=None):

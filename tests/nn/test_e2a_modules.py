@@ -158,13 +158,13 @@ def test_e2a_block_matches_timms_swiftformer_block(backend):
         torch.testing.assert_close(g[name], g_ref[name], rtol=1e-12, atol=1e-12, msg=lambda m: f"grad {name}: {m}")
 
 
-@pytest.mark.parametrize("backend, fuse_qk, expected", [
-    ("triton", True, "kernels, packed qk"), ("triton", False, "kernels, q and k"), ("torch", True, "e2a"),
-    ("torch", False, "e2a"),
+@pytest.mark.parametrize("backend, fuse_qk, recompute_qk, expected", [
+    ("triton", True, True, "kernels from the tokens"), ("triton", True, False, "kernels, packed qk"),
+    ("triton", False, True, "kernels, q and k"), ("torch", True, True, "e2a"), ("torch", False, False, "e2a"),
 ])
-def test_module_packs_q_and_k_only_for_the_kernels(monkeypatch, backend, fuse_qk, expected):
-    """``fuse_qk`` runs one GEMM into a packed qk where the Triton kernels run; the PyTorch backend keeps
-    timm's two linears."""
+def test_module_packs_q_and_k_only_for_the_kernels(monkeypatch, backend, fuse_qk, recompute_qk, expected):
+    """``fuse_qk`` runs one GEMM into a packed qk where the Triton kernels run (inside the op, made again in
+    the backward, with ``recompute_qk``); the PyTorch backend keeps timm's two linears."""
     import crocnet.nn.attention as attention
 
     called = []
@@ -173,14 +173,44 @@ def test_module_packs_q_and_k_only_for_the_kernels(monkeypatch, backend, fuse_qk
         called.append("kernels, packed qk" if k is None else "kernels, q and k")
         return _real(q, k, *args)
 
+    def from_tokens(*args, _real=attention.tokens_kernels):
+        called.append("kernels from the tokens")
+        return _real(*args)
+
     def spec(*args, _real=attention.e2a, **kwargs):
         called.append("e2a")
         return _real(*args, **kwargs)
 
     monkeypatch.setattr(attention, "single_stream_kernels", kernels)
+    monkeypatch.setattr(attention, "tokens_kernels", from_tokens)
     monkeypatch.setattr(attention, "e2a", spec)
     device = triton_device() if backend == "triton" else "cpu"
-    module = EfficientAdditiveAttention(16, 24, backend=backend, fuse_qk=fuse_qk).to(device)
-    assert f"fuse_qk={fuse_qk}" in repr(module)
+    module = EfficientAdditiveAttention(16, 24, backend=backend, fuse_qk=fuse_qk, recompute_qk=recompute_qk).to(device)
+    assert f"fuse_qk={fuse_qk}, recompute_qk={recompute_qk}" in repr(module)
     module(torch.randn(2, 5, 16, device=device))
     assert called == [expected]
+
+
+def test_recompute_qk_keeps_no_qk_for_the_backward_and_changes_no_gradient():
+    """``recompute_qk`` (the default): the packed qk, 2 BND, is made again in the backward instead of being
+    saved, and the output and every gradient are those of the module that keeps it (float64; the kernels in
+    the interpreter, or on a GPU in float32)."""
+    device = triton_device()
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    B, C, side, D = 2, 12, 5, 16
+    x = torch.randn(B, C, side, side, dtype=dtype, device=device)
+    runs = {}
+    for recompute in (True, False):
+        torch.manual_seed(0)
+        module = EfficientAdditiveAttention2d(C, D, backend="triton", recompute_qk=recompute).to(device, dtype)
+        leaf = x.clone().requires_grad_(True)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = module(leaf)
+        out.backward(torch.ones_like(out))
+        qk_shaped = [t for t in saved if tuple(t.shape) == (B, side * side, 2 * D)]
+        runs[recompute] = (out.detach(), leaf.grad, {n: p.grad for n, p in module.named_parameters()}, qk_shaped)
+    assert runs[True][3] == [] and len(runs[False][3]) == 1  # only the module that keeps qk saves it
+    for name, want, got in [("out", runs[False][0], runs[True][0]), ("dx", runs[False][1], runs[True][1])] + [
+            (n, runs[False][2][n], runs[True][2][n]) for n in runs[False][2]]:
+        torch.testing.assert_close(got, want, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-12, msg=name)
