@@ -121,7 +121,7 @@ class EfficientAdditiveAttention(nn.Module):
             w_qk = torch.cat([self.to_query.weight, self.to_key.weight])
             qk_bias = torch.cat([self.to_query.bias, self.to_key.bias])
             if self.recompute_qk:
-                y = tokens_kernels(x, w_qk, qk_bias, *rest)
+                y = tokens_kernels([x], w_qk, qk_bias, *rest)
             else:
                 y = single_stream_kernels(F.linear(x, w_qk), None, *rest, qk_bias)
         else:

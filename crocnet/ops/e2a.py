@@ -169,38 +169,50 @@ class _E2AFunction(torch.autograd.Function):
 
 
 class _E2ATokensFunction(torch.autograd.Function):
-    """E2A with its packed input linear, from the tokens ``x (B, N, C)``, for the modules' eager path:
-    ``qk = x W_qkᵀ`` (in the autocast dtype under autocast) is made here and made again in the backward
-    instead of being saved, 2 BND less activation memory for one more GEMM (x read, qk written: 3 BND).
-    Its weight gradient ``Σ_b dqk_bᵀ x_b`` is a batched GEMM that takes the 2D modules' token view
-    ``x.flatten(2).transpose(1, 2)`` without a copy."""
+    """E2A with its packed input linears, from each stream's tokens ``x_s (B, N, C)``, for the modules' eager
+    path: ``qk_s = x_s W_qk,sᵀ`` (in the autocast dtype under autocast) is made here and made again in the
+    backward instead of being saved, 2 BND a stream less activation memory for one more GEMM (x read, qk
+    written: 3 BND). The weight gradient ``Σ_b dqk_bᵀ x_b`` is a batched GEMM that takes the 2D modules'
+    token view ``x.flatten(2).transpose(1, 2)`` without a copy. One stream: ``w_qk (2D, C)`` and the
+    single-stream parameter shapes; S streams: ``w_qk (S, 2D, C)`` and the stacked ones."""
 
     @staticmethod
-    def forward(ctx, x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale, token_norm, eps):
-        stacked = _as_streams(_tokens_gemm(x, w_qk), None, w_g, proj_weight, proj_bias, qk_bias)
+    def forward(ctx, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale, token_norm, eps, *xs):
+        qk = _streams_gemm(xs, w_qk)
+        stacked = _as_streams(qk if w_qk.dim() == 3 else qk[0], None, w_g, proj_weight, proj_bias, qk_bias)
         y, G, stats, nk = _kernels().e2a_forward(*stacked[:5], scale, token_norm, eps, stacked[5])
-        ctx.save_for_backward(x, w_qk, w_g, proj_weight, qk_bias, G, stats, nk)
+        ctx.save_for_backward(w_qk, w_g, proj_weight, qk_bias, G, stats, nk, *xs)
         ctx.scale, ctx.token_norm, ctx.eps, ctx.qk_dtype = scale, token_norm, eps, y.dtype
         ctx.bias_shape = None if proj_bias is None else proj_bias.shape
-        return y[0]
+        return y if w_qk.dim() == 3 else y[0]
 
     @staticmethod
     def backward(ctx, dy):
-        x, w_qk, w_g, proj_weight, qk_bias, G, stats, nk = ctx.saved_tensors
-        x_, w_ = x.to(ctx.qk_dtype), w_qk.to(ctx.qk_dtype)
-        qk = _tokens_gemm(x_, w_)
-        sq, _, sw_g, sproj_weight, _, sqk_bias = _as_streams(qk, None, w_g, proj_weight, None, qk_bias)
-        grads = _kernels().e2a_backward(dy.contiguous()[None].to(ctx.qk_dtype), sq, None, sw_g, sproj_weight, G, stats,
-                                        nk, ctx.scale, ctx.token_norm, ctx.eps, sqk_bias)
+        w_qk, w_g, proj_weight, qk_bias, G, stats, nk, *xs = ctx.saved_tensors
+        xs_, w_ = [x.to(ctx.qk_dtype) for x in xs], w_qk.to(ctx.qk_dtype)
+        qk = _streams_gemm(xs_, w_)
+        sq, _, sw_g, sproj_weight, _, sqk_bias = _as_streams(qk if w_qk.dim() == 3 else qk[0], None, w_g, proj_weight,
+                                                              None, qk_bias)
+        dy = dy.contiguous().view(qk.shape[:-1] + (-1,)).to(ctx.qk_dtype)
+        grads = _kernels().e2a_backward(dy, sq, None, sw_g, sproj_weight, G, stats, nk, ctx.scale, ctx.token_norm,
+                                        ctx.eps, sqk_bias)
         dqk, _, dw_g, dw, db, dqkb = _finish_grads(ctx, grads, qk, None, w_g, proj_weight, qk_bias)[:6]
-        dx = torch.matmul(dqk, w_).to(x.dtype) if ctx.needs_input_grad[0] else None
-        dw_qk = torch.bmm(dqk.transpose(1, 2), x_).sum(0).to(w_qk.dtype) if ctx.needs_input_grad[1] else None
-        return dx, dw_qk, dqkb, dw_g, dw, db, None, None, None
+        w3 = w_.view(len(xs), -1, w_.shape[-1])
+        dxs = [torch.matmul(dqk[s], w3[s]).to(x.dtype) if ctx.needs_input_grad[8 + s] else None for s, x in enumerate(xs)]
+        dw_qk = None
+        if ctx.needs_input_grad[0]:
+            dws = [torch.bmm(dqk[s].transpose(1, 2), x).sum(0) for s, x in enumerate(xs_)]
+            dw_qk = (dws[0] if w_qk.dim() == 2 else torch.stack(dws)).to(w_qk.dtype)
+        return (dw_qk, dqkb, dw_g, dw, db, None, None, None, *dxs)
 
 
-def _tokens_gemm(x, w):
-    """``x (B, N, C) @ wᵀ`` as the input linears compute it (the autocast dtype under autocast)."""
-    return torch.matmul(x, w.t())
+def _streams_gemm(xs, w_qk):
+    """``qk (S, B, N, 2D)``: each stream's tokens ``xs[s] (B, N, C) @ w_qk[s]ᵀ`` as the input linears compute
+    them (in the autocast dtype under autocast); ``w_qk (S, 2D, C)``, or ``(2D, C)`` for one stream."""
+    w = w_qk.view(len(xs), -1, w_qk.shape[-1])
+    if len(xs) == 1:
+        return torch.matmul(xs[0], w[0].t())[None]
+    return torch.stack([torch.matmul(x, w_s.t()) for x, w_s in zip(xs, w)])
 
 
 def _autocast(q, k, proj_weight, proj_bias, qk_bias):
@@ -339,17 +351,24 @@ def _single_stream(q, k, qk, w_g, proj_weight, proj_bias, scale, token_norm, eps
     return single_stream_kernels(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
 
 
-def tokens_kernels(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float):
-    """:func:`single_stream_kernels` on ``qk = x W_qkᵀ`` (``w_qk (2D, C)``, the input linears' weights stacked),
-    with that GEMM inside the op so that the backward makes qk again instead of keeping it (the modules'
-    ``recompute_qk``). Traced calls (``torch.compile``, ``torch.jit.trace``) keep qk: the custom ops take it."""
+def tokens_kernels(xs, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float):
+    """The Triton kernels on ``qk_s = x_s W_qk,sᵀ`` for each stream's tokens ``xs[s] (B, N, C)``, with those GEMMs
+    inside the op so that the backward makes qk again instead of keeping it (the modules' ``recompute_qk``),
+    without the public ops' argument checks. One stream: ``w_qk (2D, C)``, ``qk_bias (2D,)`` and the
+    parameters of :func:`e2a`, result ``(B, N, D)``; S streams: ``w_qk (S, 2D, C)``, ``qk_bias (S, 2D)`` and
+    those of :func:`cross_e2a`, result ``(S, B, N, D)``. Traced calls (``torch.compile``, ``torch.jit.trace``)
+    keep qk: the custom ops take it."""
     if _recorded():
-        return single_stream_kernels(F.linear(x, w_qk), None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
-    device_type = x.device.type
+        if w_qk.dim() == 2:
+            return single_stream_kernels(F.linear(xs[0], w_qk), None, w_g, proj_weight, proj_bias, scale, token_norm, eps,
+                                         qk_bias)
+        qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
+        return _triton_e2a(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
+    device_type = xs[0].device.type
     if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):  # the kernels' operands as nn.Linear's
         dtype = torch.get_autocast_dtype(device_type)
         proj_weight, proj_bias, qk_bias = (None if t is None else t.to(dtype) for t in (proj_weight, proj_bias, qk_bias))
-    return _E2ATokensFunction.apply(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale, token_norm, eps)
+    return _E2ATokensFunction.apply(w_qk, qk_bias, w_g, proj_weight, proj_bias, scale, token_norm, eps, *xs)
 
 
 def single_stream_kernels(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float, qk_bias=None):

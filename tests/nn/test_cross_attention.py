@@ -22,13 +22,14 @@ def _run(module, xs, dys):
     return [o.detach() for o in outs], grads(module, xs)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton", "triton-two-linears"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "triton-keep-qk", "triton-two-linears"])
 @pytest.mark.parametrize("final_bug", [True, False], ids=["authors-final-bug", "per-stream-final"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_matches_the_authors_formulation(backend, final_bug, dtype):
     """Outputs and every gradient against the authors' form; "triton" packs each stream's q and k into one
-    GEMM (``fuse_qk``, the default), "triton-two-linears" does not."""
-    backend, fuse_qk = backend.split("-")[0], not backend.endswith("two-linears")
+    GEMM (``fuse_qk``, the default) made again in the backward (``recompute_qk``, the default),
+    "triton-keep-qk" keeps it for the backward, "triton-two-linears" does not pack."""
+    backend, fuse_qk, recompute_qk = backend.split("-")[0], not backend.endswith("two-linears"), not backend.endswith("keep-qk")
     if backend == "triton" and dtype == torch.float64 and not interpreting():
         pytest.skip("float64 kernels run in the interpreter only")
     dev = _device(backend)
@@ -38,7 +39,8 @@ def test_matches_the_authors_formulation(backend, final_bug, dtype):
     dys = [torch.randn(2, 29, 24, dtype=torch.float64) for _ in range(3)]
     out64, g64 = _run(ref, xs, dys)
 
-    ours = CrossEfficientAdditiveAttention(12, 24, streams=3, backend=backend, authors_final_bug=final_bug, fuse_qk=fuse_qk)
+    ours = CrossEfficientAdditiveAttention(12, 24, streams=3, backend=backend, authors_final_bug=final_bug, fuse_qk=fuse_qk,
+                                           recompute_qk=recompute_qk)
     ours.load_crocnet_state_dict(ref.state_dict())
     ours = ours.to(dev, dtype)
     out, g = _run(ours, [x.to(dev, dtype) for x in xs], [d.to(dev, dtype) for d in dys])
@@ -209,23 +211,39 @@ def test_cross_block_layer_scales_start_small():
         assert (o - x).abs().max() < 1e-3
 
 
-@pytest.mark.parametrize("backend, fuse_qk, expected", [
-    ("triton", True, "cross_e2a_packed"), ("triton", False, "cross_e2a"), ("torch", True, "cross_e2a_streams"),
+@pytest.mark.parametrize("backend, fuse_qk, recompute_qk, expected", [
+    ("triton", True, True, "tokens_kernels"), ("triton", True, False, "cross_e2a_packed"),
+    ("triton", False, True, "cross_e2a"), ("torch", True, True, "cross_e2a_streams"),
 ])
-def test_module_packs_q_and_k_only_for_the_kernels(monkeypatch, backend, fuse_qk, expected):
-    """``fuse_qk``: one GEMM per stream into a packed qk where the Triton kernels run; the PyTorch backend
-    keeps two linears per stream and its per-stream form."""
+def test_module_packs_q_and_k_only_for_the_kernels(monkeypatch, backend, fuse_qk, recompute_qk, expected):
+    """``fuse_qk``: one GEMM per stream into a packed qk where the Triton kernels run (inside the op, made
+    again in the backward, with ``recompute_qk``); the PyTorch backend keeps two linears per stream and its
+    per-stream form."""
     import crocnet.nn.cross_attention as cross
 
     called = []
-    for name in ("cross_e2a", "cross_e2a_packed", "cross_e2a_streams"):
+    for name in ("cross_e2a", "cross_e2a_packed", "cross_e2a_streams", "tokens_kernels"):
         def spy(*args, _real=getattr(cross, name), _name=name, **kwargs):
             called.append(_name)
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(cross, name, spy)
     dev = _device(backend)
-    module = CrossEfficientAdditiveAttention(8, 16, backend=backend, fuse_qk=fuse_qk).to(dev)
-    assert f"fuse_qk={fuse_qk}" in repr(module)
+    module = CrossEfficientAdditiveAttention(8, 16, backend=backend, fuse_qk=fuse_qk, recompute_qk=recompute_qk).to(dev)
+    assert f"fuse_qk={fuse_qk}, recompute_qk={recompute_qk}" in repr(module)
     module(*(torch.randn(2, 5, 8, device=dev) for _ in range(3)))
     assert called == [expected]
+
+
+def test_recompute_qk_keeps_no_stream_qk_for_the_backward():
+    """With ``recompute_qk`` (the default) the three streams' packed qk (2 BND each) is made again in the
+    backward, not saved; the module that keeps it saves the stacked ``(3, B, N, 2D)``."""
+    dev = _device("triton")
+    xs = [torch.randn(2, 7, 8, device=dev, requires_grad=True) for _ in range(3)]
+    for recompute, want in ((True, 0), (False, 1)):
+        module = CrossEfficientAdditiveAttention(8, 16, backend="triton", recompute_qk=recompute).to(dev)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+            outs = module(*xs)
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+        assert saved.count((3, 2, 7, 32)) == want, saved
