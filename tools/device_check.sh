@@ -12,16 +12,17 @@
 #                tools/bench_report.py on each, fill benchmarks/NOTES.md ($OUT/targets.md: issue 8's targets,
 #                tools/perf_targets.py)
 #
-# Environment: OUT (default runs/device), ONLY (space-separated subset of: env tests core ab host unet cross models
-# fp32 tune), T_TESTS / T_E2A / T_AB / T_CROSS / T_MODELS / T_FP32 / T_TUNE (seconds per step). "core", "unet" and
-# "cross" run bf16; "fp32" runs what issue 8's targets need in float32 (core, module and cross-E2A forward+backward
-# at the issue's sizes), late: its autotuning and compilation are new work. "ab" times each change built without
+# Environment: OUT (default runs/device), ONLY (space-separated subset of: env tests core ab host module unet cross
+# models fp32 tune), T_TESTS / T_E2A / T_AB / T_MODULE / T_CROSS / T_MODELS / T_FP32 / T_TUNE (seconds per step).
+# "core", "module" (the module cases the targets read), "unet" (the rest of the module suite) and "cross" run
+# bf16; "fp32" runs what issue 8's targets need in float32 (core, module and cross-E2A forward+backward at the
+# issue's sizes), late: its autotuning and compilation are new work. "ab" times each change built without
 # a GPU against its off switch (benchmarks/NOTES.md items 5-6, 8, 10, 12), early, so a cut call still has them;
 # "host" measures the host time per call of the op and modules (item 11).
 set -u
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
-ONLY=${ONLY:-"env tests core ab host unet cross models fp32 tune"}
+ONLY=${ONLY:-"env tests core ab host module unet cross models fp32 tune"}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 declare -A STATUS
 FAILED=0
@@ -60,12 +61,17 @@ want core && bench core "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "test_co
 AB_TESTS="test_packed_qk or test_row_alignment or test_fused_weight_grad or test_recompute_qk"
 want ab && bench ab "${T_AB:-60}" benchmarks/test_bench_e2a.py -k "$AB_TESTS"
 want host && step host 30 python3 tools/host_overhead.py --rounds 300 --json "$OUT/host.json"
-want unet && bench unet "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "not (test_core or $AB_TESTS) and not fp32"
+# the module cases issue 8's targets read (ours, timm eager and compiled; forward+backward at the issue's sizes),
+# before the rest of the module suite, whose torch.compile cases compile for every shape and mode
+ISSUE_SIZES="8-128-32 or 8-64-64 or 8-32-128"
+MODULE_TARGETS="test_unet_shapes and forward_backward and (crocnet or timm) and ($ISSUE_SIZES)"
+want module && bench module "${T_MODULE:-120}" benchmarks/test_bench_e2a.py -k "bf16 and $MODULE_TARGETS"
+want unet && bench unet "${T_E2A:-120}" benchmarks/test_bench_e2a.py \
+    -k "not (test_core or $AB_TESTS) and not fp32 and not ($MODULE_TARGETS)"
 want cross && bench cross "${T_CROSS:-60}" benchmarks/test_bench_cross.py -k bf16
 want models && bench models "${T_MODELS:-90}" benchmarks/test_bench_models.py
-ISSUE_SIZES="8-128-32 or 8-64-64 or 8-32-128"
-want fp32 && bench fp32 "${T_FP32:-120}" benchmarks/test_bench_e2a.py benchmarks/test_bench_cross.py -k "fp32 and (test_core \
-    or (test_unet_shapes and forward_backward and (crocnet or timm) and ($ISSUE_SIZES)) or (test_cross and forward_backward))"
+want fp32 && bench fp32 "${T_FP32:-120}" benchmarks/test_bench_e2a.py benchmarks/test_bench_cross.py \
+    -k "fp32 and (test_core or $MODULE_TARGETS or (test_cross and forward_backward))"
 # last, so a run cut at the call's limit loses only this: three fresh processes tune from an empty Triton cache
 want tune && step autotune-cache "${T_TUNE:-60}" python3 -m pytest -m gpu tests/ops/test_e2a_gpu.py -q -p no:cacheprovider \
     -k autotune_results_persist
