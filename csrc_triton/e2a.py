@@ -478,6 +478,12 @@ def _proj_weight_grad_kernel(
 # launchers: tensors in, tensors out
 # --------------------------------------------------------------------------------------------------------
 
+#: The kernels by name, for the tools that swap them for recorders or no-ops (tools/compile_check.py,
+#: tools/host_overhead.py).
+KERNELS = ("_pool_partials_kernel", "_key_interaction_kernel", "_key_grad_kernel", "_query_grad_kernel",
+           "_proj_weight_grad_kernel")
+
+
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
 
 

@@ -43,8 +43,6 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from crocnet._triton import e2a  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-KERNELS = ("_pool_partials_kernel", "_key_interaction_kernel", "_key_grad_kernel", "_query_grad_kernel",
-           "_proj_weight_grad_kernel")
 ACCESS = re.compile(r"\b(?:ld|st)\.global(?:\.\w+)*?\.(v[248]\.)?[bfsu](8|16|32|64)\b")
 TENSOR_CORE = re.compile(r"\b(wgmma|mma)\.")
 
@@ -69,7 +67,7 @@ def launches(D: int, dtype: torch.dtype, S: int, layout: str, token_norm: str):
         def __getitem__(self, grid):
             return lambda *args, **kwargs: recorded.append((self.kernel, args, kwargs))
 
-    kernels = {name: getattr(e2a, name) for name in KERNELS}
+    kernels = {name: getattr(e2a, name) for name in e2a.KERNELS}
     B, N = 2, 40  # B, N and the program counts are not specialised on: any small values do
     gen = torch.Generator().manual_seed(0)
     rand = lambda *shape: torch.randn(*shape, generator=gen).to(dtype)  # noqa: E731

@@ -26,10 +26,6 @@ import torch
 if not torch.cuda.is_available():  # before triton is imported: the Triton backend then takes CPU tensors
     os.environ["TRITON_INTERPRET"] = "1"
 
-KERNELS = ("_pool_partials_kernel", "_key_interaction_kernel", "_key_grad_kernel", "_query_grad_kernel",
-           "_proj_weight_grad_kernel")
-
-
 def stub_kernels() -> None:
     """Swap the kernels for launches that do nothing (CPU only: the host work is what is measured)."""
     from crocnet._triton import e2a as kernels
@@ -38,7 +34,7 @@ def stub_kernels() -> None:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: None
 
-    for name in KERNELS:
+    for name in kernels.KERNELS:
         setattr(kernels, name, _NoLaunch())
 
 

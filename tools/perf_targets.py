@@ -30,13 +30,13 @@ MET, NOT_MET, NOT_MEASURED = "met", "**not met**", "not measured"
 NAMES = {"timm": "timm eager", "timm_compile": "timm compiled", "authors": "the authors'"}
 
 
-def _cases(data: list[dict]) -> dict[tuple[str, str], dict]:
-    """{(group, impl): benchmark} over every JSON's benchmarks."""
-    out = {}
+def _groups(data: list[dict]) -> dict[str, dict[str, dict]]:
+    """{group: {impl: benchmark}} over every JSON's benchmarks."""
+    groups = defaultdict(dict)
     for d in data:
         for b in d.get("benchmarks", []):
-            out[(b.get("group") or "", b.get("extra_info", {}).get("impl", b["name"]))] = b
-    return out
+            groups[b.get("group") or ""][b.get("extra_info", {}).get("impl", b["name"])] = b
+    return groups
 
 
 def _ratio(slow: dict | None, fast: dict | None) -> tuple[float | None, float | None]:
@@ -56,10 +56,7 @@ def _status(value: float | None, goal: float, at_least: bool) -> str:
 
 def rows(data: list[dict]) -> list[dict]:
     """One row a target and case: ``target``, ``case``, ``measured`` (text), ``goal`` (text), ``status``."""
-    cases = _cases(data)
-    groups = defaultdict(dict)
-    for (group, impl), b in cases.items():
-        groups[group][impl] = b
+    groups = _groups(data)
     out = []
 
     def add(target, case, value, goal, at_least=True, fmt="{:.2f}×", extra=""):

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..arguments import positive_int
 from ..ops import e2a
-from ..ops._checks import BACKENDS, resolve_backend
+from ..ops._checks import BACKENDS, autocast_dtype, resolve_backend
 from ..ops.e2a import single_stream_kernels, tokens_kernels
 from ..ops.naive import TOKEN_NORMS
 
@@ -23,7 +23,7 @@ def check_input_dtype(x: torch.Tensor, weight: torch.Tensor, what: str) -> None:
     """Raise a ``TypeError`` unless ``x`` is floating point and, outside autocast, of the parameters' dtype."""
     if not x.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got {x.dtype}")
-    autocast = x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type)
+    autocast = autocast_dtype(x) is not None
     if x.dtype == weight.dtype or autocast and {x.dtype, weight.dtype} <= _AUTOCAST_DTYPES:
         return
     where = "(autocast casts only float16, bfloat16 and float32)" if autocast else "(outside autocast)"

@@ -55,6 +55,14 @@ def check_options(token_norm: str, backend: str, eps: float, scale: float | None
         raise ValueError(f"scale must be finite (or None for D ** -0.5), got {scale!r}")
 
 
+def autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast runs matmuls in on ``t``'s device (CUDA or CPU), or None outside autocast."""
+    device_type = t.device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
 def check_streams(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -92,7 +100,7 @@ def check_streams(
     # Under autocast the matmuls run in the autocast dtype whatever the operands' (as for nn.Linear);
     # elsewhere a parameter in another dtype would fail in the PyTorch path and silently mix precisions in
     # the kernels, so both refuse it.
-    if not (q.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(q.device.type)):
+    if autocast_dtype(q) is None:
         for name, t in [("w_g", w_g), ("proj_weight", proj_weight)] + optional:
             if t.dtype != q.dtype:
                 raise TypeError(f"{name} must have q's dtype {q.dtype} (outside autocast), got {t.dtype}")

@@ -217,9 +217,8 @@ def _streams_gemm(xs, w_qk):
 
 def _autocast(q, k, proj_weight, proj_bias, qk_bias):
     """Under autocast, run the kernels in the autocast dtype as ``nn.Linear`` would."""
-    device_type = q.device.type
-    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
+    dtype = _checks.autocast_dtype(q)
+    if dtype is not None:
         q, proj_weight = q.to(dtype), proj_weight.to(dtype)
         k, proj_bias, qk_bias = (None if t is None else t.to(dtype) for t in (k, proj_bias, qk_bias))
     return q, k, proj_weight, proj_bias, qk_bias
@@ -364,9 +363,8 @@ def tokens_kernels(xs, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale: float,
                                          qk_bias)
         qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
         return _triton_e2a(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
-    device_type = xs[0].device.type
-    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):  # the kernels' operands as nn.Linear's
-        dtype = torch.get_autocast_dtype(device_type)
+    dtype = _checks.autocast_dtype(xs[0])
+    if dtype is not None:  # the kernels' operands as nn.Linear's (the Function's GEMMs autocast themselves)
         proj_weight, proj_bias, qk_bias = (None if t is None else t.to(dtype) for t in (proj_weight, proj_bias, qk_bias))
     return _E2ATokensFunction.apply(w_qk, qk_bias, w_g, proj_weight, proj_bias, scale, token_norm, eps, *xs)
 
