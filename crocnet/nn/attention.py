@@ -116,14 +116,15 @@ class EfficientAdditiveAttention(nn.Module):
                     token_norm=self.token_norm, eps=EPS, backend="torch")
             return self.final(y)
         # the kernels without the public ops' checks: the parameters fit by construction, x is checked above
-        rest = (self.w_g, self.proj.weight, self.proj.bias, self.scale_factor, self.token_norm, EPS)
+        query, key, proj = self.to_query, self.to_key, self.proj
+        if self.fuse_qk and self.recompute_qk:  # one GEMM for q and k inside the op, made again in the backward
+            y = tokens_kernels([x], [query.weight, key.weight], [query.bias, key.bias], [self.w_g], [proj.weight],
+                               [proj.bias], self.scale_factor, self.token_norm, EPS)
+            return self.final(y)
+        rest = (self.w_g, proj.weight, proj.bias, self.scale_factor, self.token_norm, EPS)
         if self.fuse_qk:  # one GEMM for q and k; their bias is added in the kernels
-            w_qk = torch.cat([self.to_query.weight, self.to_key.weight])
-            qk_bias = torch.cat([self.to_query.bias, self.to_key.bias])
-            if self.recompute_qk:
-                y = tokens_kernels([x], w_qk, qk_bias, *rest)
-            else:
-                y = single_stream_kernels(F.linear(x, w_qk), None, *rest, qk_bias)
+            w_qk = torch.cat([query.weight, key.weight])
+            y = single_stream_kernels(F.linear(x, w_qk), None, *rest, torch.cat([query.bias, key.bias]))
         else:
             y = single_stream_kernels(self.to_query(x), self.to_key(x), *rest)
         return self.final(y)

@@ -110,16 +110,21 @@ class CrossEfficientAdditiveAttention(nn.Module):
             check_input_dtype(x, self.to_query[s].weight, f"stream {s}")
         kernels = resolve_backend(self.backend, xs[0], dim=self.to_query[0].out_features) == "triton"
         options = {"scale": self.scale_factor, "token_norm": self.token_norm, "backend": self.backend}
+        if kernels and self.fuse_qk and self.recompute_qk:
+            # one GEMM a stream for q and k inside the op, made again in the backward; the parameters go in one
+            # tensor each (stacked inside, without autograd nodes) and fit by construction: no op checks
+            pairs = list(zip(self.to_query, self.to_key))
+            y = tokens_kernels(xs, [w for q, k in pairs for w in (q.weight, k.weight)],
+                               [b for q, k in pairs for b in (q.bias, k.bias)], list(self.w_g),
+                               [p.weight for row in self.proj for p in row], [p.bias for row in self.proj for p in row],
+                               self.scale_factor, self.token_norm, EPS)
+            return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(y.unbind(0)))
         w_g = [w.reshape(-1) for w in self.w_g]
         if kernels and self.fuse_qk:  # one GEMM a stream for q and k; their bias is added in the kernels
             w_qk = torch.stack([torch.cat([q.weight, k.weight]) for q, k in zip(self.to_query, self.to_key)])
             qk_bias = torch.stack([torch.cat([q.bias, k.bias]) for q, k in zip(self.to_query, self.to_key)])
-            if self.recompute_qk:  # the parameters fit by construction and xs are checked above: no op checks
-                y = tokens_kernels(xs, w_qk, qk_bias, torch.stack(w_g), *self._stacked_proj(), self.scale_factor,
-                                   self.token_norm, EPS)
-            else:
-                qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
-                y = cross_e2a_packed(qk, torch.stack(w_g), *self._stacked_proj(), qk_bias=qk_bias, **options)
+            qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
+            y = cross_e2a_packed(qk, torch.stack(w_g), *self._stacked_proj(), qk_bias=qk_bias, **options)
             return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(y.unbind(0)))
         qs = [lin(x) for lin, x in zip(self.to_query, xs)]
         ks = [lin(x) for lin, x in zip(self.to_key, xs)]

@@ -173,46 +173,92 @@ class _E2ATokensFunction(torch.autograd.Function):
     path: ``qk_s = x_s W_qk,sᵀ`` (in the autocast dtype under autocast) is made here and made again in the
     backward instead of being saved, 2 BND a stream less activation memory for one more GEMM (x read, qk
     written: 3 BND). The weight gradient ``Σ_b dqk_bᵀ x_b`` is a batched GEMM that takes the 2D modules'
-    token view ``x.flatten(2).transpose(1, 2)`` without a copy. One stream: ``w_qk (2D, C)`` and the
-    single-stream parameter shapes; S streams: ``w_qk (S, 2D, C)`` and the stacked ones."""
+    token view ``x.flatten(2).transpose(1, 2)`` without a copy.
+
+    Takes the modules' parameters one tensor each (``tensors``: the S streams' tokens, then the groups of
+    :func:`_stack_parameters`) and stacks them here, where autograd records nothing; their gradients go back
+    as views of the stacked ones. Stacking outside cost every call a cat or stack with its autograd node per
+    group and stream (about 80 µs of a 3-stream module's host time, ``tools/host_overhead.py``)."""
 
     @staticmethod
-    def forward(ctx, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale, token_norm, eps, *xs):
+    def forward(ctx, layout, scale, token_norm, eps, *tensors):
+        S, has_qkb, has_bias = layout
+        xs, params = tensors[:S], tensors[S:]
+        w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
+        dtype = _checks.autocast_dtype(xs[0])
+        if dtype is not None:  # the kernels' operands as nn.Linear's (the GEMMs below autocast themselves)
+            proj_weight, proj_bias, qk_bias = (None if t is None else t.to(dtype) for t in (proj_weight, proj_bias, qk_bias))
         qk = _streams_gemm(xs, w_qk)
-        stacked = _as_streams(qk if w_qk.dim() == 3 else qk[0], None, w_g, proj_weight, proj_bias, qk_bias)
-        y, G, stats, nk = _kernels().e2a_forward(*stacked[:5], scale, token_norm, eps, stacked[5])
+        y, G, stats, nk = _kernels().e2a_forward(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
         ctx.save_for_backward(w_qk, w_g, proj_weight, qk_bias, G, stats, nk, *xs)
-        ctx.scale, ctx.token_norm, ctx.eps, ctx.qk_dtype = scale, token_norm, eps, y.dtype
-        ctx.bias_shape = None if proj_bias is None else proj_bias.shape
-        return y if w_qk.dim() == 3 else y[0]
+        ctx.layout, ctx.scale, ctx.token_norm, ctx.eps, ctx.qk_dtype = layout, scale, token_norm, eps, y.dtype
+        ctx.params = [(p.shape, p.dtype) for p in params]
+        return y[0] if S == 1 else y
 
     @staticmethod
     def backward(ctx, dy):
         w_qk, w_g, proj_weight, qk_bias, G, stats, nk, *xs = ctx.saved_tensors
+        S, has_qkb, has_bias = ctx.layout
         xs_, w_ = [x.to(ctx.qk_dtype) for x in xs], w_qk.to(ctx.qk_dtype)
         qk = _streams_gemm(xs_, w_)
-        sq, _, sw_g, sproj_weight, _, sqk_bias = _as_streams(qk if w_qk.dim() == 3 else qk[0], None, w_g, proj_weight,
-                                                              None, qk_bias)
         dy = dy.contiguous().view(qk.shape[:-1] + (-1,)).to(ctx.qk_dtype)
-        grads = _kernels().e2a_backward(dy, sq, None, sw_g, sproj_weight, G, stats, nk, ctx.scale, ctx.token_norm,
-                                        ctx.eps, sqk_bias)
-        dqk, _, dw_g, dw, db, dqkb = _finish_grads(ctx, grads, qk, None, w_g, proj_weight, qk_bias)[:6]
-        w3 = w_.view(len(xs), -1, w_.shape[-1])
-        dxs = [torch.matmul(dqk[s], w3[s]).to(x.dtype) if ctx.needs_input_grad[8 + s] else None for s, x in enumerate(xs)]
+        dqk, _, dw_g, dw, db, dqkb = _kernels().e2a_backward(dy, qk, None, w_g, proj_weight, G, stats, nk, ctx.scale,
+                                                             ctx.token_norm, ctx.eps, qk_bias)
+        if ctx.token_norm == "none":  # unit token weights: w_g takes no part (as on the torch path)
+            dw_g = None
+        needs = ctx.needs_input_grad[4:]
+        dxs = [torch.matmul(dqk[s], w_[s]).to(x.dtype) if needs[s] else None for s, x in enumerate(xs)]
         dw_qk = None
-        if ctx.needs_input_grad[0]:
-            dws = [torch.bmm(dqk[s].transpose(1, 2), x).sum(0) for s, x in enumerate(xs_)]
-            dw_qk = (dws[0] if w_qk.dim() == 2 else torch.stack(dws)).to(w_qk.dtype)
-        return (dw_qk, dqkb, dw_g, dw, db, None, None, None, *dxs)
+        if any(needs[S:3 * S]):
+            dw_qk = torch.stack([torch.bmm(dqk[s].transpose(1, 2), x).sum(0) for s, x in enumerate(xs_)]).to(w_qk.dtype)
+        stacked = (dw_qk, dqkb, dw_g, dw, db)
+        return (None,) * 4 + tuple(dxs) + _unstack_gradients(stacked, _group_sizes(S, has_qkb, has_bias), ctx.params)
+
+
+def _group_sizes(S: int, has_qkb: bool, has_bias: bool) -> tuple:
+    """How many tensors each parameter group of :func:`_stack_parameters` holds (0: absent)."""
+    return 2 * S, 2 * S if has_qkb else 0, S, S * S, S * S if has_bias else 0
+
+
+def _stack_parameters(S: int, has_qkb: bool, has_bias: bool, params) -> tuple:
+    """The kernels' stacked parameters from one tensor each, in the order ``W_q,0, W_k,0, W_q,1, ...`` (2S
+    of ``(D, C)``), ``b_q,0, b_k,0, ...`` (2S of ``(D,)``, if ``has_qkb``), ``w_g,s`` (S of ``(D, 1)`` or
+    ``(D,)``), ``proj[s][t].weight`` (S² of ``(D, D)``, row-major) and ``proj[s][t].bias`` (S², if
+    ``has_bias``). Returns ``w_qk (S, 2D, C)``, ``qk_bias (S, 2D)``, ``w_g (S, D)``, ``proj_weight (S, S, D,
+    D)``, ``proj_bias (S, S, D)`` (None where absent)."""
+    D, C = params[0].shape
+    shapes = ((S, 2 * D, C), (S, 2 * D), (S, D), (S, S, D, D), (S, S, D))
+    out, i = [], 0
+    for n, shape in zip(_group_sizes(S, has_qkb, has_bias), shapes):
+        out.append(torch.cat(params[i:i + n]).view(shape) if n else None)
+        i += n
+    return tuple(out)
+
+
+def _unstack_gradients(stacked, sizes, params) -> tuple:
+    """Each group's stacked gradient (the kernels' fp32 sums, or fp64) as one view per parameter, in the
+    parameters' shapes and dtypes (``params``: every parameter's (shape, dtype), in order; a group's
+    members share them). Under autocast that is one rounding, to the parameters' fp32, where the ops,
+    taking the parameters in the autocast dtype, round to it first."""
+    out, i = [], 0
+    for grad, n in zip(stacked, sizes):
+        if n:
+            shape, dtype = params[i]
+            if grad is None:
+                out += [None] * n
+            else:
+                grad = grad.to(dtype)
+                out += (grad.view(shape),) if n == 1 else grad.view((n, *shape)).unbind(0)
+            i += n
+    return tuple(out)
 
 
 def _streams_gemm(xs, w_qk):
     """``qk (S, B, N, 2D)``: each stream's tokens ``xs[s] (B, N, C) @ w_qk[s]ᵀ`` as the input linears compute
-    them (in the autocast dtype under autocast); ``w_qk (S, 2D, C)``, or ``(2D, C)`` for one stream."""
-    w = w_qk.view(len(xs), -1, w_qk.shape[-1])
+    them (in the autocast dtype under autocast); ``w_qk (S, 2D, C)``."""
     if len(xs) == 1:
-        return torch.matmul(xs[0], w[0].t())[None]
-    return torch.stack([torch.matmul(x, w_s.t()) for x, w_s in zip(xs, w)])
+        return torch.matmul(xs[0], w_qk[0].t())[None]
+    return torch.stack([torch.matmul(x, w_s.t()) for x, w_s in zip(xs, w_qk)])
 
 
 def _autocast(q, k, proj_weight, proj_bias, qk_bias):
@@ -350,23 +396,24 @@ def _single_stream(q, k, qk, w_g, proj_weight, proj_bias, scale, token_norm, eps
     return single_stream_kernels(q, k, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
 
 
-def tokens_kernels(xs, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float):
+def tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_biases, scale: float, token_norm: str,
+                   eps: float):
     """The Triton kernels on ``qk_s = x_s W_qk,sᵀ`` for each stream's tokens ``xs[s] (B, N, C)``, with those GEMMs
     inside the op so that the backward makes qk again instead of keeping it (the modules' ``recompute_qk``),
-    without the public ops' argument checks. One stream: ``w_qk (2D, C)``, ``qk_bias (2D,)`` and the
-    parameters of :func:`e2a`, result ``(B, N, D)``; S streams: ``w_qk (S, 2D, C)``, ``qk_bias (S, 2D)`` and
-    those of :func:`cross_e2a`, result ``(S, B, N, D)``. Traced calls (``torch.compile``, ``torch.jit.trace``)
-    keep qk: the custom ops take it."""
-    if _recorded():
-        if w_qk.dim() == 2:
-            return single_stream_kernels(F.linear(xs[0], w_qk), None, w_g, proj_weight, proj_bias, scale, token_norm, eps,
-                                         qk_bias)
-        qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
-        return _triton_e2a(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
-    dtype = _checks.autocast_dtype(xs[0])
-    if dtype is not None:  # the kernels' operands as nn.Linear's (the Function's GEMMs autocast themselves)
-        proj_weight, proj_bias, qk_bias = (None if t is None else t.to(dtype) for t in (proj_weight, proj_bias, qk_bias))
-    return _E2ATokensFunction.apply(w_qk, qk_bias, w_g, proj_weight, proj_bias, scale, token_norm, eps, *xs)
+    without the public ops' argument checks. The parameters come one tensor each, as a module holds them:
+    ``qk_weights`` ``[W_q,0, W_k,0, W_q,1, ...]`` (2S of ``(D, C)``), ``qk_biases`` likewise (2S of ``(D,)``)
+    or None, ``w_gs`` (S of ``(D, 1)`` or ``(D,)``), ``proj_weights`` (S² of ``(D, D)``, row-major: ``[s][t]``
+    maps the keys of stream t into stream s) and ``proj_biases`` (S² of ``(D,)``) or None. Result: ``(B, N,
+    D)`` for one stream, as :func:`e2a`; ``(S, B, N, D)`` for S, as :func:`cross_e2a`. Traced calls
+    (``torch.compile``, ``torch.jit.trace``) keep qk: the custom ops take it."""
+    S, has_qkb, has_bias = len(xs), qk_biases is not None, proj_biases is not None
+    params = (*qk_weights, *(qk_biases or ()), *w_gs, *proj_weights, *(proj_biases or ()))
+    if not _recorded():
+        return _E2ATokensFunction.apply((S, has_qkb, has_bias), scale, token_norm, eps, *xs, *params)
+    w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
+    qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
+    y = _triton_e2a(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
+    return y[0] if S == 1 else y
 
 
 def single_stream_kernels(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float, qk_bias=None):

@@ -247,3 +247,66 @@ def test_recompute_qk_keeps_no_stream_qk_for_the_backward():
             outs = module(*xs)
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
         assert saved.count((3, 2, 7, 32)) == want, saved
+
+
+@pytest.mark.parametrize("recompute_qk", [True, False], ids=["recompute-qk", "keep-qk"])
+def test_cross_module_under_autocast_matches_the_authors(recompute_qk):
+    """Mixed precision as training runs it: float32 parameters under bfloat16 autocast on the Triton path (the
+    packed GEMMs in bfloat16, the kernels on bfloat16 operands); outputs and every gradient held to the
+    authors' module under the same autocast by the table's bfloat16 rule, against the authors' in float64."""
+    dev = _device("triton")
+    torch.manual_seed(11)
+    ref = AuthorsCrossAttention(12, 24, final_bug=False).double()
+    xs = [torch.randn(2, 29, 12, dtype=torch.float64) for _ in range(3)]
+    dys = [torch.randn(2, 29, 24, dtype=torch.float64) for _ in range(3)]
+    out64, g64 = _run(ref, xs, dys)
+    ours = CrossEfficientAdditiveAttention(12, 24, backend="triton", recompute_qk=recompute_qk)
+    ours.load_crocnet_state_dict(ref.state_dict())
+    ours, low = ours.to(dev), AuthorsCrossAttention(12, 24, final_bug=False).to(dev)
+    low.load_state_dict(ref.state_dict())
+    xs32, dys32 = [x.float().to(dev) for x in xs], [d.float().to(dev) for d in dys]
+    with torch.autocast(device_type=dev, dtype=torch.bfloat16):
+        out, g = _run(ours, xs32, dys32)
+        base_out, base_g = _run(low, xs32, dys32)
+    for s in range(3):
+        assert out[s].dtype == torch.bfloat16
+        assert_matches(f"output {s}", out[s], out64[s], torch.bfloat16, baseline=base_out[s])
+    for theirs, mine in authors_to_ours_names().items():
+        assert g[mine].dtype == torch.float32, mine  # the parameters' dtype
+        assert_matches(f"grad {theirs}", g[mine], g64[theirs], torch.bfloat16, grad=True, baseline=base_g[theirs])
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_kernels_from_the_tokens_take_frozen_parameters_and_accumulate(streams):
+    """The tokens op takes each parameter as its own tensor and hands back views of its stacked gradients:
+    a frozen parameter gets none and changes no other gradient, and two backward passes accumulate twice
+    the gradient of one (float64 in the interpreter, float32 on a GPU, against the module that keeps qk and
+    stacks its parameters through autograd)."""
+    from crocnet.nn import EfficientAdditiveAttention
+
+    dev = _device("triton")
+    dtype = torch.float64 if dev == "cpu" else torch.float32
+    torch.manual_seed(5)
+    make = ((lambda **kw: EfficientAdditiveAttention(12, 16, backend="triton", **kw)) if streams == 1 else
+            (lambda **kw: CrossEfficientAdditiveAttention(12, 16, streams=streams, backend="triton", **kw)))
+    keep = make(recompute_qk=False).to(dev, dtype)
+    ours = make(recompute_qk=True).to(dev, dtype)
+    ours.load_state_dict(keep.state_dict())
+    frozen = {"to_key.weight", "proj.bias"} if streams == 1 else {"to_key.1.weight", "proj.0.2.bias", "w_g.2"}
+    for module in (keep, ours):
+        for name, p in module.named_parameters():
+            p.requires_grad_(name not in frozen)
+    xs = [torch.randn(2, 9, 12, device=dev, dtype=dtype, requires_grad=True) for _ in range(streams)]
+    dys = [torch.randn(2, 9, 16, device=dev, dtype=dtype) for _ in range(streams)]
+    torch.autograd.backward(keep(*xs), dys)
+    want = {name: p.grad.clone() for name, p in keep.named_parameters() if name not in frozen}
+    for x in xs:
+        x.grad = None
+    for _ in range(2):
+        torch.autograd.backward(ours(*xs), dys)
+    for name, p in ours.named_parameters():
+        if name in frozen:
+            assert p.grad is None, name
+            continue
+        assert p.grad.shape == p.shape and p.grad.dtype == p.dtype, name
+        torch.testing.assert_close(p.grad, 2 * want[name], rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=0, msg=name)
