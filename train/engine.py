@@ -217,8 +217,10 @@ def fit(
     if ddp.main:
         remove_stale_temporaries(run_dir)
     resuming = cfg.resume and last_path.is_file()
-    if cfg.resume and not resuming and ddp.main:
-        print(f"{run_dir}: no last.pt to resume from yet, starting at epoch 1")
+    if cfg.resume and not resuming:
+        check_restart_keeps_best(run_dir)
+        if ddp.main:
+            print(f"{run_dir}: no last.pt to resume from yet, starting at epoch 1")
     if resuming:
         state = read_resume_state(last_path)  # a ValueError naming last.pt and the fix when it is torn or foreign
         check_resumable(state, cfg, name, kwargs, last_path)
@@ -351,6 +353,21 @@ def check_new_run(run_dir: Path) -> None:
     found = earlier_run(Path(run_dir))
     if found:
         raise ValueError(f"{run_dir} already holds a run ({found}); pass --resume to continue it, or choose another --out")
+
+
+def check_restart_keeps_best(run_dir: Path) -> None:
+    """``--resume`` without ``last.pt`` starts at epoch 1, whose checkpoint replaces ``best.pt``: fine when
+    ``best.pt`` is epoch 1's (a kill between writing it and ``last.pt``), refused when it is a later epoch's
+    (``last.pt`` removed), which that restart would lose."""
+    best = Path(run_dir) / "best.pt"
+    if not best.is_file():
+        return
+    fix = "move it away to train this run again from epoch 1, or train into another --out (--init can start from it)"
+    state = load_torch_file(best, f"--resume: {best}", fix)
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    if epoch != 1:
+        raise ValueError(f"--resume: {run_dir} has no last.pt (the training state a run continues from) but has best.pt "
+                         f"from epoch {epoch}, which starting again at epoch 1 would overwrite; {fix}")
 
 
 def earlier_run(run_dir: Path) -> str | None:

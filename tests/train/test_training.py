@@ -180,6 +180,30 @@ def test_resume_refuses_other_settings_and_says_which(phantoms, tmp_path, capsys
     assert len(err.strip().splitlines()) == 1
 
 
+def test_resume_without_last_pt_keeps_a_later_best_pt(phantoms, tmp_path, capsys):
+    """``--resume`` with best.pt but no last.pt: a kill between the two writes of epoch 1 restarts at epoch 1;
+    a best.pt of a later epoch (last.pt removed) is refused, not overwritten by the restart's epoch 1."""
+    args = ["--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "1", *TINY, "--out", str(tmp_path), "--resume"]
+    assert train.main(args) == 0
+    run = tmp_path / "stage1-e2aunet" / "fold0"
+    (run / "last.pt").unlink()
+    capsys.readouterr()
+    assert train.main(args) == 0  # best.pt is epoch 1's: trained again
+    assert "no last.pt to resume from yet, starting at epoch 1" in capsys.readouterr().out
+    (run / "last.pt").unlink()
+    state = torch.load(run / "best.pt", weights_only=False)
+    state["epoch"] = 7
+    torch.save(state, run / "best.pt")
+    before = (run / "best.pt").read_bytes()
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {run} has no last.pt (the training state a run continues from) but has best.pt from epoch 7" in err
+    assert (run / "best.pt").read_bytes() == before and not (run / "last.pt").exists()
+    (run / "best.pt").write_bytes(b"torn")
+    assert train.main(args) == 2
+    assert f"--resume: {run / 'best.pt'} could not be read" in capsys.readouterr().err
+
+
 def test_resume_from_a_torn_or_foreign_last_pt_is_a_clear_error(phantoms, tmp_path, capsys):
     """A truncated or empty last.pt, or best.pt copied over it, used to end in a traceback (OSError, EOFError,
     KeyError 'optimizer'); now: exit 2, one line naming last.pt and what to do."""
