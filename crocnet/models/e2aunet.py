@@ -16,6 +16,10 @@ from .baselines import MHSABlock2d
 
 ATTENTIONS = ("e2a", "mhsa", "none")
 HEAD_ACTIVATIONS = ("sigmoid", "softmax")
+#: Refused before allocating, a guard against a mistyped depth or width rather than a hardware limit: 2³¹
+#: parameters are 8 GiB of float32 weights (32 GiB with gradients and Adam's moments), 125× the paper's
+#: E-2AUNet (17 M at base_width=32, depth=4).
+MAX_PARAMETERS = 2**31
 #: Stage-1 output channels in the paper's and the authors' order (background last).
 STAGE1_CHANNELS = ("lv", "myo", "rv", "background")
 
@@ -195,6 +199,11 @@ class E2AUNet(nn.Module):
         self.attention_levels = levels
         self.attention, self.head_activation = attention, head_activation
         self.widths = tuple(base_width * 2**level for level in range(depth + 1))
+        convs = 31 * sum(w * w for w in self.widths)  # the conv layers' count, within 2 %; attention adds to it
+        if convs > MAX_PARAMETERS:
+            raise ValueError(f"depth={depth} with base_width={base_width} makes the deepest level {self.widths[-1]} wide and "
+                             f"{convs:.2e} parameters in the conv layers alone, over the {MAX_PARAMETERS:.2e} this model "
+                             f"allows (the paper's network: base_width=32, depth=4, 512 wide); lower depth or base_width")
         if attention == "mhsa":
             _check_heads(self.widths, levels, head_dim)
         self.num_features = base_width

@@ -86,6 +86,9 @@ def test_input_errors():
     (dict(in_chans=1.5), "E2AUNet: in_chans must be an int >= 1, got 1.5"),
     (dict(num_classes=0), r"E2AUNet: num_classes must be an int >= 1 \(the logit maps; for the features use forward_features\), got 0"),
     (dict(depth=2.5), "need depth >= 0 and base_width >= 2, got depth=2.5, base_width=8"),
+    (dict(depth=10), r"depth=10 with base_width=8 makes the deepest level 8192 wide and 2.77e\+09 parameters in the "
+                     r"conv layers alone, over the 2.15e\+09 this model allows \(the paper's network: base_width=32, "
+                     r"depth=4, 512 wide\); lower depth or base_width"),
     (dict(head_dim=0, attention="mhsa"), "E2AUNet: head_dim must be an int >= 1, got 0"),
     (dict(base_width=50, attention="mhsa"), r"level 1 has width 100, which does not split into max\(1, 100 // head_dim\) = 3 heads"),
     (dict(drop_path_rate=1.0), r"drop_path_rate must be a rate in \[0, 1\), got 1.0"),
@@ -100,6 +103,17 @@ def test_input_errors():
 def test_bad_constructor_arguments_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         E2AUNet(**{"base_width": 8, "depth": 2, **kwargs})
+
+
+@pytest.mark.parametrize("attention", ["none", "e2a"])
+def test_the_size_check_counts_the_conv_layers_within_two_percent(attention):
+    """The refusal of huge networks rests on ``31 · Σ width²``: the conv layers' parameters, attention on top."""
+    for base_width, depth in ((8, 3), (32, 4), (16, 6)):
+        with torch.device("meta"):
+            model = E2AUNet(base_width=base_width, depth=depth, attention=attention)
+        count = sum(p.numel() for p in model.parameters())
+        convs = 31 * sum(w * w for w in model.widths)
+        assert convs <= count and (attention != "none" or count <= 1.02 * convs), (base_width, depth, count, convs)
 
 
 def test_attention_levels_from_a_generator():
