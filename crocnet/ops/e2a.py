@@ -186,9 +186,11 @@ class _E2ATokensFunction(torch.autograd.Function):
         xs, params = tensors[:S], tensors[S:]
         w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
         dtype = _checks.autocast_dtype(xs[0])
-        if dtype is not None:  # the kernels' operands as nn.Linear's (the GEMMs below autocast themselves)
+        gemm = xs, w_qk
+        if dtype is not None and xs[0].dtype in _AUTOCAST_CASTS:  # every operand as nn.Linear's under autocast
             proj_weight, proj_bias, qk_bias = (None if t is None else t.to(dtype) for t in (proj_weight, proj_bias, qk_bias))
-        qk = _streams_gemm(xs, w_qk)
+            gemm = [x.to(dtype) for x in xs], w_qk.to(dtype)
+        qk = _streams_gemm(*gemm)
         y, G, stats, nk = _kernels().e2a_forward(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
         ctx.save_for_backward(w_qk, w_g, proj_weight, qk_bias, G, stats, nk, *xs)
         ctx.layout, ctx.scale, ctx.token_norm, ctx.eps, ctx.qk_dtype = layout, scale, token_norm, eps, y.dtype
@@ -253,12 +255,20 @@ def _unstack_gradients(stacked, sizes, params) -> tuple:
     return tuple(out)
 
 
+#: the dtypes autocast casts (float64 stays as it is)
+_AUTOCAST_CASTS = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def _streams_gemm(xs, w_qk):
-    """``qk (S, B, N, 2D)``: each stream's tokens ``xs[s] (B, N, C) @ w_qk[s]ᵀ`` as the input linears compute
-    them (in the autocast dtype under autocast); ``w_qk (S, 2D, C)``."""
+    """``qk (S, B, N, 2D)``: each stream's tokens ``xs[s] (B, N, C) @ w_qk[s]ᵀ``, ``w_qk (S, 2D, C)``, both in the
+    GEMM's dtype (``out=`` takes no autocast). Each stream's GEMM writes its slice of the stack: stacking
+    separate results would copy them all once more, 4 BND a stream in the forward and again in the backward."""
     if len(xs) == 1:
         return torch.matmul(xs[0], w_qk[0].t())[None]
-    return torch.stack([torch.matmul(x, w_s.t()) for x, w_s in zip(xs, w_qk)])
+    qk = xs[0].new_empty((len(xs), *xs[0].shape[:-1], w_qk.shape[1]))
+    for s, x in enumerate(xs):
+        torch.matmul(x, w_qk[s].t(), out=qk[s])
+    return qk
 
 
 def _autocast(q, k, proj_weight, proj_bias, qk_bias):
