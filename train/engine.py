@@ -366,8 +366,9 @@ def check_restart_keeps_best(run_dir: Path) -> None:
     state = load_torch_file(best, f"--resume: {best}", fix)
     epoch = state.get("epoch") if isinstance(state, dict) else None
     if epoch != 1:
+        which = f"from epoch {epoch}" if epoch is not None else "without a recorded epoch"
         raise ValueError(f"--resume: {run_dir} has no last.pt (the training state a run continues from) but has best.pt "
-                         f"from epoch {epoch}, which starting again at epoch 1 would overwrite; {fix}")
+                         f"{which}, which starting again at epoch 1 would overwrite; {fix}")
 
 
 def earlier_run(run_dir: Path) -> str | None:

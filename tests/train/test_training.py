@@ -199,6 +199,9 @@ def test_resume_without_last_pt_keeps_a_later_best_pt(phantoms, tmp_path, capsys
     err = capsys.readouterr().err
     assert f"--resume: {run} has no last.pt (the training state a run continues from) but has best.pt from epoch 7" in err
     assert (run / "best.pt").read_bytes() == before and not (run / "last.pt").exists()
+    torch.save({"state_dict": state["state_dict"]}, run / "best.pt")  # weights alone, no epoch
+    assert train.main(args) == 2
+    assert "but has best.pt without a recorded epoch, which starting again" in capsys.readouterr().err
     (run / "best.pt").write_bytes(b"torn")
     assert train.main(args) == 2
     assert f"--resume: {run / 'best.pt'} could not be read" in capsys.readouterr().err
