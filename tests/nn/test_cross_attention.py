@@ -292,7 +292,7 @@ def test_kernels_from_the_tokens_take_frozen_parameters_and_accumulate(streams):
     keep = make(recompute_qk=False).to(dev, dtype)
     ours = make(recompute_qk=True).to(dev, dtype)
     ours.load_state_dict(keep.state_dict())
-    frozen = {"to_key.weight", "proj.bias"} if streams == 1 else {"to_key.1.weight", "proj.0.2.bias", "w_g.2"}
+    frozen = {"to_key.weight", "final.bias"} if streams == 1 else {"to_key.1.weight", "proj.0.2.bias", "w_g.2", "final.0.weight"}
     for module in (keep, ours):
         for name, p in module.named_parameters():
             p.requires_grad_(name not in frozen)
@@ -310,3 +310,29 @@ def test_kernels_from_the_tokens_take_frozen_parameters_and_accumulate(streams):
             continue
         assert p.grad.shape == p.shape and p.grad.dtype == p.dtype, name
         torch.testing.assert_close(p.grad, 2 * want[name], rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=0, msg=name)
+
+
+def test_a_stream_whose_output_is_unused_gets_zero_gradient():
+    """Backward from one stream's output alone: the tokens op (``recompute_qk``) gives the gradients of the
+    module that keeps qk, the other streams' ``final`` linears none (None, which optimisers skip; float64 in
+    the interpreter, float32 on a GPU)."""
+    dev = _device("triton")
+    dtype = torch.float64 if dev == "cpu" else torch.float32
+    torch.manual_seed(9)
+    keep = CrossEfficientAdditiveAttention(12, 16, backend="triton", recompute_qk=False).to(dev, dtype)
+    ours = CrossEfficientAdditiveAttention(12, 16, backend="triton").to(dev, dtype)
+    ours.load_state_dict(keep.state_dict())
+    xs = [torch.randn(2, 9, 12, device=dev, dtype=dtype, requires_grad=True) for _ in range(3)]
+    dy = torch.randn(2, 9, 16, device=dev, dtype=dtype)
+    runs = []
+    for module in (keep, ours):
+        torch.autograd.backward(module(*xs)[1], dy)
+        runs.append({name: p.grad for name, p in module.named_parameters()} | {f"x{s}": x.grad for s, x in enumerate(xs)})
+        for x in xs:
+            x.grad = None
+    for name, want in runs[0].items():
+        got = runs[1][name]
+        if want is None:  # only final.1 reads stream 1's output: the other finals take no part
+            assert got is None, name
+            continue
+        torch.testing.assert_close(got, want, rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-12, msg=name)
