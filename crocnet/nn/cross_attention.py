@@ -8,7 +8,7 @@ from torch import nn
 
 from ..ops import cross_e2a, cross_e2a_packed, cross_e2a_streams
 from ..ops._checks import BACKENDS, resolve_backend
-from ..ops.e2a import tokens_kernels
+from ..ops.e2a import stack_parameters, tokens_kernels
 from ..ops.naive import TOKEN_NORMS
 from ..arguments import positive_int
 from .attention import EPS, check_input_dtype
@@ -110,36 +110,30 @@ class CrossEfficientAdditiveAttention(nn.Module):
             check_input_dtype(x, self.to_query[s].weight, f"stream {s}")
         kernels = resolve_backend(self.backend, xs[0], dim=self.to_query[0].out_features) == "triton"
         options = {"scale": self.scale_factor, "token_norm": self.token_norm, "backend": self.backend}
-        if kernels and self.fuse_qk and self.recompute_qk:
-            # one GEMM a stream for q and k inside the op, made again in the backward; the parameters go in one
-            # tensor each (stacked inside, without autograd nodes) and fit by construction: no op checks
+        if kernels:
             pairs = list(zip(self.to_query, self.to_key))
-            y = tokens_kernels(xs, [w for q, k in pairs for w in (q.weight, k.weight)],
-                               [b for q, k in pairs for b in (q.bias, k.bias)], list(self.w_g),
-                               [p.weight for row in self.proj for p in row], [p.bias for row in self.proj for p in row],
-                               self.scale_factor, self.token_norm, EPS)
+            groups = ([w for q, k in pairs for w in (q.weight, k.weight)], [b for q, k in pairs for b in (q.bias, k.bias)],
+                      list(self.w_g), [p.weight for row in self.proj for p in row], [p.bias for row in self.proj for p in row])
+            if self.fuse_qk and self.recompute_qk:
+                # one GEMM a stream for q and k inside the op, made again in the backward; the parameters go in
+                # one tensor each (stacked inside, without autograd nodes) and fit by construction: no op checks
+                y = tokens_kernels(xs, *groups, self.scale_factor, self.token_norm, EPS)
+            else:
+                w_qk, qk_bias, w_g, proj_weight, proj_bias = stack_parameters(*groups)
+                if self.fuse_qk:  # one GEMM a stream for q and k; their bias is added in the kernels
+                    qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
+                    y = cross_e2a_packed(qk, w_g, proj_weight, proj_bias, qk_bias=qk_bias, **options)
+                else:
+                    qs = torch.stack([lin(x) for lin, x in zip(self.to_query, xs)])
+                    ks = torch.stack([lin(x) for lin, x in zip(self.to_key, xs)])
+                    y = cross_e2a(qs, ks, w_g, proj_weight, proj_bias, **options)
             return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(y.unbind(0)))
-        w_g = [w.reshape(-1) for w in self.w_g]
-        if kernels and self.fuse_qk:  # one GEMM a stream for q and k; their bias is added in the kernels
-            w_qk = torch.stack([torch.cat([q.weight, k.weight]) for q, k in zip(self.to_query, self.to_key)])
-            qk_bias = torch.stack([torch.cat([q.bias, k.bias]) for q, k in zip(self.to_query, self.to_key)])
-            qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
-            y = cross_e2a_packed(qk, torch.stack(w_g), *self._stacked_proj(), qk_bias=qk_bias, **options)
-            return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(y.unbind(0)))
+        # the PyTorch path: per stream, nothing stacked
         qs = [lin(x) for lin, x in zip(self.to_query, xs)]
         ks = [lin(x) for lin, x in zip(self.to_key, xs)]
-        if not kernels:  # per stream, nothing stacked
-            ys = cross_e2a_streams(qs, ks, w_g, [[p.weight for p in row] for row in self.proj],
-                                   [[p.bias for p in row] for row in self.proj], self.scale_factor, self.token_norm)
-            return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(ys))
-        y = cross_e2a(torch.stack(qs), torch.stack(ks), torch.stack(w_g), *self._stacked_proj(), **options)
-        return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(y.unbind(0)))
-
-    def _stacked_proj(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``proj`` as ``(S, S, D, D)`` weights and ``(S, S, D)`` biases."""
-        weight = torch.stack([torch.stack([p.weight for p in row]) for row in self.proj])
-        bias = torch.stack([torch.stack([p.bias for p in row]) for row in self.proj])
-        return weight, bias
+        ys = cross_e2a_streams(qs, ks, [w.reshape(-1) for w in self.w_g], [[p.weight for p in row] for row in self.proj],
+                               [[p.bias for p in row] for row in self.proj], self.scale_factor, self.token_norm)
+        return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(ys))
 
     def load_crocnet_state_dict(self, state_dict: dict, strict: bool = True):
         """Load the authors' ``X_EfficientAdditiveAttnetion`` weights (keys ``to_query_lv``, ``Proj_lv1``, ...).

@@ -416,14 +416,26 @@ def tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_biases, s
     maps the keys of stream t into stream s) and ``proj_biases`` (S² of ``(D,)``) or None. Result: ``(B, N,
     D)`` for one stream, as :func:`e2a`; ``(S, B, N, D)`` for S, as :func:`cross_e2a`. Traced calls
     (``torch.compile``, ``torch.jit.trace``) keep qk: the custom ops take it."""
-    S, has_qkb, has_bias = len(xs), qk_biases is not None, proj_biases is not None
-    params = (*qk_weights, *(qk_biases or ()), *w_gs, *proj_weights, *(proj_biases or ()))
+    S, has_qkb, has_bias, params = _one_tensor_each(qk_weights, qk_biases, w_gs, proj_weights, proj_biases)
     if not _recorded():
         return _E2ATokensFunction.apply((S, has_qkb, has_bias), scale, token_norm, eps, *xs, *params)
     w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
     qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
     y = _triton_e2a(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
     return y[0] if S == 1 else y
+
+
+def stack_parameters(qk_weights, qk_biases, w_gs, proj_weights, proj_biases) -> tuple:
+    """A module's per-stream parameters, given as to :func:`tokens_kernels`, stacked through autograd into the
+    layout of :func:`cross_e2a_packed` / :func:`cross_e2a`: ``w_qk (S, 2D, C)``, ``qk_bias (S, 2D)``, ``w_g (S,
+    D)``, ``proj_weight (S, S, D, D)``, ``proj_bias (S, S, D)`` (None where absent); one ``cat`` a group."""
+    return _stack_parameters(*_one_tensor_each(qk_weights, qk_biases, w_gs, proj_weights, proj_biases))
+
+
+def _one_tensor_each(qk_weights, qk_biases, w_gs, proj_weights, proj_biases) -> tuple:
+    """``(S, has_qkb, has_bias, params)``: the parameter groups as the flat tuple :func:`_stack_parameters` takes."""
+    params = (*qk_weights, *(qk_biases or ()), *w_gs, *proj_weights, *(proj_biases or ()))
+    return len(w_gs), qk_biases is not None, proj_biases is not None, params
 
 
 def single_stream_kernels(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float, qk_bias=None):
