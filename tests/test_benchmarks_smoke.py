@@ -52,8 +52,9 @@ def test_host_overhead_tool_times_every_case(tmp_path):
     data = json.loads(out.read_text())
     cases = [row["case"] for row in data["rows"]]
     assert cases == ["op: e2a, torch backend", "op: e2a, triton", "op: e2a_packed, triton", "module: timm eager",
-                     "module: ours, torch backend", "module: ours, triton", "module: ours, triton, fuse_qk=False",
-                     "cross module: authors eager", "cross module: ours, triton"]
+                     "module: ours, torch backend", "module: ours, triton", "module: ours, triton, recompute_qk=False",
+                     "module: ours, triton, fuse_qk=False", "cross module: authors eager", "cross module: ours, triton",
+                     "cross module: ours, triton, recompute_qk=False", "cross module: ours, triton, fuse_qk=False"]
     for row in data["rows"]:  # a backward costs host time too
         assert 0 < row["forward_us"] < row["forward_backward_us"], row
     assert len(run.stdout.splitlines()) == 1 + len(cases)

@@ -72,6 +72,8 @@ def cases(batch: int, side: int, dim: int, device: str):
         "module: timm eager": TimmE2A(dim, dim),
         "module: ours, torch backend": EfficientAdditiveAttention2d(dim, dim, backend="torch"),
         "module: ours, triton": EfficientAdditiveAttention2d(dim, dim, backend="triton"),
+        "module: ours, triton, recompute_qk=False": EfficientAdditiveAttention2d(dim, dim, backend="triton",
+                                                                                recompute_qk=False),
         "module: ours, triton, fuse_qk=False": EfficientAdditiveAttention2d(dim, dim, backend="triton", fuse_qk=False),
     }
     yield "op: e2a, torch backend", lambda: e2a(q, k, w_g, W, b, backend="torch")
@@ -87,7 +89,11 @@ def cases(batch: int, side: int, dim: int, device: str):
 
     xs = [torch.randn(batch, N, dim, generator=g).to(device).requires_grad_(True) for _ in range(3)]
     cross = {"cross module: authors eager": AuthorsCrossAttention(dim, dim),
-             "cross module: ours, triton": CrossEfficientAdditiveAttention(dim, dim, streams=3, backend="triton")}
+             "cross module: ours, triton": CrossEfficientAdditiveAttention(dim, dim, streams=3, backend="triton"),
+             "cross module: ours, triton, recompute_qk=False": CrossEfficientAdditiveAttention(
+                 dim, dim, streams=3, backend="triton", recompute_qk=False),
+             "cross module: ours, triton, fuse_qk=False": CrossEfficientAdditiveAttention(
+                 dim, dim, streams=3, backend="triton", fuse_qk=False)}
     for name, module in cross.items():
         yield name, lambda m=module.to(device): torch.stack(m(*xs))
 
@@ -108,7 +114,7 @@ def measure(batch: int, side: int, dim: int, rounds: int) -> list[dict]:
 
         rows.append({"case": name, "forward_us": host_time(forward, rounds, cuda),
                      "forward_backward_us": host_time(backward, rounds, cuda)})
-        print(f"{name:40s} forward {rows[-1]['forward_us']:7.1f} µs   forward+backward {rows[-1]['forward_backward_us']:7.1f} µs",
+        print(f"{name:47s} forward {rows[-1]['forward_us']:7.1f} µs   forward+backward {rows[-1]['forward_backward_us']:7.1f} µs",
               flush=True)
     return rows
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..arguments import positive_int
@@ -117,16 +116,12 @@ class EfficientAdditiveAttention(nn.Module):
             return self.final(y)
         # the kernels without the public ops' checks: the parameters fit by construction, x is checked above
         query, key, proj = self.to_query, self.to_key, self.proj
-        if self.fuse_qk and self.recompute_qk:  # one GEMM for q and k inside the op, made again in the backward
+        if self.fuse_qk:  # one GEMM for q and k inside the op, their bias added in the kernels
             y = tokens_kernels([x], [query.weight, key.weight], [query.bias, key.bias], [self.w_g], [proj.weight],
-                               [proj.bias], self.scale_factor, self.token_norm, EPS)
-            return self.final(y)
-        rest = (self.w_g, proj.weight, proj.bias, self.scale_factor, self.token_norm, EPS)
-        if self.fuse_qk:  # one GEMM for q and k; their bias is added in the kernels
-            w_qk = torch.cat([query.weight, key.weight])
-            y = single_stream_kernels(F.linear(x, w_qk), None, *rest, torch.cat([query.bias, key.bias]))
+                               [proj.bias], self.scale_factor, self.token_norm, EPS, keep_qk=not self.recompute_qk)
         else:
-            y = single_stream_kernels(self.to_query(x), self.to_key(x), *rest)
+            y = single_stream_kernels(query(x), key(x), self.w_g, proj.weight, proj.bias, self.scale_factor,
+                                      self.token_norm, EPS)
         return self.final(y)
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..ops import cross_e2a, cross_e2a_packed, cross_e2a_streams
+from ..ops import cross_e2a, cross_e2a_streams
 from ..ops._checks import BACKENDS, resolve_backend
 from ..ops.e2a import stack_parameters, tokens_kernels
 from ..ops.naive import TOKEN_NORMS
@@ -114,19 +113,16 @@ class CrossEfficientAdditiveAttention(nn.Module):
             pairs = list(zip(self.to_query, self.to_key))
             groups = ([w for q, k in pairs for w in (q.weight, k.weight)], [b for q, k in pairs for b in (q.bias, k.bias)],
                       list(self.w_g), [p.weight for row in self.proj for p in row], [p.bias for row in self.proj for p in row])
-            if self.fuse_qk and self.recompute_qk:
-                # one GEMM a stream for q and k inside the op, made again in the backward; the parameters go in
-                # one tensor each (stacked inside, without autograd nodes) and fit by construction: no op checks
-                y = tokens_kernels(xs, *groups, self.scale_factor, self.token_norm, EPS)
+            if self.fuse_qk:
+                # one GEMM a stream for q and k inside the op (their bias added in the kernels), made again in the
+                # backward unless kept; the parameters go in one tensor each (stacked inside, without autograd
+                # nodes) and fit by construction: no op checks
+                y = tokens_kernels(xs, *groups, self.scale_factor, self.token_norm, EPS, keep_qk=not self.recompute_qk)
             else:
-                w_qk, qk_bias, w_g, proj_weight, proj_bias = stack_parameters(*groups)
-                if self.fuse_qk:  # one GEMM a stream for q and k; their bias is added in the kernels
-                    qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
-                    y = cross_e2a_packed(qk, w_g, proj_weight, proj_bias, qk_bias=qk_bias, **options)
-                else:
-                    qs = torch.stack([lin(x) for lin, x in zip(self.to_query, xs)])
-                    ks = torch.stack([lin(x) for lin, x in zip(self.to_key, xs)])
-                    y = cross_e2a(qs, ks, w_g, proj_weight, proj_bias, **options)
+                _, _, w_g, proj_weight, proj_bias = stack_parameters(*groups)
+                qs = torch.stack([lin(x) for lin, x in zip(self.to_query, xs)])
+                ks = torch.stack([lin(x) for lin, x in zip(self.to_key, xs)])
+                y = cross_e2a(qs, ks, w_g, proj_weight, proj_bias, **options)
             return tuple(self.final_for(s)(y_s) for s, y_s in enumerate(y.unbind(0)))
         # the PyTorch path: per stream, nothing stacked
         qs = [lin(x) for lin, x in zip(self.to_query, xs)]

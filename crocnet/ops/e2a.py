@@ -170,10 +170,12 @@ class _E2AFunction(torch.autograd.Function):
 
 class _E2ATokensFunction(torch.autograd.Function):
     """E2A with its packed input linears, from each stream's tokens ``x_s (B, N, C)``, for the modules' eager
-    path: ``qk_s = x_s W_qk,sᵀ`` (in the autocast dtype under autocast) is made here and made again in the
-    backward instead of being saved, 2 BND a stream less activation memory for one more GEMM (x read, qk
-    written: 3 BND). The weight gradient ``Σ_b dqk_bᵀ x_b`` is a batched GEMM that takes the 2D modules'
-    token view ``x.flatten(2).transpose(1, 2)`` without a copy.
+    path: ``qk_s = x_s W_qk,sᵀ`` (in the autocast dtype under autocast) is made here, each stream's GEMM
+    writing its slice of the ``(S, B, N, 2D)`` stack. With ``keep_qk`` False it is made again in the backward
+    instead of being saved, 2 BND a stream less activation memory for one more GEMM (x read, qk written: 3
+    BND); with ``keep_qk`` the stack is saved, with the GEMM's operands as ``nn.Linear`` saves them. The
+    weight gradient ``Σ_b dqk_bᵀ x_b`` is a batched GEMM that takes the 2D modules' token view
+    ``x.flatten(2).transpose(1, 2)`` without a copy.
 
     Takes the modules' parameters one tensor each (``tensors``: the S streams' tokens, then the groups of
     :func:`_stack_parameters`) and stacks them here, where autograd records nothing; their gradients go back
@@ -182,7 +184,7 @@ class _E2ATokensFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layout, scale, token_norm, eps, *tensors):
-        S, has_qkb, has_bias = layout
+        S, has_qkb, has_bias, keep_qk = layout
         xs, params = tensors[:S], tensors[S:]
         w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
         dtype = _checks.autocast_dtype(xs[0])
@@ -192,27 +194,32 @@ class _E2ATokensFunction(torch.autograd.Function):
             gemm = [x.to(dtype) for x in xs], w_qk.to(dtype)
         qk = _streams_gemm(*gemm)
         y, G, stats, nk = _kernels().e2a_forward(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
-        ctx.save_for_backward(w_qk, w_g, proj_weight, qk_bias, G, stats, nk, *xs)
+        kept = (qk, gemm[1], *gemm[0]) if keep_qk else (w_qk, *xs)
+        ctx.save_for_backward(w_g, proj_weight, qk_bias, G, stats, nk, *kept)
         ctx.layout, ctx.scale, ctx.token_norm, ctx.eps, ctx.qk_dtype = layout, scale, token_norm, eps, y.dtype
-        ctx.params = [(p.shape, p.dtype) for p in params]
+        ctx.params, ctx.x_dtypes = [(p.shape, p.dtype) for p in params], [x.dtype for x in xs]
         return y[0] if S == 1 else y
 
     @staticmethod
     def backward(ctx, dy):
-        w_qk, w_g, proj_weight, qk_bias, G, stats, nk, *xs = ctx.saved_tensors
-        S, has_qkb, has_bias = ctx.layout
-        xs_, w_ = [x.to(ctx.qk_dtype) for x in xs], w_qk.to(ctx.qk_dtype)
-        qk = _streams_gemm(xs_, w_)
+        w_g, proj_weight, qk_bias, G, stats, nk, *kept = ctx.saved_tensors
+        S, has_qkb, has_bias, keep_qk = ctx.layout
+        if keep_qk:  # the GEMM's own operands, already in its dtype
+            qk, w_, *xs_ = kept
+        else:
+            w_qk, *xs = kept
+            xs_, w_ = [x.to(ctx.qk_dtype) for x in xs], w_qk.to(ctx.qk_dtype)
+            qk = _streams_gemm(xs_, w_)
         dy = dy.contiguous().view(qk.shape[:-1] + (-1,)).to(ctx.qk_dtype)
         dqk, _, dw_g, dw, db, dqkb = _kernels().e2a_backward(dy, qk, None, w_g, proj_weight, G, stats, nk, ctx.scale,
                                                              ctx.token_norm, ctx.eps, qk_bias)
         if ctx.token_norm == "none":  # unit token weights: w_g takes no part (as on the torch path)
             dw_g = None
         needs = ctx.needs_input_grad[4:]
-        dxs = [torch.matmul(dqk[s], w_[s]).to(x.dtype) if needs[s] else None for s, x in enumerate(xs)]
+        dxs = [torch.matmul(dqk[s], w_[s]).to(dtype) if needs[s] else None for s, dtype in enumerate(ctx.x_dtypes)]
         dw_qk = None
         if any(needs[S:3 * S]):
-            dw_qk = torch.stack([torch.bmm(dqk[s].transpose(1, 2), x).sum(0) for s, x in enumerate(xs_)]).to(w_qk.dtype)
+            dw_qk = torch.stack([torch.bmm(dqk[s].transpose(1, 2), x).sum(0) for s, x in enumerate(xs_)])
         stacked = (dw_qk, dqkb, dw_g, dw, db)
         return (None,) * 4 + tuple(dxs) + _unstack_gradients(stacked, _group_sizes(S, has_qkb, has_bias), ctx.params)
 
@@ -232,7 +239,10 @@ def _stack_parameters(S: int, has_qkb: bool, has_bias: bool, params) -> tuple:
     shapes = ((S, 2 * D, C), (S, 2 * D), (S, D), (S, S, D, D), (S, S, D))
     out, i = [], 0
     for n, shape in zip(_group_sizes(S, has_qkb, has_bias), shapes):
-        out.append(torch.cat(params[i:i + n]).view(shape) if n else None)
+        if n == 1:  # no copy of a lone parameter
+            out.append(params[i].reshape(shape).contiguous())
+        else:
+            out.append(torch.cat(params[i:i + n]).view(shape) if n else None)
         i += n
     return tuple(out)
 
@@ -407,18 +417,19 @@ def _single_stream(q, k, qk, w_g, proj_weight, proj_bias, scale, token_norm, eps
 
 
 def tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_biases, scale: float, token_norm: str,
-                   eps: float):
+                   eps: float, keep_qk: bool = False):
     """The Triton kernels on ``qk_s = x_s W_qk,sᵀ`` for each stream's tokens ``xs[s] (B, N, C)``, with those GEMMs
-    inside the op so that the backward makes qk again instead of keeping it (the modules' ``recompute_qk``),
-    without the public ops' argument checks. The parameters come one tensor each, as a module holds them:
-    ``qk_weights`` ``[W_q,0, W_k,0, W_q,1, ...]`` (2S of ``(D, C)``), ``qk_biases`` likewise (2S of ``(D,)``)
-    or None, ``w_gs`` (S of ``(D, 1)`` or ``(D,)``), ``proj_weights`` (S² of ``(D, D)``, row-major: ``[s][t]``
-    maps the keys of stream t into stream s) and ``proj_biases`` (S² of ``(D,)``) or None. Result: ``(B, N,
-    D)`` for one stream, as :func:`e2a`; ``(S, B, N, D)`` for S, as :func:`cross_e2a`. Traced calls
-    (``torch.compile``, ``torch.jit.trace``) keep qk: the custom ops take it."""
+    inside the op, each writing its slice of the streams' stack, without the public ops' argument checks. The
+    backward makes qk again (the modules' ``recompute_qk``) or, with ``keep_qk``, uses the one saved. The
+    parameters come one tensor each, as a module holds them: ``qk_weights`` ``[W_q,0, W_k,0, W_q,1, ...]`` (2S
+    of ``(D, C)``), ``qk_biases`` likewise (2S of ``(D,)``) or None, ``w_gs`` (S of ``(D, 1)`` or ``(D,)``),
+    ``proj_weights`` (S² of ``(D, D)``, row-major: ``[s][t]`` maps the keys of stream t into stream s) and
+    ``proj_biases`` (S² of ``(D,)``) or None. Result: ``(B, N, D)`` for one stream, as :func:`e2a`; ``(S, B, N,
+    D)`` for S, as :func:`cross_e2a`. Traced calls (``torch.compile``, ``torch.jit.trace``) keep qk: the
+    custom ops take it."""
     S, has_qkb, has_bias, params = _one_tensor_each(qk_weights, qk_biases, w_gs, proj_weights, proj_biases)
     if not _recorded():
-        return _E2ATokensFunction.apply((S, has_qkb, has_bias), scale, token_norm, eps, *xs, *params)
+        return _E2ATokensFunction.apply((S, has_qkb, has_bias, keep_qk), scale, token_norm, eps, *xs, *params)
     w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
     qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
     y = _triton_e2a(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)

@@ -212,7 +212,7 @@ def test_cross_block_layer_scales_start_small():
 
 
 @pytest.mark.parametrize("backend, fuse_qk, recompute_qk, expected", [
-    ("triton", True, True, "tokens_kernels"), ("triton", True, False, "cross_e2a_packed"),
+    ("triton", True, True, "tokens_kernels"), ("triton", True, False, "tokens_kernels"),
     ("triton", False, True, "cross_e2a"), ("torch", True, True, "cross_e2a_streams"),
 ])
 def test_module_packs_q_and_k_only_for_the_kernels(monkeypatch, backend, fuse_qk, recompute_qk, expected):
@@ -222,7 +222,7 @@ def test_module_packs_q_and_k_only_for_the_kernels(monkeypatch, backend, fuse_qk
     import crocnet.nn.cross_attention as cross
 
     called = []
-    for name in ("cross_e2a", "cross_e2a_packed", "cross_e2a_streams", "tokens_kernels"):
+    for name in ("cross_e2a", "cross_e2a_streams", "tokens_kernels"):
         def spy(*args, _real=getattr(cross, name), _name=name, **kwargs):
             called.append(_name)
             return _real(*args, **kwargs)

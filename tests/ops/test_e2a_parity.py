@@ -25,14 +25,14 @@ def _run(module, x, dy, forward=None):
     return out.detach(), grads(module, [x])
 
 
-def _compare(backend, dtype, batch, hw, in_dims, token_dim, device="cpu", fuse_qk=True):
+def _compare(backend, dtype, batch, hw, in_dims, token_dim, device="cpu", **options):
     torch.manual_seed(hash((batch, hw, in_dims, token_dim)) % 2**31)
     ref = timm_e2a(in_dims, token_dim).double()
     x = torch.randn(batch, in_dims, *hw, dtype=torch.float64)
     dy = torch.randn(batch, token_dim, *hw, dtype=torch.float64)
     out64, g64 = _run(ref, x, dy)
 
-    ours = EfficientAdditiveAttention2d(in_dims, token_dim, backend=backend, fuse_qk=fuse_qk).to(device, dtype)
+    ours = EfficientAdditiveAttention2d(in_dims, token_dim, backend=backend, **options).to(device, dtype)
     ours.load_state_dict(ref.state_dict())
     out, g = _run(ours, x.to(device, dtype), dy.to(device, dtype))
 
@@ -67,11 +67,15 @@ def test_torch_backend_matches_timm(shape, dtype):
     _compare("torch", dtype, *shape)
 
 
-@pytest.mark.parametrize("fuse_qk", [True, False], ids=["packed-qk", "two-linears"])
+#: the module's Triton paths: packed qk made again in the backward (the default), packed qk kept, two linears
+PATHS = {"packed-qk": {}, "keep-qk": {"recompute_qk": False}, "two-linears": {"fuse_qk": False}}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
-def test_triton_backend_matches_timm_fp64(shape, fuse_qk):
+def test_triton_backend_matches_timm_fp64(shape, path):
     skip_fp64_on_gpu("triton", torch.float64)
-    _compare("triton", torch.float64, *shape, device=triton_device(), fuse_qk=fuse_qk)
+    _compare("triton", torch.float64, *shape, device=triton_device(), **PATHS[path])
 
 
 @pytest.mark.parametrize("shape", GRID, ids=_ids)
@@ -261,8 +265,8 @@ def test_functional_op_matches_timm_module_math():
     torch.testing.assert_close(y2, y, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("fuse_qk", [True, False], ids=["packed-qk", "two-linears"])
-def test_module_under_autocast_matches_timm(fuse_qk):
+@pytest.mark.parametrize("path", PATHS)
+def test_module_under_autocast_matches_timm(path):
     """Mixed precision as training runs it: float32 parameters under bfloat16 autocast, the Triton path (the
     packed GEMM casts to bfloat16 and ``qk_bias`` is cast with it), output and every gradient held to timm's
     module under the same autocast by the table's bfloat16 rule, against timm in float64."""
@@ -272,7 +276,7 @@ def test_module_under_autocast_matches_timm(fuse_qk):
     x = torch.randn(2, 24, 6, 7, dtype=torch.float64)
     dy = torch.randn(2, 40, 6, 7, dtype=torch.float64)
     out64, g64 = _run(ref, x, dy)
-    ours = EfficientAdditiveAttention2d(24, 40, backend="triton", fuse_qk=fuse_qk).to(dev)
+    ours = EfficientAdditiveAttention2d(24, 40, backend="triton", **PATHS[path]).to(dev)
     ours.load_state_dict(ref.state_dict())
     low = copy.deepcopy(ref).float().to(dev)
     with torch.autocast(device_type=dev, dtype=torch.bfloat16):
