@@ -47,15 +47,17 @@ class TorchMHA2d(nn.Module):
 def e2a_module(impl: str, dim: int, reference: nn.Module | None = None) -> nn.Module:
     """``crocnet`` (backend auto), ``crocnet_two_linears`` (the same without packing q and k into one GEMM,
     ``fuse_qk=False``), ``crocnet_keep_qk`` (packed, qk kept for the backward: ``recompute_qk=False``),
-    ``crocnet_torch`` (the PyTorch path), ``timm``, ``timm_compile``."""
+    ``crocnet_unfolded`` (``fold_final=False``: at inference the output linear runs apart), ``crocnet_torch``
+    (the PyTorch path), ``timm``, ``timm_compile``."""
     from timm.models.swiftformer import EfficientAdditiveAttention
 
     from crocnet.nn import EfficientAdditiveAttention2d
 
     ref = reference if reference is not None else EfficientAdditiveAttention(dim, dim)
-    if impl in ("crocnet", "crocnet_two_linears", "crocnet_keep_qk", "crocnet_torch"):
+    if impl in ("crocnet", "crocnet_two_linears", "crocnet_keep_qk", "crocnet_unfolded", "crocnet_torch"):
         m = EfficientAdditiveAttention2d(dim, dim, backend="torch" if impl == "crocnet_torch" else "auto",
-                                         fuse_qk=impl != "crocnet_two_linears", recompute_qk=impl != "crocnet_keep_qk")
+                                         fuse_qk=impl != "crocnet_two_linears", recompute_qk=impl != "crocnet_keep_qk",
+                                         fold_final=impl != "crocnet_unfolded")
         m.load_state_dict(ref.state_dict())
         return m
     if impl == "timm":

@@ -30,9 +30,12 @@ def parity() -> dict[str, bool]:
     ok = {}
     ref = e2a_module("timm", 32).to(DEVICE, dtype)
     want = ref(x)
-    for impl in E2A_IMPLS + ["crocnet_two_linears", "crocnet_keep_qk"]:
+    for impl in E2A_IMPLS + ["crocnet_two_linears", "crocnet_keep_qk", "crocnet_unfolded"]:
         try:
-            ok[impl] = rel_err(e2a_module(impl, 32, ref).to(DEVICE, dtype)(x), want) < (3e-2 if CUDA else 1e-5)
+            m = e2a_module(impl, 32, ref).to(DEVICE, dtype)
+            with torch.inference_mode():  # inference folds the output linear (fold_final): gated too
+                inference = m(x).clone()
+            ok[impl] = max(rel_err(m(x), want), rel_err(inference, want)) < (3e-2 if CUDA else 1e-5)
         except Exception:  # noqa: BLE001 - a failing implementation is gated out, not fatal
             ok[impl] = False
     sdpa = attention_module("sdpa", 32).to(DEVICE, dtype)
@@ -115,6 +118,17 @@ def test_recompute_qk(benchmark, parity, impl, B, side, D):
         pytest.skip("recompute_qk changes the Triton path only; on CPU both run the same PyTorch code")
     benchmark.group = f"recompute-qk B{B} {side}x{side}x{D} forward_backward"
     _case(benchmark, parity, impl, B, side, D, "forward_backward")
+
+
+@pytest.mark.parametrize("B, side, D", UNET_SHAPES[:3], ids=lambda v: str(v))
+@pytest.mark.parametrize("impl", ["crocnet", "crocnet_unfolded"])
+def test_fold_final(benchmark, parity, impl, B, side, D):
+    """Inference with the output linear folded into the key interaction (``fold_final``, the default;
+    benchmarks/NOTES.md, item 17) against the linear run apart."""
+    if not CUDA:
+        pytest.skip("fold_final changes the Triton path only; on CPU both run the same PyTorch code")
+    benchmark.group = f"fold-final B{B} {side}x{side}x{D} inference"
+    _case(benchmark, parity, impl, B, side, D, "inference")
 
 
 def _switched_case(benchmark, parity, monkeypatch, group, label, switch_off, B, side, D):

@@ -103,6 +103,16 @@ def _dot(a, b, acc, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: 
 
 
 @triton.jit
+def _weight_tile(W, offset, cols, ocols, D, wmask, VEC: tl.constexpr):
+    """``W[o, i]`` at ``W + offset`` (a row-major ``(D, D)`` weight) transposed and restricted to the output
+    columns: the tile ``[i, o]`` a GEMM over the token rows takes."""
+    wt = W + offset + ocols[None, :].to(tl.int64) * D + cols[:, None]
+    if VEC > 1:
+        wt = tl.multiple_of(wt, [VEC * (W.dtype.element_ty.primitive_bitwidth // 8), 1])
+    return tl.load(wt, mask=wmask, other=0.0)
+
+
+@triton.jit
 def _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr,
                       BLOCK_D: tl.constexpr):
     """Reduce the P pooling partials of one (stream, image) row, always in the same order.
@@ -204,19 +214,24 @@ def _pool_partials_kernel(
 
 @triton.autotune(
     configs=_config.out_configs(),
-    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB", "HAS_BIAS", "DOT_PREC", "VEC"],
+    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB", "HAS_BIAS", "FOLD", "DOT_PREC", "VEC"],
     prune_configs_by={"early_config_prune": _config.prune_out},
     cache_results=_config.AUTOTUNE_CACHE,
 )
 @triton.jit(do_not_specialize=["B", "N", "P"])
 def _key_interaction_kernel(
-    Q, K, QKB, W, BIAS, NQ, PART_G, PART_STAT, Y, G_OUT, STAT_OUT, NK,
+    Q, K, QKB, W, BIAS, WF, NQ, PART_G, PART_STAT, Y, G_OUT, STAT_OUT, NK,
     B, N, D, LDQ, P, eps_arg,
-    S: tl.constexpr, HAS_QKB: tl.constexpr, HAS_BIAS: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr,
-    IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr, VEC: tl.constexpr,
+    S: tl.constexpr, HAS_QKB: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, TOKEN_NORM: tl.constexpr,
+    ACC: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr, VEC: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
-    """Grid (P, ⌈D/BLOCK_O⌉, S·B): ``y_s[:, o] = Σ_t (k̂_t ⊙ G_s) @ W_{s,t}[o, :]ᵀ + Σ_t b_{s,t}[o] + q̂_s[:, o]``."""
+    """Grid (P, ⌈D/BLOCK_O⌉, S·B): ``y_s[:, o] = Σ_t (k̂_t ⊙ G_s) @ W_{s,t}[o, :]ᵀ + Σ_t b_{s,t}[o] + q̂_s[:, o]``.
+
+    ``FOLD`` (inference, the output linear folded in by the caller): ``W_{s,t} = W_f,s W_p,{s,t}``, ``BIAS``
+    the summed ``(S, D)`` bias ``W_f,s Σ_t b_{s,t} + b_f,s``, and the residual goes through ``WF = W_f (S, D,
+    D)``: ``out_s = Σ_t (k̂_t ⊙ G_s) W_{s,t}ᵀ + q̂_s W_f,sᵀ + BIAS_s``; the key norms (backward only) are not
+    written."""
     eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid = tl.program_id(0)
     pid_o = tl.program_id(1)
@@ -236,8 +251,11 @@ def _key_interaction_kernel(
 
     bias = tl.zeros([BLOCK_O], dtype=ACC)
     if HAS_BIAS:
-        for t in tl.static_range(S):
-            bias += tl.load(BIAS + (s * S + t) * D + ocols, mask=omask, other=0.0).to(ACC)
+        if FOLD:
+            bias += tl.load(BIAS + s * D + ocols, mask=omask, other=0.0).to(ACC)
+        else:
+            for t in tl.static_range(S):
+                bias += tl.load(BIAS + (s * S + t) * D + ocols, mask=omask, other=0.0).to(ACC)
 
     wmask = cmask[:, None] & omask[None, :]
     start, end = _token_range(pid, P, N, BLOCK_N)
@@ -248,17 +266,20 @@ def _key_interaction_kernel(
         for t in tl.static_range(S):
             kt = _load_qk(K, (t * B + b) * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
             nk = tl.sqrt(tl.sum(kt * kt, axis=1))
-            tl.store(NK + (t * B + b) * N + rows, nk, mask=rmask & (pid_o == 0) & (s == 0))
+            if not FOLD:
+                tl.store(NK + (t * B + b) * N + rows, nk, mask=rmask & (pid_o == 0) & (s == 0))
             z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * G[None, :]
-            # W_{s,t}ᵀ restricted to the output columns: wt[i, o] = W[s, t, o, i]
-            wt = W + (s * S + t) * D * D + ocols[None, :].to(tl.int64) * D + cols[:, None]
-            if VEC > 1:
-                wt = tl.multiple_of(wt, [VEC * (W.dtype.element_ty.primitive_bitwidth // 8), 1])
-            wt = tl.load(wt, mask=wmask, other=0.0)
-            acc = _dot(z, wt, acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
+            acc = _dot(z, _weight_tile(W, (s * S + t) * D * D, cols, ocols, D, wmask, VEC), acc, IN_DTYPE, DOT_IN_ACC,
+                       DOT_PREC)
         nq = tl.load(NQ + row * N + rows, mask=rmask, other=1.0).to(ACC)
-        qo = _load_qk(Q, row * N, rows, ocols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
-        y = acc + bias[None, :] + qo / tl.maximum(nq, eps)[:, None]
+        if FOLD:  # the residual through the output linear: one more product, q̂_s W_f,sᵀ
+            qt = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
+            z = qt * (1.0 / tl.maximum(nq, eps))[:, None]
+            y = _dot(z, _weight_tile(WF, s * D * D, cols, ocols, D, wmask, VEC), acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
+            y += bias[None, :]
+        else:
+            qo = _load_qk(Q, row * N, rows, ocols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
+            y = acc + bias[None, :] + qo / tl.maximum(nq, eps)[:, None]
         tl.store(_row_ptrs(Y, row * N, rows, ocols, D, VEC), y, mask=rmask[:, None] & omask[None, :])
 
 
@@ -522,13 +543,19 @@ def _vector_width(D: int, ld: int, *tensors: torch.Tensor) -> int:
     return vec
 
 
-def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float, qk_bias=None):
+def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float, qk_bias=None,
+                final_weight=None):
     """``q, k (S, B, N, D)`` (or ``q = qk (S, B, N, 2D)`` packed and ``k = None``), ``w_g (S, D)``,
     ``proj_weight (S, S, D, D)``, ``proj_bias (S, S, D) | None``; ``qk_bias (S, 2D) | None`` is added to q
     (first D) and k (last D) as they are loaded: the input linears' bias, so their GEMM can run without it.
 
     Returns ``y (S, B, N, D)`` in q's dtype, and for the backward ``G (S, B, D)``, ``stats (S, B, 2)``
     and the key norms ``nk (S, B, N)`` in the accumulator dtype (fp32, or fp64 for fp64 inputs).
+
+    With ``final_weight (S, D, D)`` (inference: the output linears folded in), ``proj_weight`` holds
+    ``W_f,s W_p,{s,t}`` and ``proj_bias (S, D) | None`` the bias of the whole, and the result is the
+    modules' output ``Σ_t (k̂_t ⊙ G_s) proj_weight[s, t]ᵀ + q̂_s final_weight[s]ᵀ + proj_bias[s]``; ``nk`` is
+    None (not written: only the backward reads it).
     """
     q, k, ld = _rows(q, k)
     S, B, N, D = q.shape
@@ -548,19 +575,25 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
     part_g = empty((S, B, P, D), dtype=acc_dtype, device=dev)
     part_stat = empty((S, B, P, 2), dtype=acc_dtype, device=dev)
     y = empty((S, B, N, D), dtype=q.dtype, device=dev)
-    vec = _vector_width(D, ld, q, k, proj_weight, y)
+    rows_and_weights = (q, k, proj_weight, y)
+    if final_weight is not None:
+        final_weight = final_weight.contiguous()
+        rows_and_weights += (final_weight,)
+    vec = _vector_width(D, ld, *rows_and_weights)
     _pool_partials_kernel[(P, S * B)](
         q, qkb, w_g, nq, part_g, part_stat, B, N, D, ld, P, float(scale), float(eps),
         HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, VEC=vec, BLOCK_D=BLOCK_D,
     )
     G = empty((S, B, D), dtype=acc_dtype, device=dev)
     stats = empty((S, B, 2), dtype=acc_dtype, device=dev)
-    nk = empty((S, B, N), dtype=acc_dtype, device=dev)
+    fold = final_weight is not None
+    nk = None if fold else empty((S, B, N), dtype=acc_dtype, device=dev)
     grid = lambda meta: (P, _config.cdiv(D, meta["BLOCK_O"]), S * B)  # noqa: E731
     _key_interaction_kernel[grid](
-        q, k, qkb, proj_weight, bias, nq, part_g, part_stat, y, G, stats, nk, B, N, D, ld, P, float(eps),
-        S=S, HAS_QKB=has_qkb, HAS_BIAS=has_bias, TOKEN_NORM=code, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc,
-        DOT_PREC=prec, VEC=vec, BLOCK_D=BLOCK_D,
+        q, k, qkb, proj_weight, bias, final_weight if fold else proj_weight, nq, part_g, part_stat, y, G, stats,
+        nq if fold else nk, B, N, D, ld, P, float(eps),
+        S=S, HAS_QKB=has_qkb, HAS_BIAS=has_bias, FOLD=fold, TOKEN_NORM=code, ACC=ACC, IN_DTYPE=IN_DTYPE,
+        DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, VEC=vec, BLOCK_D=BLOCK_D,
     )
     return y, G, stats, nk
 

@@ -8,7 +8,7 @@ from torch import nn
 from ..arguments import positive_int
 from ..ops import e2a
 from ..ops._checks import BACKENDS, autocast_dtype, resolve_backend
-from ..ops.e2a import single_stream_kernels, tokens_kernels
+from ..ops.e2a import folded_tokens_kernels, single_stream_kernels, tokens_kernels
 from ..ops.naive import TOKEN_NORMS
 
 #: epsilon of every norm, F.normalize's default (as timm)
@@ -62,6 +62,11 @@ class EfficientAdditiveAttention(nn.Module):
         recompute_qk: with ``fuse_qk`` on the Triton path, make qk again in the backward instead of keeping it
             for it: 2 BND less activation memory (about 5 → 3 BND for the module with its output, against
             timm's 9) for one more GEMM (3 BND of traffic). ``torch.compile`` keeps qk either way.
+        fold_final: with ``fuse_qk`` on the Triton path, at inference (grad mode off: ``torch.no_grad`` or
+            ``torch.inference_mode``) and ``num_heads=1``, fold ``final`` into the key interaction's GEMM
+            (:func:`crocnet.ops.e2a.folded_tokens_kernels`): the kernel writes the module's output, and the
+            attention output before ``final`` never reaches memory (2 BND of the forward's 9). False: the
+            linear separately, as in training.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class EfficientAdditiveAttention(nn.Module):
         dtype=None,
         fuse_qk: bool = True,
         recompute_qk: bool = True,
+        fold_final: bool = True,
     ):
         super().__init__()
         positive_int(type(self).__name__, in_dims=in_dims, token_dim=token_dim, num_heads=num_heads)
@@ -86,6 +92,7 @@ class EfficientAdditiveAttention(nn.Module):
         dim = token_dim * num_heads
         self.in_dims, self.token_dim, self.num_heads = in_dims, token_dim, num_heads
         self.token_norm, self.backend, self.fuse_qk, self.recompute_qk = token_norm, backend, bool(fuse_qk), bool(recompute_qk)
+        self.fold_final = bool(fold_final)
         self.scale_factor = token_dim**-0.5
         self.to_query = nn.Linear(in_dims, dim, **dd)
         self.to_key = nn.Linear(in_dims, dim, **dd)
@@ -101,7 +108,8 @@ class EfficientAdditiveAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_dims={self.in_dims}, token_dim={self.token_dim}, num_heads={self.num_heads}, "
-            f"token_norm={self.token_norm!r}, backend={self.backend!r}, fuse_qk={self.fuse_qk}, recompute_qk={self.recompute_qk}"
+            f"token_norm={self.token_norm!r}, backend={self.backend!r}, fuse_qk={self.fuse_qk}, recompute_qk={self.recompute_qk}, "
+            f"fold_final={self.fold_final}"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,8 +125,11 @@ class EfficientAdditiveAttention(nn.Module):
         # the kernels without the public ops' checks: the parameters fit by construction, x is checked above
         query, key, proj = self.to_query, self.to_key, self.proj
         if self.fuse_qk:  # one GEMM for q and k inside the op, their bias added in the kernels
-            y = tokens_kernels([x], [query.weight, key.weight], [query.bias, key.bias], [self.w_g], [proj.weight],
-                               [proj.bias], self.scale_factor, self.token_norm, EPS, keep_qk=not self.recompute_qk)
+            params = [x], [query.weight, key.weight], [query.bias, key.bias], [self.w_g], [proj.weight], [proj.bias]
+            if self.fold_final and self.num_heads == 1 and not torch.is_grad_enabled():
+                return folded_tokens_kernels(*params, [self.final.weight], [self.final.bias], self.scale_factor,
+                                             self.token_norm, EPS)
+            y = tokens_kernels(*params, self.scale_factor, self.token_norm, EPS, keep_qk=not self.recompute_qk)
         else:
             y = single_stream_kernels(query(x), key(x), self.w_g, proj.weight, proj.bias, self.scale_factor,
                                       self.token_norm, EPS)

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..ops import cross_e2a, cross_e2a_streams
 from ..ops._checks import BACKENDS, resolve_backend
-from ..ops.e2a import stack_parameters, tokens_kernels
+from ..ops.e2a import folded_tokens_kernels, stack_parameters, tokens_kernels
 from ..ops.naive import TOKEN_NORMS
 from ..arguments import positive_int
 from .attention import EPS, check_input_dtype
@@ -41,6 +41,8 @@ class CrossEfficientAdditiveAttention(nn.Module):
         recompute_qk: with ``fuse_qk`` on the Triton path, make the streams' qk again in the backward instead
             of keeping it: 2 BND a stream less activation memory (about 15 → 9 BND with the outputs, against
             the authors' 30) for one more GEMM a stream. ``torch.compile`` keeps qk either way.
+        fold_final: with ``fuse_qk`` on the Triton path, at inference (grad mode off) and ``num_heads=1``,
+            fold each stream's ``final`` into the key interaction's GEMM (2 BND a stream less traffic).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class CrossEfficientAdditiveAttention(nn.Module):
         dtype=None,
         fuse_qk: bool = True,
         recompute_qk: bool = True,
+        fold_final: bool = True,
     ):
         super().__init__()
         positive_int(type(self).__name__, in_dims=in_dims, token_dim=token_dim, streams=streams, num_heads=num_heads)
@@ -68,7 +71,7 @@ class CrossEfficientAdditiveAttention(nn.Module):
         dim = token_dim * num_heads
         self.in_dims, self.token_dim, self.num_heads, self.streams = in_dims, token_dim, num_heads, streams
         self.token_norm, self.backend, self.authors_final_bug = token_norm, backend, authors_final_bug
-        self.fuse_qk, self.recompute_qk = bool(fuse_qk), bool(recompute_qk)
+        self.fuse_qk, self.recompute_qk, self.fold_final = bool(fuse_qk), bool(recompute_qk), bool(fold_final)
         self.scale_factor = token_dim**-0.5
         dd = {"device": device, "dtype": dtype}
         self.to_query = nn.ModuleList(nn.Linear(in_dims, dim, **dd) for _ in range(streams))
@@ -81,7 +84,7 @@ class CrossEfficientAdditiveAttention(nn.Module):
         return (
             f"in_dims={self.in_dims}, token_dim={self.token_dim}, streams={self.streams}, "
             f"token_norm={self.token_norm!r}, backend={self.backend!r}, authors_final_bug={self.authors_final_bug}, "
-            f"fuse_qk={self.fuse_qk}, recompute_qk={self.recompute_qk}"
+            f"fuse_qk={self.fuse_qk}, recompute_qk={self.recompute_qk}, fold_final={self.fold_final}"
         )
 
     def final_for(self, s: int) -> nn.Linear:
@@ -113,11 +116,17 @@ class CrossEfficientAdditiveAttention(nn.Module):
             pairs = list(zip(self.to_query, self.to_key))
             groups = ([w for q, k in pairs for w in (q.weight, k.weight)], [b for q, k in pairs for b in (q.bias, k.bias)],
                       list(self.w_g), [p.weight for row in self.proj for p in row], [p.bias for row in self.proj for p in row])
+            if self.fuse_qk and self.fold_final and self.num_heads == 1 and not torch.is_grad_enabled():
+                finals = [self.final_for(s) for s in range(self.streams)]
+                y = folded_tokens_kernels(xs, *groups, [f.weight for f in finals], [f.bias for f in finals],
+                                          self.scale_factor, self.token_norm, EPS)
+                return (y,) if self.streams == 1 else tuple(y.unbind(0))  # one stream: (B, N, D), as e2a
             if self.fuse_qk:
                 # one GEMM a stream for q and k inside the op (their bias added in the kernels), made again in the
                 # backward unless kept; the parameters go in one tensor each (stacked inside, without autograd
                 # nodes) and fit by construction: no op checks
                 y = tokens_kernels(xs, *groups, self.scale_factor, self.token_norm, EPS, keep_qk=not self.recompute_qk)
+                y = y[None] if self.streams == 1 else y
             else:
                 _, _, w_g, proj_weight, proj_bias = stack_parameters(*groups)
                 qs = torch.stack([lin(x) for lin, x in zip(self.to_query, xs)])

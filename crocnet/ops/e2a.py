@@ -436,6 +436,47 @@ def tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_biases, s
     return y[0] if S == 1 else y
 
 
+def folded_tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_biases, final_weights, final_biases,
+                          scale: float, token_norm: str, eps: float):
+    """Inference (no autograd): the modules' whole output ``out_s = final_s(y_s)`` from the tokens, with each
+    stream's output linear ``(W_f,s (D, D), b_f,s)`` folded into the key interaction's GEMM (DESIGN.md §1):
+    ``out_s = Σ_t (k̂_t ⊙ G_s)(W_f,s W_p,{s,t})ᵀ + q̂_s W_f,sᵀ + W_f,s Σ_t b_p,{s,t} + b_f,s``, so y is never
+    written and read back: 2 BND of a forward's 9 (the module with its linears), and one launch. The folded
+    weights are made in the accumulator dtype (fp32, fp64 for fp64) and rounded once to the kernels' dtype.
+    Arguments as :func:`tokens_kernels`, plus ``final_weights`` (S of ``(D, D)``) and ``final_biases`` (S of
+    ``(D,)``) or None. Traced calls run :func:`tokens_kernels` and the linears (the custom ops have no folded
+    form)."""
+    S = len(w_gs)
+    if _recorded():
+        y = tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_biases, scale, token_norm, eps)
+        ys = [F.linear(y_s, w, None if final_biases is None else final_biases[s])
+              for s, (y_s, w) in enumerate(zip([y] if S == 1 else y.unbind(0), final_weights))]
+        return ys[0] if S == 1 else torch.stack(ys)
+    S, has_qkb, has_bias, params = _one_tensor_each(qk_weights, qk_biases, w_gs, proj_weights, proj_biases)
+    w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
+    dtype = _checks.autocast_dtype(xs[0])
+    if dtype is None or xs[0].dtype not in _AUTOCAST_CASTS:
+        dtype = xs[0].dtype
+    acc = _acc_dtype(dtype)
+
+    def to(t, dtype):  # skips the call where there is nothing to convert (host time)
+        return t if t is None or t.dtype == dtype else t.to(dtype)
+
+    def stacked(ts):  # (S, ...) in the accumulator dtype
+        return None if ts is None else to(ts[0][None] if S == 1 else torch.stack(ts), acc)
+
+    w_f, bias = stacked(final_weights), stacked(final_biases)
+    weight = torch.matmul(w_f[:, None], to(proj_weight, acc))
+    if has_bias:  # W_f,s Σ_t b_p,{s,t} (+ b_f,s)
+        through = to(proj_bias, acc)
+        through = (through[:, 0] if S == 1 else through.sum(1))[..., None]
+        bias = (torch.bmm(w_f, through) if bias is None else torch.baddbmm(bias[..., None], w_f, through))[..., 0]
+    qk = _streams_gemm([to(x, dtype) for x in xs], to(w_qk, dtype))
+    weight, bias, qk_bias, w_f = (to(t, dtype) for t in (weight, bias, qk_bias, w_f))
+    y = _kernels().e2a_forward(qk, None, w_g, weight, bias, scale, token_norm, eps, qk_bias, final_weight=w_f)[0]
+    return y[0] if S == 1 else y
+
+
 def stack_parameters(qk_weights, qk_biases, w_gs, proj_weights, proj_biases) -> tuple:
     """A module's per-stream parameters, given as to :func:`tokens_kernels`, stacked through autograd into the
     layout of :func:`cross_e2a_packed` / :func:`cross_e2a`: ``w_qk (S, 2D, C)``, ``qk_bias (S, 2D)``, ``w_g (S,

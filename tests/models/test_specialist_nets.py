@@ -125,8 +125,9 @@ def test_state_dict_round_trip():
 
 
 def test_triton_backend_matches_torch():
-    """The models hand ``backend`` to every E2A and cross-E2A: same outputs and gradients either way
-    (CUDA when present, else Triton's interpreter, which tests/conftest.py turns on)."""
+    """The models hand ``backend`` to every E2A and cross-E2A: same outputs and gradients either way, and
+    the same outputs at inference (CUDA when present, else Triton's interpreter, which tests/conftest.py
+    turns on)."""
     from crocnet.ops._checks import interpreting
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -141,6 +142,8 @@ def test_triton_backend_matches_torch():
     x = torch.randn(2, 4, 8, 12, device=device)
     out, ref = model(x), reference(x)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():  # every E2A and cross-E2A with its output linear folded into the kernels
+        torch.testing.assert_close(model(x), ref.detach(), rtol=1e-4, atol=1e-4)
     out.square().mean().backward()
     ref.square().mean().backward()
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):

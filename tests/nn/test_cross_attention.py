@@ -276,11 +276,12 @@ def test_cross_module_under_autocast_matches_the_authors(recompute_qk):
         assert_matches(f"grad {theirs}", g[mine], g64[theirs], torch.bfloat16, grad=True, baseline=base_g[theirs])
 
 
+@pytest.mark.parametrize("recompute_qk", [True, False], ids=["recompute-qk", "keep-qk"])
 @pytest.mark.parametrize("streams", [1, 3])
-def test_kernels_from_the_tokens_take_frozen_parameters_and_accumulate(streams):
+def test_kernels_from_the_tokens_take_frozen_parameters_and_accumulate(streams, recompute_qk):
     """The tokens op takes each parameter as its own tensor and hands back views of its stacked gradients:
     a frozen parameter gets none and changes no other gradient, and two backward passes accumulate twice
-    the gradient of one (float64 in the interpreter, float32 on a GPU, against the module that keeps qk and
+    the gradient of one (float64 in the interpreter, float32 on a GPU, against the two-linear module, which
     stacks its parameters through autograd)."""
     from crocnet.nn import EfficientAdditiveAttention
 
@@ -289,8 +290,8 @@ def test_kernels_from_the_tokens_take_frozen_parameters_and_accumulate(streams):
     torch.manual_seed(5)
     make = ((lambda **kw: EfficientAdditiveAttention(12, 16, backend="triton", **kw)) if streams == 1 else
             (lambda **kw: CrossEfficientAdditiveAttention(12, 16, streams=streams, backend="triton", **kw)))
-    keep = make(recompute_qk=False).to(dev, dtype)
-    ours = make(recompute_qk=True).to(dev, dtype)
+    keep = make(fuse_qk=False).to(dev, dtype)
+    ours = make(recompute_qk=recompute_qk).to(dev, dtype)
     ours.load_state_dict(keep.state_dict())
     frozen = {"to_key.weight", "final.bias"} if streams == 1 else {"to_key.1.weight", "proj.0.2.bias", "w_g.2", "final.0.weight"}
     for module in (keep, ours):
@@ -312,15 +313,16 @@ def test_kernels_from_the_tokens_take_frozen_parameters_and_accumulate(streams):
         torch.testing.assert_close(p.grad, 2 * want[name], rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=0, msg=name)
 
 
-def test_a_stream_whose_output_is_unused_gets_zero_gradient():
-    """Backward from one stream's output alone: the tokens op (``recompute_qk``) gives the gradients of the
-    module that keeps qk, the other streams' ``final`` linears none (None, which optimisers skip; float64 in
-    the interpreter, float32 on a GPU)."""
+@pytest.mark.parametrize("recompute_qk", [True, False], ids=["recompute-qk", "keep-qk"])
+def test_a_stream_whose_output_is_unused_gets_zero_gradient(recompute_qk):
+    """Backward from one stream's output alone: the tokens op gives the gradients of the two-linear module,
+    the other streams' ``final`` linears none (None, which optimisers skip; float64 in the interpreter,
+    float32 on a GPU)."""
     dev = _device("triton")
     dtype = torch.float64 if dev == "cpu" else torch.float32
     torch.manual_seed(9)
-    keep = CrossEfficientAdditiveAttention(12, 16, backend="triton", recompute_qk=False).to(dev, dtype)
-    ours = CrossEfficientAdditiveAttention(12, 16, backend="triton").to(dev, dtype)
+    keep = CrossEfficientAdditiveAttention(12, 16, backend="triton", fuse_qk=False).to(dev, dtype)
+    ours = CrossEfficientAdditiveAttention(12, 16, backend="triton", recompute_qk=recompute_qk).to(dev, dtype)
     ours.load_state_dict(keep.state_dict())
     xs = [torch.randn(2, 9, 12, device=dev, dtype=dtype, requires_grad=True) for _ in range(3)]
     dy = torch.randn(2, 9, 16, device=dev, dtype=dtype)
@@ -336,3 +338,54 @@ def test_a_stream_whose_output_is_unused_gets_zero_gradient():
             assert got is None, name
             continue
         torch.testing.assert_close(got, want, rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("final_bug", [False, True], ids=["per-stream-final", "authors-final-bug"])
+def test_inference_folds_each_final_and_matches_the_authors(monkeypatch, final_bug):
+    """Grad mode off (``torch.inference_mode``): the Triton path folds each stream's ``final`` (the authors'
+    ``final_myo`` for RV with the flag) into the key interaction's GEMM; outputs held to the authors' form by
+    the float64 rule (float32 on a GPU); with grad mode on, or ``fold_final=False``, the linears run apart."""
+    import crocnet.nn.cross_attention as cross
+
+    folded = []
+    monkeypatch.setattr(cross, "folded_tokens_kernels",
+                        lambda *a, _real=cross.folded_tokens_kernels: folded.append(1) or _real(*a))
+    dev = _device("triton")
+    dtype = torch.float64 if dev == "cpu" else torch.float32
+    torch.manual_seed(13)
+    ref = AuthorsCrossAttention(12, 24, final_bug=final_bug).double()
+    xs = [torch.randn(2, 29, 12, dtype=torch.float64) for _ in range(3)]
+    with torch.no_grad():
+        out64 = ref(*xs)
+    for fold in (True, False):
+        ours = CrossEfficientAdditiveAttention(12, 24, backend="triton", authors_final_bug=final_bug, fold_final=fold)
+        ours.load_crocnet_state_dict(ref.state_dict())
+        ours = ours.to(dev, dtype)
+        folded.clear()
+        with torch.inference_mode():
+            out = ours(*(x.to(dev, dtype) for x in xs))
+        assert folded == ([1] if fold else []), f"fold_final={fold}: folded {len(folded)} times"
+        for s in range(3):
+            assert_matches(f"output {s}", out[s], out64[s], dtype)
+    folded.clear()
+    ours.fold_final = True
+    ours(*(x.to(dev, dtype) for x in xs))  # grad mode on: not folded
+    assert folded == []
+
+
+@pytest.mark.parametrize("path", ["packed-qk", "keep-qk", "two-linears", "folded"])
+def test_one_stream_gives_one_output_of_the_batch_shape(path):
+    """``streams=1`` on the Triton path: one output ``(B, N, token_dim)`` equal to the PyTorch backend's (the
+    tokens op returns one stream's output without a stream axis; unbinding it had split the batch)."""
+    dev = _device("triton")
+    dtype = torch.float64 if dev == "cpu" else torch.float32
+    options = {"packed-qk": {}, "keep-qk": {"recompute_qk": False}, "two-linears": {"fuse_qk": False}, "folded": {}}[path]
+    torch.manual_seed(17)
+    ours = CrossEfficientAdditiveAttention(8, 16, streams=1, backend="triton", **options).to(dev, dtype)
+    ref = CrossEfficientAdditiveAttention(8, 16, streams=1, backend="torch").to(dev, dtype)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 5, 8, device=dev, dtype=dtype)
+    with torch.set_grad_enabled(path != "folded"):
+        out = ours(x)
+    assert isinstance(out, tuple) and len(out) == 1 and out[0].shape == (3, 5, 16)
+    torch.testing.assert_close(out[0], ref(x)[0], rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-12)

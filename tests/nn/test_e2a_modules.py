@@ -214,3 +214,34 @@ def test_recompute_qk_keeps_no_qk_for_the_backward_and_changes_no_gradient():
     for name, want, got in [("out", runs[False][0], runs[True][0]), ("dx", runs[False][1], runs[True][1])] + [
             (n, runs[False][2][n], runs[True][2][n]) for n in runs[False][2]]:
         torch.testing.assert_close(got, want, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("token_norm", ["l2", "softmax", "none"])
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_inference_folds_final_where_it_can(monkeypatch, token_norm, num_heads):
+    """Grad mode off, the Triton path with ``fuse_qk`` and one head: ``final`` folded into the kernels
+    (``folded_tokens_kernels``); with two heads (``final`` maps 2D to D), grad mode on or ``fold_final=False``,
+    the linear runs apart. Every case gives the PyTorch backend's output (float64 in the interpreter,
+    float32 on a GPU)."""
+    import crocnet.nn.attention as attention
+
+    folded = []
+    monkeypatch.setattr(attention, "folded_tokens_kernels",
+                        lambda *a, _real=attention.folded_tokens_kernels: folded.append(1) or _real(*a))
+    device = triton_device()
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    torch.manual_seed(21)
+    ref = EfficientAdditiveAttention2d(12, 16, num_heads=num_heads, token_norm=token_norm, backend="torch").to(device, dtype)
+    x = torch.randn(2, 12, 5, 6, device=device, dtype=dtype)
+    with torch.no_grad():
+        want = ref(x)
+    for fold, grad in ((True, False), (False, False), (True, True)):
+        ours = EfficientAdditiveAttention2d(12, 16, num_heads=num_heads, token_norm=token_norm, backend="triton",
+                                            fold_final=fold).to(device, dtype)
+        ours.load_state_dict(ref.state_dict())
+        assert f"fold_final={fold}" in repr(ours)
+        folded.clear()
+        with torch.set_grad_enabled(grad):
+            out = ours(x)
+        assert folded == ([1] if fold and not grad and num_heads == 1 else []), (fold, grad)
+        torch.testing.assert_close(out.detach(), want, rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-12)

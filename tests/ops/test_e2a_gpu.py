@@ -46,6 +46,9 @@ def test_unet_sizes_match_timm(B, side, D, dtype):
     assert_matches("output", out, out64, dtype, baseline=base_out)
     for name in g64:
         assert_matches(f"grad {name}", g[name], g64[name], dtype, grad=True, baseline=base_g.get(name))
+    with torch.inference_mode():  # final folded into the key interaction (fold_final)
+        folded = ours(x.to(dtype))
+    assert_matches("output at inference", folded, out64, dtype, baseline=base_out)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -119,8 +122,11 @@ def check_cross_against_authors(B, N, D, dtype, device):
     base_out, base_g = [None] * 3, {}
     if dtype != torch.float32:
         base_out, base_g = run(copy.deepcopy(ref).to(dtype), dtype)
+    with torch.inference_mode():  # each final folded into the key interaction (fold_final)
+        folded = ours(*(x.to(dtype) for x in xs))
     for s in range(3):
         assert_matches(f"stream {s}", out[s], out64[s], dtype, baseline=base_out[s])
+        assert_matches(f"stream {s} at inference", folded[s], out64[s], dtype, baseline=base_out[s])
     for theirs, mine in authors_to_ours_names().items():
         if g64[theirs] is None:  # final_rv is unused under the authors' bug
             assert theirs.startswith("final_rv"), theirs

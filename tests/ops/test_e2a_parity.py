@@ -78,6 +78,37 @@ def test_triton_backend_matches_timm_fp64(shape, path):
     _compare("triton", torch.float64, *shape, device=triton_device(), **PATHS[path])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES[:2] + [(2, (6, 11), 24, 64)], ids=_ids)
+def test_inference_with_final_folded_matches_timm(shape, dtype):
+    """Grad mode off: the module's output linear folded into the key interaction's GEMM (``fold_final``), held
+    to timm by the dtype's rule (bfloat16: float32 parameters under autocast, against timm under the same
+    autocast; float16: the module in float16, against timm in float16)."""
+    if dtype == torch.float64:
+        skip_fp64_on_gpu("triton", dtype)
+    batch, hw, in_dims, token_dim = shape
+    dev = triton_device()
+    torch.manual_seed(hash(shape) % 2**31)
+    ref = timm_e2a(in_dims, token_dim).double()
+    x = torch.randn(batch, in_dims, *hw, dtype=torch.float64)
+    ours = EfficientAdditiveAttention2d(in_dims, token_dim, backend="triton")
+    ours.load_state_dict(ref.state_dict())
+    low = copy.deepcopy(ref)
+    with torch.no_grad():
+        out64 = ref(x)
+        if dtype == torch.bfloat16:
+            ours, low, x = ours.to(dev), low.float().to(dev), x.float().to(dev)
+            with torch.autocast(device_type=dev, dtype=torch.bfloat16):
+                out, base = ours(x), low(x)
+            assert out.dtype == torch.bfloat16
+        elif dtype == torch.float16:
+            out, base = ours.to(dev, dtype)(x.to(dev, dtype)), low.to(dev, dtype)(x.to(dev, dtype))
+        else:
+            out, base = ours.to(dev, dtype)(x.to(dev, dtype)), None
+    assert out.shape == out64.shape
+    assert_matches("output", out, out64, dtype, baseline=base)
+
+
 @pytest.mark.parametrize("shape", GRID, ids=_ids)
 def test_triton_backend_matches_timm_fp32(shape):
     _compare("triton", torch.float32, *shape, device=triton_device())
