@@ -131,6 +131,20 @@ def test_fold_final(benchmark, parity, impl, B, side, D):
     _case(benchmark, parity, impl, B, side, D, "inference")
 
 
+@pytest.mark.parametrize("B, side, D", UNET_SHAPES[:3], ids=lambda v: str(v))
+@pytest.mark.parametrize("route", ["from_tokens", "qk_gemm"])
+def test_fused_input(benchmark, parity, monkeypatch, route, B, side, D):
+    """Inference with q and k made from the tokens inside the kernels (benchmarks/NOTES.md, item 18) against
+    the folded inference that makes qk with a GEMM and reads it back (``FUSED_INPUT_MAX_D = 0``)."""
+    if not CUDA:
+        pytest.skip("the change alters the compiled GPU path only; on CPU the PyTorch path runs")
+    if route == "qk_gemm":
+        monkeypatch.setattr(_config, "FUSED_INPUT_MAX_D", 0)
+    benchmark.group = f"fused-input B{B} {side}x{side}x{D} inference"
+    _case(benchmark, parity, "crocnet", B, side, D, "inference")
+    benchmark.extra_info["impl"] = f"crocnet_{route}"
+
+
 def _switched_case(benchmark, parity, monkeypatch, group, label, switch_off, B, side, D):
     """One side of an A/B benchmark of a change built into the kernels: ``switch_off`` is the ``_config``
     (name, value) that turns it off, or None for the change itself."""

@@ -185,6 +185,12 @@ MAX_VECTOR_BYTES = 16
 FUSED_WEIGHT_GRAD_MAX_BLOCK_D = 32
 
 
+#: Widest attention width at which the one-stream inference path makes q and k from the tokens inside the
+#: kernels (``e2a.e2a_inference_from_tokens``): up to one output tile, so no program makes them twice. 0
+#: turns it off (the fused-input benchmark's comparison: qk made by a GEMM and read back).
+FUSED_INPUT_MAX_D = 128
+
+
 def block_d(dim: int) -> int:
     return max(16, next_power_of_2(dim))
 

@@ -103,6 +103,54 @@ def _dot(a, b, acc, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: 
 
 
 @triton.jit
+def _project(X, x0, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB: tl.constexpr, WITH_K: tl.constexpr,
+             IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr, ACC: tl.constexpr,
+             X_UNIT: tl.constexpr, XVEC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+             BLOCK_C: tl.constexpr):
+    """q (and k, if WITH_K) of token rows ``rows`` made from the tokens themselves: ``x[rows] @ W_qkᵀ (+ b)``
+    with ``x`` at ``X + x0`` (strides SXN, SXC: any layout) and ``W_qk (2D, C)`` row-major, q its first D
+    rows; C in BLOCK_C chunks, one x load for both. Rows past N are 0. X_UNIT names the unit stride, which
+    Triton does not specialise on: 1 for tokens (the 2D modules' token view of a feature map), 2 for channels
+    (contiguous tokens), 0 neither; XVEC > 1: the launcher found the runs along it aligned to XVEC elements
+    (as VEC for the rows)."""
+    rmask = rows < N
+    cmask = cols < D
+    q = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
+    k = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
+    for c0 in range(0, C, BLOCK_C):
+        cc = c0 + tl.arange(0, BLOCK_C)
+        ccmask = cc < C
+        if X_UNIT == 2:  # contiguous tokens: channels adjacent
+            xt = X + x0 + rows.to(tl.int64)[:, None] * SXN + cc[None, :]
+            if XVEC > 1:
+                xt = tl.multiple_of(xt, [1, XVEC * (X.dtype.element_ty.primitive_bitwidth // 8)])
+        elif X_UNIT == 1:  # a feature map's token view: tokens adjacent
+            xt = X + x0 + rows.to(tl.int64)[:, None] + cc[None, :].to(tl.int64) * SXC
+            if XVEC > 1:
+                xt = tl.multiple_of(xt, [XVEC * (X.dtype.element_ty.primitive_bitwidth // 8), 1])
+        else:
+            xt = X + x0 + rows.to(tl.int64)[:, None] * SXN + cc[None, :].to(tl.int64) * SXC
+        if X_UNIT == 1:  # the masks constant over each aligned group of XVEC along the unit stride
+            xmask = _col_mask(rows, N, XVEC)[:, None] & ccmask[None, :]
+        elif X_UNIT == 2:
+            xmask = rmask[:, None] & _col_mask(cc, C, XVEC)[None, :]
+        else:
+            xmask = rmask[:, None] & ccmask[None, :]
+        xt = tl.load(xt, mask=xmask, other=0.0)
+        wmask = ccmask[:, None] & cmask[None, :]
+        wq = tl.load(WQK + cols[None, :].to(tl.int64) * C + cc[:, None], mask=wmask, other=0.0)
+        q = _dot(xt, wq, q, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
+        if WITH_K:
+            wk = tl.load(WQK + (D + cols[None, :]).to(tl.int64) * C + cc[:, None], mask=wmask, other=0.0)
+            k = _dot(xt, wk, k, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
+    if HAS_QKB:
+        q = tl.where(rmask[:, None], q + tl.load(QKB + cols, mask=cmask, other=0.0).to(ACC)[None, :], 0.0)
+        if WITH_K:
+            k = tl.where(rmask[:, None], k + tl.load(QKB + D + cols, mask=cmask, other=0.0).to(ACC)[None, :], 0.0)
+    return q, k
+
+
+@triton.jit
 def _weight_tile(W, offset, cols, ocols, D, wmask, VEC: tl.constexpr):
     """``W[o, i]`` at ``W + offset`` (a row-major ``(D, D)`` weight) transposed and restricted to the output
     columns: the tile ``[i, o]`` a GEMM over the token rows takes."""
@@ -161,18 +209,20 @@ def _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM: tl.co
 
 @triton.autotune(
     configs=_config.row_configs(),
-    key=["BLOCK_D", "TOKEN_NORM", "HAS_QKB", "VEC"],
+    key=["BLOCK_D", "TOKEN_NORM", "HAS_QKB", "FROM_X", "BLOCK_C", "VEC"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
     cache_results=_config.AUTOTUNE_CACHE,
 )
-@triton.jit(do_not_specialize=["B", "N", "P"])
+@triton.jit(do_not_specialize=["B", "N", "P", "SXB", "SXC"])
 def _pool_partials_kernel(
-    Q, QKB, WG, NQ, PART_G, PART_STAT,
-    B, N, D, LDQ, P, scale, eps_arg,
+    Q, QKB, WG, NQ, PART_G, PART_STAT, X, WQK,
+    B, N, D, LDQ, P, scale, eps_arg, C, SXB, SXN, SXC,
     HAS_QKB: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    FROM_X: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
+    X_UNIT: tl.constexpr, XVEC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Grid (P, S·B). One pass over q: per-token norms (kept for the epilogue) and pooling partials."""
+    """Grid (P, S·B). One pass over q: per-token norms (kept for the epilogue) and pooling partials.
+    ``FROM_X`` (one stream): q made from the tokens (``_project``), its norms not kept."""
     eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)  # s·B + b
@@ -188,9 +238,14 @@ def _pool_partials_kernel(
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        x = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
+        if FROM_X:
+            x, _ = _project(X, row * SXB, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB, False, IN_DTYPE,
+                            DOT_IN_ACC, DOT_PREC, ACC, X_UNIT, XVEC, BLOCK_N, BLOCK_D, BLOCK_C)
+        else:
+            x = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
         nq = tl.sqrt(tl.sum(x * x, axis=1))
-        tl.store(NQ + row * N + rows, nq, mask=rmask)
+        if not FROM_X:
+            tl.store(NQ + row * N + rows, nq, mask=rmask)
         qh = x / tl.maximum(nq, eps)[:, None]
         a = tl.sum(qh * wg[None, :], axis=1) * scale
         if TOKEN_NORM == 0:
@@ -214,24 +269,26 @@ def _pool_partials_kernel(
 
 @triton.autotune(
     configs=_config.out_configs(),
-    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB", "HAS_BIAS", "FOLD", "DOT_PREC", "VEC"],
+    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB", "HAS_BIAS", "FOLD", "FROM_X", "BLOCK_C", "DOT_PREC", "VEC"],
     prune_configs_by={"early_config_prune": _config.prune_out},
     cache_results=_config.AUTOTUNE_CACHE,
 )
-@triton.jit(do_not_specialize=["B", "N", "P"])
+@triton.jit(do_not_specialize=["B", "N", "P", "SXB", "SXC"])
 def _key_interaction_kernel(
-    Q, K, QKB, W, BIAS, WF, NQ, PART_G, PART_STAT, Y, G_OUT, STAT_OUT, NK,
-    B, N, D, LDQ, P, eps_arg,
+    Q, K, QKB, W, BIAS, WF, NQ, PART_G, PART_STAT, Y, G_OUT, STAT_OUT, NK, X, WQK,
+    B, N, D, LDQ, P, eps_arg, C, SXB, SXN, SXC,
     S: tl.constexpr, HAS_QKB: tl.constexpr, HAS_BIAS: tl.constexpr, FOLD: tl.constexpr, TOKEN_NORM: tl.constexpr,
     ACC: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr, VEC: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
+    FROM_X: tl.constexpr, X_UNIT: tl.constexpr, XVEC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
 ):
     """Grid (P, ⌈D/BLOCK_O⌉, S·B): ``y_s[:, o] = Σ_t (k̂_t ⊙ G_s) @ W_{s,t}[o, :]ᵀ + Σ_t b_{s,t}[o] + q̂_s[:, o]``.
 
     ``FOLD`` (inference, the output linear folded in by the caller): ``W_{s,t} = W_f,s W_p,{s,t}``, ``BIAS``
     the summed ``(S, D)`` bias ``W_f,s Σ_t b_{s,t} + b_f,s``, and the residual goes through ``WF = W_f (S, D,
     D)``: ``out_s = Σ_t (k̂_t ⊙ G_s) W_{s,t}ᵀ + q̂_s W_f,sᵀ + BIAS_s``; the key norms (backward only) are not
-    written."""
+    written. ``FROM_X`` (with FOLD, one stream, one output tile): q and k made from the tokens
+    (``_project``), so neither is ever in memory."""
     eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid = tl.program_id(0)
     pid_o = tl.program_id(1)
@@ -263,17 +320,26 @@ def _key_interaction_kernel(
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
         acc = tl.zeros([BLOCK_N, BLOCK_O], dtype=ACC)
-        for t in tl.static_range(S):
-            kt = _load_qk(K, (t * B + b) * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
+        if FROM_X:  # one stream (s = t = 0), FOLD: q and k from the tokens, q's norm here
+            qt, kt = _project(X, b * SXB, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB, True, IN_DTYPE,
+                              DOT_IN_ACC, DOT_PREC, ACC, X_UNIT, XVEC, BLOCK_N, BLOCK_D, BLOCK_C)
             nk = tl.sqrt(tl.sum(kt * kt, axis=1))
-            if not FOLD:
-                tl.store(NK + (t * B + b) * N + rows, nk, mask=rmask & (pid_o == 0) & (s == 0))
             z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * G[None, :]
-            acc = _dot(z, _weight_tile(W, (s * S + t) * D * D, cols, ocols, D, wmask, VEC), acc, IN_DTYPE, DOT_IN_ACC,
-                       DOT_PREC)
-        nq = tl.load(NQ + row * N + rows, mask=rmask, other=1.0).to(ACC)
+            acc = _dot(z, _weight_tile(W, 0, cols, ocols, D, wmask, VEC), acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
+            nq = tl.sqrt(tl.sum(qt * qt, axis=1))
+        else:
+            for t in tl.static_range(S):
+                kt = _load_qk(K, (t * B + b) * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
+                nk = tl.sqrt(tl.sum(kt * kt, axis=1))
+                if not FOLD:
+                    tl.store(NK + (t * B + b) * N + rows, nk, mask=rmask & (pid_o == 0) & (s == 0))
+                z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * G[None, :]
+                acc = _dot(z, _weight_tile(W, (s * S + t) * D * D, cols, ocols, D, wmask, VEC), acc, IN_DTYPE,
+                           DOT_IN_ACC, DOT_PREC)
+            nq = tl.load(NQ + row * N + rows, mask=rmask, other=1.0).to(ACC)
+            if FOLD:
+                qt = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
         if FOLD:  # the residual through the output linear: one more product, q̂_s W_f,sᵀ
-            qt = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
             z = qt * (1.0 / tl.maximum(nq, eps))[:, None]
             y = _dot(z, _weight_tile(WF, s * D * D, cols, ocols, D, wmask, VEC), acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
             y += bias[None, :]
@@ -543,6 +609,21 @@ def _vector_width(D: int, ld: int, *tensors: torch.Tensor) -> int:
     return vec
 
 
+def _token_vector_width(x: torch.Tensor, SXB: int, SXN: int, SXC: int) -> int:
+    """XVEC for ``_project``: how many elements of x's runs along its unit-stride axis (tokens for the 2D
+    modules' token view, SXN = 1; channels for contiguous tokens, SXC = 1) start together on a boundary, at
+    most 16 bytes' worth: the other strides, the run's length (N or C: the masks must be constant over each
+    group) and the address must all be multiples of it (1: no promise)."""
+    if SXN != 1 and SXC != 1:
+        return 1
+    B, N, C = x.shape
+    others = (SXB, SXC, N) if SXN == 1 else (SXB, SXN, C)
+    vec = max(1, _config.MAX_VECTOR_BYTES // x.element_size())
+    while vec > 1 and (any(st % vec for st in others) or x.data_ptr() % (vec * x.element_size())):
+        vec //= 2
+    return vec
+
+
 def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float, qk_bias=None,
                 final_weight=None):
     """``q, k (S, B, N, D)`` (or ``q = qk (S, B, N, 2D)`` packed and ``k = None``), ``w_g (S, D)``,
@@ -558,7 +639,41 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
     None (not written: only the backward reads it).
     """
     q, k, ld = _rows(q, k)
-    S, B, N, D = q.shape
+    return _forward(q, k, ld, q.shape, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias,
+                    final_weight)
+
+
+def fuses_input_linear(streams: int, D: int, dtype: torch.dtype) -> bool:
+    """Whether :func:`e2a_inference_from_tokens` takes this case: one stream, one output tile (D ≤ 128), and
+    16-bit operands, whose projections run on tensor cores (fp32 ones would run on FMA units, about as long
+    as the bytes they save, and spill at D ≥ 64 on sm_90; the interpreter takes every dtype, for the tests)."""
+    return (streams == 1 and 0 < D <= _config.FUSED_INPUT_MAX_D
+            and (dtype in (torch.float16, torch.bfloat16) or _config.INTERPRETING))
+
+
+def e2a_inference_from_tokens(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, final_weight, scale: float,
+                              token_norm: str, eps: float):
+    """One stream's whole E2A module at inference, from its tokens ``x (B, N, C)`` (any strides: the 2D
+    modules' token view of a ``(B, C, H, W)`` map is read in place): ``q, k = x W_qkᵀ + b_qk`` are made inside
+    both kernels, tile by tile, and never written, and the output linear is folded in as for
+    :func:`e2a_forward` with ``final_weight``: ``w_qk (2D, C)``, ``qk_bias (2D,) | None``, ``w_g (D,)``,
+    ``proj_weight (D, D) = W_f W_p``, ``proj_bias (D,) | None`` (the whole bias), ``final_weight (D, D)``, all
+    in the compute dtype, which is the output's; x is cast to it as it is loaded. D ≤ 128
+    (:func:`fuses_input_linear`). Returns ``(B, N, D)``."""
+    B, N, C = x.shape
+    D = w_qk.shape[0] // 2
+    w_qk = w_qk.contiguous()
+    shape = (1, B, N, D)
+    y = _forward(w_qk, w_qk, D, shape, (x, w_qk), w_g, proj_weight.reshape(1, 1, D, D),
+                 None if proj_bias is None else proj_bias.reshape(1, D), scale, token_norm, eps, qk_bias,
+                 final_weight.reshape(1, D, D))[0]
+    return y[0]
+
+
+def _forward(q, k, ld, shape, tokens, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias, final_weight):
+    """The two forward launches. ``tokens``: None, or ``(x, w_qk)`` to make q and k from the tokens in the
+    kernels (``FROM_X``; q and k are then only stand-ins of the compute dtype, for the argument lists)."""
+    S, B, N, D = shape
     w_g = w_g.reshape(S, D).contiguous()
     proj_weight = proj_weight.contiguous()
     has_qkb = qk_bias is not None
@@ -570,19 +685,26 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
     BLOCK_D = _config.block_d(D)
     P = _config.programs_per_row(N, S * B, q.device)
     dev = q.device
+    from_x = tokens is not None
+    x, w_qk = tokens if from_x else (q, w_g)
+    C, SXB, SXN, SXC = (x.shape[-1], *x.stride()) if from_x else (1, 0, 0, 0)
+    BLOCK_C = min(64, _config.block_d(C))
 
-    nq = empty((S, B, N), dtype=acc_dtype, device=dev)
     part_g = empty((S, B, P, D), dtype=acc_dtype, device=dev)
+    nq = part_g if from_x else empty((S, B, N), dtype=acc_dtype, device=dev)
     part_stat = empty((S, B, P, 2), dtype=acc_dtype, device=dev)
     y = empty((S, B, N, D), dtype=q.dtype, device=dev)
-    rows_and_weights = (q, k, proj_weight, y)
+    rows_and_weights = (proj_weight, y) if from_x else (q, k, proj_weight, y)
     if final_weight is not None:
         final_weight = final_weight.contiguous()
         rows_and_weights += (final_weight,)
     vec = _vector_width(D, ld, *rows_and_weights)
+    xvec = _token_vector_width(x, SXB, SXN, SXC) if from_x else 1
+    x_unit = 1 if SXN == 1 else 2 if SXC == 1 else 0
     _pool_partials_kernel[(P, S * B)](
-        q, qkb, w_g, nq, part_g, part_stat, B, N, D, ld, P, float(scale), float(eps),
-        HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, VEC=vec, BLOCK_D=BLOCK_D,
+        q, qkb, w_g, nq, part_g, part_stat, x, w_qk, B, N, D, ld, P, float(scale), float(eps), C, SXB, SXN, SXC,
+        HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, VEC=vec, BLOCK_D=BLOCK_D, FROM_X=from_x, IN_DTYPE=IN_DTYPE,
+        DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, X_UNIT=x_unit, XVEC=xvec, BLOCK_C=BLOCK_C,
     )
     G = empty((S, B, D), dtype=acc_dtype, device=dev)
     stats = empty((S, B, 2), dtype=acc_dtype, device=dev)
@@ -591,9 +713,10 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
     grid = lambda meta: (P, _config.cdiv(D, meta["BLOCK_O"]), S * B)  # noqa: E731
     _key_interaction_kernel[grid](
         q, k, qkb, proj_weight, bias, final_weight if fold else proj_weight, nq, part_g, part_stat, y, G, stats,
-        nq if fold else nk, B, N, D, ld, P, float(eps),
+        nq if fold else nk, x, w_qk, B, N, D, ld, P, float(eps), C, SXB, SXN, SXC,
         S=S, HAS_QKB=has_qkb, HAS_BIAS=has_bias, FOLD=fold, TOKEN_NORM=code, ACC=ACC, IN_DTYPE=IN_DTYPE,
-        DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, VEC=vec, BLOCK_D=BLOCK_D,
+        DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, VEC=vec, FROM_X=from_x, X_UNIT=x_unit, XVEC=xvec, BLOCK_C=BLOCK_C,
+        BLOCK_D=BLOCK_D,
     )
     return y, G, stats, nk
 

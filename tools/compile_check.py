@@ -8,7 +8,8 @@ would on the GPU: the same pointer dtypes, constexprs and specialisation (intege
 16 and 16-byte aligned pointers marked as such, which is what lets Triton emit vector loads). Layouts:
 ``packed`` is the modules' path on a GPU (one ``qk (S, B, N, 2D)`` with the input linears' bias added in
 the kernels), ``plain`` the functional op's (separate ``q``, ``k``, no bias), ``folded`` the modules' inference forward
-(packed, with the output linear folded into the key interaction, ``fold_final``).
+(packed, with the output linear folded into the key interaction, ``fold_final``), ``tokens`` the one-stream
+inference forward that makes q and k from the tokens inside the kernels (D ≤ 128; S = 1 only).
 
 Per kernel, width D, dtype, stream count S and config: registers per thread, spilled bytes and shared
 memory (from the bundled ``ptxas -v``), and the global-memory instructions of the PTX by access width:
@@ -59,7 +60,7 @@ def _ptxas(arch: int) -> str:
 
 def launches(D: int, dtype: torch.dtype, S: int, layout: str, token_norm: str):
     """``[(autotuner, args, kwargs)]``: the five launches of one forward and backward, as the launchers make them
-    (``folded``: the two of an inference forward with the output linear folded in)."""
+    (``folded``, ``tokens``: the two of an inference forward with the output linear folded in)."""
     recorded = []
 
     class Recorder:
@@ -70,10 +71,10 @@ def launches(D: int, dtype: torch.dtype, S: int, layout: str, token_norm: str):
             return lambda *args, **kwargs: recorded.append((self.kernel, args, kwargs))
 
     kernels = {name: getattr(e2a, name) for name in e2a.KERNELS}
-    B, N = 2, 40  # B, N and the program counts are not specialised on: any small values do
+    B, N = 2, 48  # B, N and the program counts are not specialised on: any small values do
     gen = torch.Generator().manual_seed(0)
     rand = lambda *shape: torch.randn(*shape, generator=gen).to(dtype)  # noqa: E731
-    packed = layout in ("packed", "folded")
+    packed = layout in ("packed", "folded", "tokens")
     q = rand(S, B, N, 2 * D if packed else D)
     k = None if packed else rand(S, B, N, D)
     w_g, weight, bias = rand(S, D), rand(S, S, D, D), rand(S, S, D)
@@ -81,7 +82,11 @@ def launches(D: int, dtype: torch.dtype, S: int, layout: str, token_norm: str):
     try:
         for name, kernel in kernels.items():
             setattr(e2a, name, Recorder(kernel))
-        if layout == "folded":
+        if layout == "tokens":  # one stream, from a (B, C, N) map's token view, C = D
+            x = rand(B, D, N).transpose(1, 2)
+            e2a.e2a_inference_from_tokens(x, rand(2 * D, D), qk_bias[0], w_g[0], weight[0, 0], bias[0, 0], rand(D, D),
+                                          1.0, token_norm, 1e-12)
+        elif layout == "folded":
             e2a.e2a_forward(q, k, w_g, weight, bias[:, 0], 1.0, token_norm, 1e-12, qk_bias=qk_bias, final_weight=rand(S, D, D))
         else:
             y, G, stats, nk = e2a.e2a_forward(q, k, w_g, weight, bias, 1.0, token_norm, 1e-12, qk_bias=qk_bias)
@@ -140,9 +145,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dims", type=int, nargs="+", default=[32, 48, 64, 100, 128, 220, 256, 512])
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 3], help="S: 1 is E2A, 3 is CroCNet's cross-E2A")
-    ap.add_argument("--layouts", nargs="+", choices=["packed", "plain", "folded"], default=["packed"],
+    ap.add_argument("--layouts", nargs="+", choices=["packed", "plain", "folded", "tokens"], default=["packed"],
                     help="packed: the modules' qk with its bias in the kernels; plain: separate q and k, no bias; "
-                         "folded: packed, inference forward with the output linear folded in")
+                         "folded: packed, inference forward with the output linear folded in; tokens: folded, "
+                         "q and k made from the tokens in the kernels (one stream, D <= 128)")
     ap.add_argument("--token-norm", choices=list(e2a.TOKEN_NORM_CODES), default="softmax")
     ap.add_argument("--max-spill", type=int, default=0, help="spilled bytes per thread tolerated before flagging")
     ap.add_argument("--all-configs", action="store_true", help="every config the autotuner may try, not only the default")

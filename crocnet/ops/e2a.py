@@ -471,9 +471,13 @@ def folded_tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_bi
         through = to(proj_bias, acc)
         through = (through[:, 0] if S == 1 else through.sum(1))[..., None]
         bias = (torch.bmm(w_f, through) if bias is None else torch.baddbmm(bias[..., None], w_f, through))[..., 0]
-    qk = _streams_gemm([to(x, dtype) for x in xs], to(w_qk, dtype))
     weight, bias, qk_bias, w_f = (to(t, dtype) for t in (weight, bias, qk_bias, w_f))
-    y = _kernels().e2a_forward(qk, None, w_g, weight, bias, scale, token_norm, eps, qk_bias, final_weight=w_f)[0]
+    kernels = _kernels()
+    if kernels.fuses_input_linear(S, w_g.shape[-1], dtype):  # q and k made in the kernels: qk never in memory
+        return kernels.e2a_inference_from_tokens(xs[0], to(w_qk[0], dtype), None if qk_bias is None else qk_bias[0],
+                                                 w_g, weight, bias, w_f, scale, token_norm, eps)
+    qk = _streams_gemm([to(x, dtype) for x in xs], to(w_qk, dtype))
+    y = kernels.e2a_forward(qk, None, w_g, weight, bias, scale, token_norm, eps, qk_bias, final_weight=w_f)[0]
     return y[0] if S == 1 else y
 
 

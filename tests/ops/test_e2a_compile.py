@@ -82,7 +82,8 @@ def test_second_image_size_does_not_recompile_the_graph(backend):
 
 
 def test_token_count_is_not_specialised():
-    """B, N and the program counts are runtime values of every kernel (``do_not_specialize``)."""
+    """B, N and the program counts are runtime values of every kernel (``do_not_specialize``), and so are the
+    tokens' strides that follow the image size (a feature map's token view: ``C·N`` a batch, N a channel)."""
     code = (
         "import crocnet._triton.e2a as k\n"
         "for name in ['_pool_partials_kernel', '_key_interaction_kernel', '_key_grad_kernel', '_query_grad_kernel', '_proj_weight_grad_kernel']:\n"
@@ -94,7 +95,8 @@ def test_token_count_is_not_specialised():
     lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
     assert len(lines) == 5
     for name, params in lines.items():
-        expected = "['B', 'N', 'SPLIT']" if name == "_proj_weight_grad_kernel" else "['B', 'N', 'P']"
+        expected = {"_proj_weight_grad_kernel": "['B', 'N', 'SPLIT']", "_pool_partials_kernel": "['B', 'N', 'P', 'SXB', 'SXC']",
+                    "_key_interaction_kernel": "['B', 'N', 'P', 'SXB', 'SXC']"}.get(name, "['B', 'N', 'P']")
         assert params == expected, (name, params)
 
 
