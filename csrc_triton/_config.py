@@ -114,6 +114,9 @@ def prune_out(configs, named_args, **kwargs):
     ] or _smallest(configs)
     if block_d <= 128:  # one output tile covers the row: no column re-reads
         keep = [c for c in keep if c.kwargs["BLOCK_O"] == block_d] or keep
+    if kwargs.get("FROM_X", named_args.get("FROM_X")):  # q and k made in the kernel: one tile, made once
+        keep = [c for c in keep if c.kwargs["BLOCK_O"] == block_d] or _smallest(
+            [c for c in configs if c.kwargs["BLOCK_O"] == block_d])
     keep = _ordered(keep, lambda c: (c.kwargs["BLOCK_O"], c.kwargs["BLOCK_N"]))
     return keep if autotune_enabled() else keep[:1]
 

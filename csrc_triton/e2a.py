@@ -287,8 +287,8 @@ def _key_interaction_kernel(
     ``FOLD`` (inference, the output linear folded in by the caller): ``W_{s,t} = W_f,s W_p,{s,t}``, ``BIAS``
     the summed ``(S, D)`` bias ``W_f,s Σ_t b_{s,t} + b_f,s``, and the residual goes through ``WF = W_f (S, D,
     D)``: ``out_s = Σ_t (k̂_t ⊙ G_s) W_{s,t}ᵀ + q̂_s W_f,sᵀ + BIAS_s``; the key norms (backward only) are not
-    written. ``FROM_X`` (with FOLD, one stream, one output tile): q and k made from the tokens
-    (``_project``), so neither is ever in memory."""
+    written. ``FROM_X`` (one stream, one output tile): q and k made from the tokens (``_project``), so
+    neither is ever in memory."""
     eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid = tl.program_id(0)
     pid_o = tl.program_id(1)
@@ -320,10 +320,12 @@ def _key_interaction_kernel(
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
         acc = tl.zeros([BLOCK_N, BLOCK_O], dtype=ACC)
-        if FROM_X:  # one stream (s = t = 0), FOLD: q and k from the tokens, q's norm here
+        if FROM_X:  # one stream (s = t = 0), one output tile (ocols = cols): q and k from the tokens
             qt, kt = _project(X, b * SXB, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB, True, IN_DTYPE,
                               DOT_IN_ACC, DOT_PREC, ACC, X_UNIT, XVEC, BLOCK_N, BLOCK_D, BLOCK_C)
             nk = tl.sqrt(tl.sum(kt * kt, axis=1))
+            if not FOLD:
+                tl.store(NK + b * N + rows, nk, mask=rmask & (pid_o == 0))
             z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * G[None, :]
             acc = _dot(z, _weight_tile(W, 0, cols, ocols, D, wmask, VEC), acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
             nq = tl.sqrt(tl.sum(qt * qt, axis=1))
@@ -343,6 +345,8 @@ def _key_interaction_kernel(
             z = qt * (1.0 / tl.maximum(nq, eps))[:, None]
             y = _dot(z, _weight_tile(WF, s * D * D, cols, ocols, D, wmask, VEC), acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
             y += bias[None, :]
+        elif FROM_X:
+            y = acc + bias[None, :] + qt / tl.maximum(nq, eps)[:, None]
         else:
             qo = _load_qk(Q, row * N, rows, ocols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
             y = acc + bias[None, :] + qo / tl.maximum(nq, eps)[:, None]
@@ -668,6 +672,19 @@ def e2a_inference_from_tokens(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, fin
                  None if proj_bias is None else proj_bias.reshape(1, D), scale, token_norm, eps, qk_bias,
                  final_weight.reshape(1, D, D))[0]
     return y[0]
+
+
+def e2a_forward_from_tokens(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale: float, token_norm: str,
+                            eps: float):
+    """:func:`e2a_forward` for one stream with q and k made from its tokens inside the kernels, as
+    :func:`e2a_inference_from_tokens` (same arguments, without the fold: ``proj_weight (D, D)``, ``proj_bias
+    (D,) | None``): for training with qk made again in the backward, which then never needs the forward's.
+    Returns ``y (1, B, N, D)``, ``G``, ``stats``, ``nk`` as :func:`e2a_forward`."""
+    B, N, C = x.shape
+    D = w_qk.shape[0] // 2
+    w_qk = w_qk.contiguous()
+    return _forward(w_qk, w_qk, D, (1, B, N, D), (x, w_qk), w_g, proj_weight.reshape(1, 1, D, D),
+                    None if proj_bias is None else proj_bias.reshape(1, 1, D), scale, token_norm, eps, qk_bias, None)
 
 
 def _forward(q, k, ld, shape, tokens, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias, final_weight):

@@ -188,13 +188,22 @@ class _E2ATokensFunction(torch.autograd.Function):
         xs, params = tensors[:S], tensors[S:]
         w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
         dtype = _checks.autocast_dtype(xs[0])
-        gemm = xs, w_qk
-        if dtype is not None and xs[0].dtype in _AUTOCAST_CASTS:  # every operand as nn.Linear's under autocast
+        autocast = dtype is not None and xs[0].dtype in _AUTOCAST_CASTS
+        w_gemm = w_qk
+        if autocast:  # every operand as nn.Linear's under autocast
             proj_weight, proj_bias, qk_bias = (None if t is None else t.to(dtype) for t in (proj_weight, proj_bias, qk_bias))
-            gemm = [x.to(dtype) for x in xs], w_qk.to(dtype)
-        qk = _streams_gemm(*gemm)
-        y, G, stats, nk = _kernels().e2a_forward(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
-        kept = (qk, gemm[1], *gemm[0]) if keep_qk else (w_qk, *xs)
+            w_gemm = w_qk.to(dtype)
+        kernels = _kernels()
+        if not keep_qk and kernels.fuses_input_linear(S, w_g.shape[-1], w_gemm.dtype):
+            # q and k made from the tokens inside the kernels, never written (kept in fp32 there; the backward
+            # makes qk again with the GEMM, in the compute dtype)
+            y, G, stats, nk = kernels.e2a_forward_from_tokens(xs[0], w_gemm[0], None if qk_bias is None else qk_bias[0],
+                                                              w_g, proj_weight, proj_bias, scale, token_norm, eps)
+        else:
+            gemm_xs = [x.to(dtype) for x in xs] if autocast else xs
+            qk = _streams_gemm(gemm_xs, w_gemm)
+            y, G, stats, nk = kernels.e2a_forward(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
+        kept = (qk, w_gemm, *gemm_xs) if keep_qk else (w_qk, *xs)
         ctx.save_for_backward(w_g, proj_weight, qk_bias, G, stats, nk, *kept)
         ctx.layout, ctx.scale, ctx.token_norm, ctx.eps, ctx.qk_dtype = layout, scale, token_norm, eps, y.dtype
         ctx.params, ctx.x_dtypes = [(p.shape, p.dtype) for p in params], [x.dtype for x in xs]

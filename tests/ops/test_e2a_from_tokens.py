@@ -1,9 +1,10 @@
-"""One-stream inference from the tokens: q and k made inside the kernels (``e2a_inference_from_tokens``).
+"""One stream's forward from the tokens: q and k made inside the kernels (``e2a_inference_from_tokens`` at
+inference, ``e2a_forward_from_tokens`` in training with qk made again in the backward).
 
-Held to the same folded inference with q and k made by a GEMM and read back (``FUSED_INPUT_MAX_D = 0``) in
+Held to the same computation with q and k made by a GEMM and read back (``FUSED_INPUT_MAX_D = 0``) in
 float64 in the interpreter, for every layout of the tokens the kernels read in place; against timm through
-the modules in tests/ops/test_e2a_parity.py and tests/nn/test_e2a_modules.py (the folded inference tests
-take this path at D <= 128).
+the modules in tests/ops/test_e2a_parity.py and tests/nn/test_e2a_modules.py (their Triton tests take this
+path at D <= 128).
 """
 
 from __future__ import annotations
@@ -55,6 +56,36 @@ def test_tokens_read_in_place_give_the_gemm_route(monkeypatch, B, N, C, D, token
         if device == "cpu":  # on a GPU fp32 keeps the GEMM route (fuses_input_linear)
             assert calls == [x.stride()], name
         torch.testing.assert_close(got, want, rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("B, N, C, D", [(2, 35, 12, 24), (3, 47, 100, 48), (1, 1, 20, 16)])
+def test_training_forward_from_the_tokens_gives_the_gemm_route(monkeypatch, B, N, C, D):
+    """With ``recompute_qk`` (the default) the forward makes q and k in the kernels and the backward remakes
+    qk with the GEMM: output and every gradient equal the route that writes qk in the forward (float64 in
+    the interpreter), for every layout of the tokens."""
+    e2a, config = _kernels()
+    device = triton_device()
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    torch.manual_seed(B + N + C + D)
+    module = EfficientAdditiveAttention(C, D, token_norm="softmax" if N > 40 else "l2", backend="triton").to(device, dtype)
+    calls = []
+    monkeypatch.setattr(e2a, "e2a_forward_from_tokens",
+                        lambda *a, _real=e2a.e2a_forward_from_tokens: calls.append(1) or _real(*a))
+    for name, x in _layouts(B, N, C, dtype, device).items():
+        runs = []
+        for limit in (0, 128):
+            monkeypatch.setattr(config, "FUSED_INPUT_MAX_D", limit)
+            calls.clear()
+            module.zero_grad(set_to_none=True)
+            leaf = x.detach().requires_grad_(True)  # a fresh leaf with x's strides (clone would pack "strided")
+            out = module(leaf)
+            out.backward(torch.cos(out.detach()))
+            runs.append({"out": out.detach(), "dx": leaf.grad} | {n: p.grad for n, p in module.named_parameters()})
+            if device == "cpu":
+                assert calls == ([1] if limit else []), name
+        for key, want in runs[0].items():
+            torch.testing.assert_close(runs[1][key], want, rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-12,
+                                       msg=f"{name}: {key}")
 
 
 def test_feature_map_module_reads_the_map_in_place():
