@@ -209,7 +209,7 @@ def _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM: tl.co
 
 @triton.autotune(
     configs=_config.row_configs(),
-    key=["BLOCK_D", "TOKEN_NORM", "HAS_QKB", "FROM_X", "BLOCK_C", "VEC"],
+    key=["BLOCK_D", "TOKEN_NORM", "HAS_QKB", "FROM_X", "X_UNIT", "XVEC", "BLOCK_C", "VEC"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
     cache_results=_config.AUTOTUNE_CACHE,
 )
@@ -269,7 +269,8 @@ def _pool_partials_kernel(
 
 @triton.autotune(
     configs=_config.out_configs(),
-    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB", "HAS_BIAS", "FOLD", "FROM_X", "BLOCK_C", "DOT_PREC", "VEC"],
+    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB", "HAS_BIAS", "FOLD", "FROM_X", "X_UNIT", "XVEC", "BLOCK_C", "DOT_PREC",
+         "VEC"],
     prune_configs_by={"early_config_prune": _config.prune_out},
     cache_results=_config.AUTOTUNE_CACHE,
 )
