@@ -649,7 +649,8 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
 
 
 def fuses_input_linear(streams: int, D: int, dtype: torch.dtype) -> bool:
-    """Whether :func:`e2a_inference_from_tokens` takes this case: one stream, one output tile (D ≤ 128), and
+    """Whether the forwards from the tokens (:func:`e2a_inference_from_tokens`, :func:`e2a_forward_from_tokens`)
+    take this case: one stream, one output tile (D ≤ 128), and
     16-bit operands, whose projections run on tensor cores (fp32 ones would run on FMA units, about as long
     as the bytes they save, and spill at D ≥ 64 on sm_90; the interpreter takes every dtype, for the tests)."""
     return (streams == 1 and 0 < D <= _config.FUSED_INPUT_MAX_D

@@ -54,3 +54,27 @@ def test_kernels_compile_for_sm90_without_spills_with_vector_access_and_tensor_c
     gemms = ("_key_interaction_kernel", "_key_grad_kernel", "_proj_weight_grad_kernel")
     for kernel, dtype, *_, tensor_cores in rows:  # bf16 GEMMs on tensor cores; fp32 ones at ieee on FMA units
         assert (tensor_cores in ("wgmma", "mma")) == (kernel in gemms and dtype == "bf16"), (kernel, dtype, tensor_cores)
+
+
+def test_inference_kernels_compile_for_sm90_without_spills_with_vector_access():
+    """The inference forwards (bf16, widths 32/64/128): ``final`` folded into the key interaction (E2A and
+    3-stream cross-E2A), and one stream's q and k made from the tokens in the kernels (at inference and in
+    training), reading a feature map's token view: no spill, no scalar 16-bit access (the token loads included),
+    the projections on tensor cores."""
+    try:
+        from triton.backends.nvidia import compiler  # noqa: F401
+    except Exception as exc:  # pragma: no cover
+        pytest.skip(f"triton's NVIDIA backend is not importable: {exc}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "compile_check.py"), "--dims", "32", "64", "128", "--dtypes", "bf16",
+         "--streams", "1", "3", "--layouts", "folded", "tokens"],
+        capture_output=True, text=True, env=env,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "0 problem(s)" in out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith("_")]
+    folded = [r for r in rows if r[4] == "folded"]
+    tokens = [r for r in rows if r[4] == "tokens"]
+    assert len(folded) == 2 * 3 * 2 and len(tokens) == 4 * 3, out.stdout[-3000:]  # tokens: S = 1 only
+    assert all(r[-1] in ("wgmma", "mma") for r in tokens), out.stdout[-3000:]  # pooling makes q with a GEMM too

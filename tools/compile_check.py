@@ -165,6 +165,8 @@ def main(argv=None) -> int:
         for D in args.dims:
             for S in args.streams:
                 for layout in args.layouts:
+                    if layout == "tokens" and S != 1:  # one stream only
+                        continue
                     for autotuner, launch_args, kwargs in launches(D, DTYPES[dtype], S, layout, args.token_norm):
                         name = autotuner.fn.__name__
                         for config in configs(autotuner, launch_args, kwargs):

@@ -452,10 +452,14 @@ def folded_tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_bi
     ``out_s = Σ_t (k̂_t ⊙ G_s)(W_f,s W_p,{s,t})ᵀ + q̂_s W_f,sᵀ + W_f,s Σ_t b_p,{s,t} + b_f,s``, so y is never
     written and read back: 2 BND of a forward's 9 (the module with its linears), and one launch. The folded
     weights are made in the accumulator dtype (fp32, fp64 for fp64) and rounded once to the kernels' dtype.
-    Arguments as :func:`tokens_kernels`, plus ``final_weights`` (S of ``(D, D)``) and ``final_biases`` (S of
-    ``(D,)``) or None. Traced calls run :func:`tokens_kernels` and the linears (the custom ops have no folded
-    form)."""
+    For one stream at D ≤ 128 in 16-bit (``fuses_input_linear``) the kernels also make q and k from the tokens,
+    so qk is never in memory either: 3 BND. Arguments as :func:`tokens_kernels`, plus ``final_weights`` (S of
+    ``(D, D)``) and ``final_biases`` (S of ``(D,)``) or None. Traced calls run :func:`tokens_kernels` and the
+    linears (the custom ops have no folded form). Grad mode must be off: nothing here is differentiable."""
     S = len(w_gs)
+    if torch.is_grad_enabled():
+        raise RuntimeError("folded_tokens_kernels is for inference: call it under torch.no_grad() or "
+                           "torch.inference_mode() (its result carries no gradient)")
     if _recorded():
         y = tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_biases, scale, token_norm, eps)
         ys = [F.linear(y_s, w, None if final_biases is None else final_biases[s])

@@ -245,3 +245,15 @@ def test_inference_folds_final_where_it_can(monkeypatch, token_norm, num_heads):
             out = ours(x)
         assert folded == ([1] if fold and not grad and num_heads == 1 else []), (fold, grad)
         torch.testing.assert_close(out.detach(), want, rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-12)
+
+
+def test_folded_op_refuses_grad_mode():
+    """The folded op is not differentiable: called with grad mode on it says so instead of returning an
+    output that silently carries no gradient."""
+    from crocnet.ops.e2a import folded_tokens_kernels
+
+    m = EfficientAdditiveAttention(8, 8, backend="triton")
+    params = ([torch.randn(2, 3, 8)], [m.to_query.weight, m.to_key.weight], [m.to_query.bias, m.to_key.bias], [m.w_g],
+              [m.proj.weight], [m.proj.bias], [m.final.weight], [m.final.bias])
+    with pytest.raises(RuntimeError, match=r"for inference: call it under torch.no_grad\(\)"):
+        folded_tokens_kernels(*params, 8**-0.5, "l2", 1e-12)
