@@ -98,15 +98,20 @@ def test_unet_shapes(benchmark, parity, impl, dtype_name, B, side, D, mode):
     _case(benchmark, parity, impl, B, side, D, mode, dtype_name)
 
 
+def _module_ab(benchmark, parity, impl, B, side, D, option, group, mode):
+    """One side of an A/B benchmark of a module option (``option``) that changes the Triton path only."""
+    if not CUDA:
+        pytest.skip(f"{option} changes the Triton path only; on CPU both run the same PyTorch code")
+    benchmark.group = f"{group} B{B} {side}x{side}x{D} {mode}"
+    _case(benchmark, parity, impl, B, side, D, mode)
+
+
 @pytest.mark.parametrize("B, side, D", UNET_SHAPES[:3], ids=lambda v: str(v))
 @pytest.mark.parametrize("impl", ["crocnet_keep_qk", "crocnet_two_linears"])
 def test_packed_qk(benchmark, parity, impl, B, side, D):
     """The q/k fusion of benchmarks/NOTES.md (prediction 5): one GEMM into a packed qk (kept for the backward,
     as item 5 counted it) against two linears."""
-    if not CUDA:
-        pytest.skip("fuse_qk changes the Triton path only; on CPU both run the same PyTorch code")
-    benchmark.group = f"packed-qk B{B} {side}x{side}x{D} forward_backward"
-    _case(benchmark, parity, impl, B, side, D, "forward_backward")
+    _module_ab(benchmark, parity, impl, B, side, D, "fuse_qk", "packed-qk", "forward_backward")
 
 
 @pytest.mark.parametrize("B, side, D", UNET_SHAPES[:3], ids=lambda v: str(v))
@@ -114,10 +119,7 @@ def test_packed_qk(benchmark, parity, impl, B, side, D):
 def test_recompute_qk(benchmark, parity, impl, B, side, D):
     """qk made again in the backward (``recompute_qk``, the default; benchmarks/NOTES.md, item 12) against
     kept for it: time and peak memory."""
-    if not CUDA:
-        pytest.skip("recompute_qk changes the Triton path only; on CPU both run the same PyTorch code")
-    benchmark.group = f"recompute-qk B{B} {side}x{side}x{D} forward_backward"
-    _case(benchmark, parity, impl, B, side, D, "forward_backward")
+    _module_ab(benchmark, parity, impl, B, side, D, "recompute_qk", "recompute-qk", "forward_backward")
 
 
 @pytest.mark.parametrize("B, side, D", UNET_SHAPES[:3], ids=lambda v: str(v))
@@ -125,10 +127,7 @@ def test_recompute_qk(benchmark, parity, impl, B, side, D):
 def test_fold_final(benchmark, parity, impl, B, side, D):
     """Inference with the output linear folded into the key interaction (``fold_final``, the default;
     benchmarks/NOTES.md, item 17) against the linear run apart."""
-    if not CUDA:
-        pytest.skip("fold_final changes the Triton path only; on CPU both run the same PyTorch code")
-    benchmark.group = f"fold-final B{B} {side}x{side}x{D} inference"
-    _case(benchmark, parity, impl, B, side, D, "inference")
+    _module_ab(benchmark, parity, impl, B, side, D, "fold_final", "fold-final", "inference")
 
 
 @pytest.mark.parametrize("B, side, D", UNET_SHAPES[:3], ids=lambda v: str(v))
