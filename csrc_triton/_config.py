@@ -189,7 +189,7 @@ FUSED_WEIGHT_GRAD_MAX_BLOCK_D = 32
 
 
 #: Widest attention width at which the one-stream inference path makes q and k from the tokens inside the
-#: kernels (``e2a.e2a_inference_from_tokens``): up to one output tile, so no program makes them twice. 0
+#: kernels (``e2a.e2a_forward_from_tokens``): up to one output tile, so no program makes them twice. 0
 #: turns it off (the fused-input benchmark's comparison: qk made by a GEMM and read back).
 FUSED_INPUT_MAX_D = 128
 

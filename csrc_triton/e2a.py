@@ -321,24 +321,21 @@ def _key_interaction_kernel(
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
         acc = tl.zeros([BLOCK_N, BLOCK_O], dtype=ACC)
-        if FROM_X:  # one stream (s = t = 0), one output tile (ocols = cols): q and k from the tokens
-            qt, kt = _project(X, b * SXB, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB, True, IN_DTYPE,
-                              DOT_IN_ACC, DOT_PREC, ACC, X_UNIT, XVEC, BLOCK_N, BLOCK_D, BLOCK_C)
+        for t in tl.static_range(S):
+            if FROM_X:  # one stream (s = t = 0), one output tile (ocols = cols): q and k from the tokens
+                qt, kt = _project(X, b * SXB, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB, True, IN_DTYPE,
+                                  DOT_IN_ACC, DOT_PREC, ACC, X_UNIT, XVEC, BLOCK_N, BLOCK_D, BLOCK_C)
+            else:
+                kt = _load_qk(K, (t * B + b) * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
             nk = tl.sqrt(tl.sum(kt * kt, axis=1))
             if not FOLD:
-                tl.store(NK + b * N + rows, nk, mask=rmask & (pid_o == 0))
+                tl.store(NK + (t * B + b) * N + rows, nk, mask=rmask & (pid_o == 0) & (s == 0))
             z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * G[None, :]
-            acc = _dot(z, _weight_tile(W, 0, cols, ocols, D, wmask, VEC), acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
+            acc = _dot(z, _weight_tile(W, (s * S + t) * D * D, cols, ocols, D, wmask, VEC), acc, IN_DTYPE,
+                       DOT_IN_ACC, DOT_PREC)
+        if FROM_X:
             nq = tl.sqrt(tl.sum(qt * qt, axis=1))
         else:
-            for t in tl.static_range(S):
-                kt = _load_qk(K, (t * B + b) * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
-                nk = tl.sqrt(tl.sum(kt * kt, axis=1))
-                if not FOLD:
-                    tl.store(NK + (t * B + b) * N + rows, nk, mask=rmask & (pid_o == 0) & (s == 0))
-                z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * G[None, :]
-                acc = _dot(z, _weight_tile(W, (s * S + t) * D * D, cols, ocols, D, wmask, VEC), acc, IN_DTYPE,
-                           DOT_IN_ACC, DOT_PREC)
             nq = tl.load(NQ + row * N + rows, mask=rmask, other=1.0).to(ACC)
             if FOLD:
                 qt = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
@@ -608,8 +605,14 @@ def _vector_width(D: int, ld: int, *tensors: torch.Tensor) -> int:
     broken on the GPU is a misaligned vector access, so it is checked here, never assumed."""
     if D % 16 == 0 and ld % 16 == 0 and all(t.data_ptr() % 16 == 0 for t in tensors):
         return 1
+    return _common_alignment((D, ld), tensors)
+
+
+def _common_alignment(counts, tensors) -> int:
+    """The most elements, at most 16 bytes' worth of the first tensor's, that divide every count in
+    ``counts`` and every tensor's address (in its own element size)."""
     vec = max(1, _config.MAX_VECTOR_BYTES // tensors[0].element_size())
-    while vec > 1 and (D % vec or ld % vec or any(t.data_ptr() % (vec * t.element_size()) for t in tensors)):
+    while vec > 1 and (any(n % vec for n in counts) or any(t.data_ptr() % (vec * t.element_size()) for t in tensors)):
         vec //= 2
     return vec
 
@@ -622,11 +625,7 @@ def _token_vector_width(x: torch.Tensor, SXB: int, SXN: int, SXC: int) -> int:
     if SXN != 1 and SXC != 1:
         return 1
     B, N, C = x.shape
-    others = (SXB, SXC, N) if SXN == 1 else (SXB, SXN, C)
-    vec = max(1, _config.MAX_VECTOR_BYTES // x.element_size())
-    while vec > 1 and (any(st % vec for st in others) or x.data_ptr() % (vec * x.element_size())):
-        vec //= 2
-    return vec
+    return _common_alignment((SXB, SXC, N) if SXN == 1 else (SXB, SXN, C), (x,))
 
 
 def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str, eps: float, qk_bias=None,
@@ -649,44 +648,31 @@ def e2a_forward(q, k, w_g, proj_weight, proj_bias, scale: float, token_norm: str
 
 
 def fuses_input_linear(streams: int, D: int, dtype: torch.dtype) -> bool:
-    """Whether the forwards from the tokens (:func:`e2a_inference_from_tokens`, :func:`e2a_forward_from_tokens`)
-    take this case: one stream, one output tile (D ≤ 128), and
+    """Whether :func:`e2a_forward_from_tokens` takes this case: one stream, one output tile (D ≤ 128), and
     16-bit operands, whose projections run on tensor cores (fp32 ones would run on FMA units, about as long
     as the bytes they save, and spill at D ≥ 64 on sm_90; the interpreter takes every dtype, for the tests)."""
     return (streams == 1 and 0 < D <= _config.FUSED_INPUT_MAX_D
             and (dtype in (torch.float16, torch.bfloat16) or _config.INTERPRETING))
 
 
-def e2a_inference_from_tokens(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, final_weight, scale: float,
-                              token_norm: str, eps: float):
-    """One stream's whole E2A module at inference, from its tokens ``x (B, N, C)`` (any strides: the 2D
-    modules' token view of a ``(B, C, H, W)`` map is read in place): ``q, k = x W_qkᵀ + b_qk`` are made inside
-    both kernels, tile by tile, and never written, and the output linear is folded in as for
-    :func:`e2a_forward` with ``final_weight``: ``w_qk (2D, C)``, ``qk_bias (2D,) | None``, ``w_g (D,)``,
-    ``proj_weight (D, D) = W_f W_p``, ``proj_bias (D,) | None`` (the whole bias), ``final_weight (D, D)``, all
-    in the compute dtype, which is the output's; x is cast to it as it is loaded. D ≤ 128
-    (:func:`fuses_input_linear`). Returns ``(B, N, D)``."""
-    B, N, C = x.shape
-    D = w_qk.shape[0] // 2
-    w_qk = w_qk.contiguous()
-    shape = (1, B, N, D)
-    y = _forward(w_qk, w_qk, D, shape, (x, w_qk), w_g, proj_weight.reshape(1, 1, D, D),
-                 None if proj_bias is None else proj_bias.reshape(1, D), scale, token_norm, eps, qk_bias,
-                 final_weight.reshape(1, D, D))[0]
-    return y[0]
-
-
 def e2a_forward_from_tokens(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale: float, token_norm: str,
-                            eps: float):
-    """:func:`e2a_forward` for one stream with q and k made from its tokens inside the kernels, as
-    :func:`e2a_inference_from_tokens` (same arguments, without the fold: ``proj_weight (D, D)``, ``proj_bias
-    (D,) | None``): for training with qk made again in the backward, which then never needs the forward's.
-    Returns ``y (1, B, N, D)``, ``G``, ``stats``, ``nk`` as :func:`e2a_forward`."""
+                            eps: float, final_weight=None):
+    """:func:`e2a_forward` for one stream from its tokens ``x (B, N, C)`` (any strides: the 2D modules' token
+    view of a ``(B, C, H, W)`` map is read in place): ``q, k = x W_qkᵀ + b_qk`` are made inside both kernels,
+    tile by tile, and never written. ``w_qk (2D, C)``, ``qk_bias (2D,) | None``, ``w_g (D,)``, ``proj_weight
+    (D, D)``, ``proj_bias (D,) | None``, all in the compute dtype, which is the output's; x is cast to it as
+    it is loaded. D ≤ 128 (:func:`fuses_input_linear`). In training the backward makes qk again, so it never
+    needs the forward's. With ``final_weight (D, D)`` (inference), ``proj_weight = W_f W_p`` and ``proj_bias``
+    is the whole bias, as for :func:`e2a_forward`. Returns ``y (1, B, N, D)``, ``G``, ``stats``, ``nk`` as
+    :func:`e2a_forward`."""
     B, N, C = x.shape
     D = w_qk.shape[0] // 2
     w_qk = w_qk.contiguous()
-    return _forward(w_qk, w_qk, D, (1, B, N, D), (x, w_qk), w_g, proj_weight.reshape(1, 1, D, D),
-                    None if proj_bias is None else proj_bias.reshape(1, 1, D), scale, token_norm, eps, qk_bias, None)
+    fold = final_weight is not None
+    if proj_bias is not None:
+        proj_bias = proj_bias.reshape((1, D) if fold else (1, 1, D))
+    return _forward(w_qk, w_qk, D, (1, B, N, D), (x, w_qk), w_g, proj_weight.reshape(1, 1, D, D), proj_bias, scale,
+                    token_norm, eps, qk_bias, final_weight.reshape(1, D, D) if fold else None)
 
 
 def _forward(q, k, ld, shape, tokens, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias, final_weight):

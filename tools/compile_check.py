@@ -86,8 +86,8 @@ def launches(D: int, dtype: torch.dtype, S: int, layout: str, token_norm: str):
             setattr(e2a, name, Recorder(kernel))
         if layout == "tokens":  # one stream, from a (B, C, N) map's token view, C = D
             x = rand(B, D, N).transpose(1, 2)
-            e2a.e2a_inference_from_tokens(x, rand(2 * D, D), qk_bias[0], w_g[0], weight[0, 0], bias[0, 0], rand(D, D),
-                                          1.0, token_norm, 1e-12)
+            e2a.e2a_forward_from_tokens(x, rand(2 * D, D), qk_bias[0], w_g[0], weight[0, 0], bias[0, 0], 1.0, token_norm,
+                                        1e-12, final_weight=rand(D, D))  # inference, final folded in
             e2a.e2a_forward_from_tokens(x, rand(2 * D, D), qk_bias[0], w_g[0], weight[0, 0], bias[0, 0], 1.0, token_norm,
                                         1e-12)  # training's forward (the backward remakes qk: the packed layout's)
         elif layout == "folded":

@@ -248,10 +248,12 @@ def _stack_parameters(S: int, has_qkb: bool, has_bias: bool, params) -> tuple:
     shapes = ((S, 2 * D, C), (S, 2 * D), (S, D), (S, S, D, D), (S, S, D))
     out, i = [], 0
     for n, shape in zip(_group_sizes(S, has_qkb, has_bias), shapes):
-        if n == 1:  # no copy of a lone parameter
+        if n == 0:
+            out.append(None)
+        elif n == 1:  # no copy of a lone parameter
             out.append(params[i].reshape(shape).contiguous())
         else:
-            out.append(torch.cat(params[i:i + n]).view(shape) if n else None)
+            out.append(torch.cat(params[i:i + n]).view(shape))
         i += n
     return tuple(out)
 
@@ -456,16 +458,15 @@ def folded_tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_bi
     so qk is never in memory either: 3 BND. Arguments as :func:`tokens_kernels`, plus ``final_weights`` (S of
     ``(D, D)``) and ``final_biases`` (S of ``(D,)``) or None. Traced calls run :func:`tokens_kernels` and the
     linears (the custom ops have no folded form). Grad mode must be off: nothing here is differentiable."""
-    S = len(w_gs)
     if torch.is_grad_enabled():
         raise RuntimeError("folded_tokens_kernels is for inference: call it under torch.no_grad() or "
                            "torch.inference_mode() (its result carries no gradient)")
+    S, has_qkb, has_bias, params = _one_tensor_each(qk_weights, qk_biases, w_gs, proj_weights, proj_biases)
     if _recorded():
         y = tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_biases, scale, token_norm, eps)
         ys = [F.linear(y_s, w, None if final_biases is None else final_biases[s])
               for s, (y_s, w) in enumerate(zip([y] if S == 1 else y.unbind(0), final_weights))]
         return ys[0] if S == 1 else torch.stack(ys)
-    S, has_qkb, has_bias, params = _one_tensor_each(qk_weights, qk_biases, w_gs, proj_weights, proj_biases)
     w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
     dtype = _checks.autocast_dtype(xs[0])
     if dtype is None or xs[0].dtype not in _AUTOCAST_CASTS:
@@ -487,8 +488,8 @@ def folded_tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_bi
     weight, bias, qk_bias, w_f = (to(t, dtype) for t in (weight, bias, qk_bias, w_f))
     kernels = _kernels()
     if kernels.fuses_input_linear(S, w_g.shape[-1], dtype):  # q and k made in the kernels: qk never in memory
-        return kernels.e2a_inference_from_tokens(xs[0], to(w_qk[0], dtype), None if qk_bias is None else qk_bias[0],
-                                                 w_g, weight, bias, w_f, scale, token_norm, eps)
+        return kernels.e2a_forward_from_tokens(xs[0], to(w_qk[0], dtype), None if qk_bias is None else qk_bias[0],
+                                               w_g, weight, bias, scale, token_norm, eps, final_weight=w_f)[0][0]
     qk = _streams_gemm([to(x, dtype) for x in xs], to(w_qk, dtype))
     y = kernels.e2a_forward(qk, None, w_g, weight, bias, scale, token_norm, eps, qk_bias, final_weight=w_f)[0]
     return y[0] if S == 1 else y

@@ -1,5 +1,5 @@
-"""One stream's forward from the tokens: q and k made inside the kernels (``e2a_inference_from_tokens`` at
-inference, ``e2a_forward_from_tokens`` in training with qk made again in the backward).
+"""One stream's forward from the tokens: q and k made inside the kernels (``e2a_forward_from_tokens``, at
+inference with ``final`` folded in, and in training with qk made again in the backward).
 
 Held to the same computation with q and k made by a GEMM and read back (``FUSED_INPUT_MAX_D = 0``) in
 float64 in the interpreter, for every layout of the tokens the kernels read in place; against timm through
@@ -44,8 +44,8 @@ def test_tokens_read_in_place_give_the_gemm_route(monkeypatch, B, N, C, D, token
     torch.manual_seed(B + N + C + D)
     module = EfficientAdditiveAttention(C, D, token_norm=token_norm, backend="triton").to(device, dtype)
     calls = []
-    monkeypatch.setattr(e2a, "e2a_inference_from_tokens",
-                        lambda *a, _real=e2a.e2a_inference_from_tokens: calls.append(a[0].stride()) or _real(*a))
+    monkeypatch.setattr(e2a, "e2a_forward_from_tokens",
+                        lambda *a, _real=e2a.e2a_forward_from_tokens, **kw: calls.append(a[0].stride()) or _real(*a, **kw))
     for name, x in _layouts(B, N, C, dtype, device).items():
         with torch.no_grad():
             monkeypatch.setattr(config, "FUSED_INPUT_MAX_D", 0)
@@ -98,13 +98,13 @@ def test_feature_map_module_reads_the_map_in_place():
     module = EfficientAdditiveAttention2d(16, 32, backend="triton").to(device, dtype)
     x = torch.randn(2, 16, 6, 8, device=device, dtype=dtype)
     seen = []
-    real = e2a.e2a_inference_from_tokens
+    real = e2a.e2a_forward_from_tokens
     try:
-        e2a.e2a_inference_from_tokens = lambda *a: seen.append(a[0]) or real(*a)
+        e2a.e2a_forward_from_tokens = lambda *a, **kw: seen.append(a[0]) or real(*a, **kw)
         with torch.no_grad():
             module(x)
     finally:
-        e2a.e2a_inference_from_tokens = real
+        e2a.e2a_forward_from_tokens = real
     assert len(seen) == 1 and seen[0].data_ptr() == x.data_ptr() and seen[0].stride() == (16 * 48, 1, 48)
 
 
