@@ -48,7 +48,8 @@ def e2a_module(impl: str, dim: int, reference: nn.Module | None = None) -> nn.Mo
     """``crocnet`` (backend auto), ``crocnet_two_linears`` (the same without packing q and k into one GEMM,
     ``fuse_qk=False``), ``crocnet_keep_qk`` (packed, qk kept for the backward: ``recompute_qk=False``),
     ``crocnet_unfolded`` (``fold_final=False``: at inference the output linear runs apart), ``crocnet_torch``
-    (the PyTorch path), ``timm``, ``timm_compile``."""
+    (the PyTorch path), ``crocnet_compile`` (``torch.compile`` of ``crocnet``: the custom ops in an Inductor
+    graph), ``timm``, ``timm_compile``."""
     from timm.models.swiftformer import EfficientAdditiveAttention
 
     from crocnet.nn import EfficientAdditiveAttention2d
@@ -60,6 +61,8 @@ def e2a_module(impl: str, dim: int, reference: nn.Module | None = None) -> nn.Mo
                                          fold_final=impl != "crocnet_unfolded")
         m.load_state_dict(ref.state_dict())
         return m
+    if impl == "crocnet_compile":
+        return torch.compile(e2a_module("crocnet", dim, ref), dynamic=False)
     if impl == "timm":
         return ref
     if impl == "timm_compile":

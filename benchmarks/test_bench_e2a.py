@@ -30,7 +30,7 @@ def parity() -> dict[str, bool]:
     ok = {}
     ref = e2a_module("timm", 32).to(DEVICE, dtype)
     want = ref(x)
-    for impl in E2A_IMPLS + ["crocnet_two_linears", "crocnet_keep_qk", "crocnet_unfolded"]:
+    for impl in E2A_IMPLS + ["crocnet_two_linears", "crocnet_keep_qk", "crocnet_unfolded"] + ["crocnet_compile"] * CUDA:
         try:
             m = e2a_module(impl, 32, ref).to(DEVICE, dtype)
             with torch.inference_mode():  # inference folds the output linear (fold_final): gated too
@@ -131,17 +131,35 @@ def test_fold_final(benchmark, parity, impl, B, side, D):
 
 
 @pytest.mark.parametrize("B, side, D", UNET_SHAPES[:3], ids=lambda v: str(v))
-@pytest.mark.parametrize("route", ["from_tokens", "qk_gemm"])
-def test_fused_input(benchmark, parity, monkeypatch, route, B, side, D):
-    """Inference with q and k made from the tokens inside the kernels (benchmarks/NOTES.md, item 18) against
-    the folded inference that makes qk with a GEMM and reads it back (``FUSED_INPUT_MAX_D = 0``)."""
+@pytest.mark.parametrize("mode, route", [
+    ("inference", "from_tokens"), ("inference", "qk_gemm"),
+    ("forward_backward", "from_tokens"), ("forward_backward", "backward_gemm"), ("forward_backward", "qk_gemm"),
+])
+def test_fused_input(benchmark, parity, monkeypatch, mode, route, B, side, D):
+    """q and k made from the tokens inside the kernels (benchmarks/NOTES.md, items 18 and 19) against qk made
+    with a GEMM and read back (``FUSED_INPUT_MAX_D = 0``): at inference (folded), and in training, where
+    ``backward_gemm`` makes them in the forward's kernels only (``FUSED_INPUT_BACKWARD = False``, item 18)."""
     if not CUDA:
         pytest.skip("the change alters the compiled GPU path only; on CPU the PyTorch path runs")
-    if route == "qk_gemm":
-        monkeypatch.setattr(_config, "FUSED_INPUT_MAX_D", 0)
-    benchmark.group = f"fused-input B{B} {side}x{side}x{D} inference"
-    _case(benchmark, parity, "crocnet", B, side, D, "inference")
+    switch = {"qk_gemm": ("FUSED_INPUT_MAX_D", 0), "backward_gemm": ("FUSED_INPUT_BACKWARD", False)}.get(route)
+    if switch is not None:
+        monkeypatch.setattr(_config, *switch)
+    benchmark.group = f"fused-input B{B} {side}x{side}x{D} {mode}"
+    _case(benchmark, parity, "crocnet", B, side, D, mode)
     benchmark.extra_info["impl"] = f"crocnet_{route}"
+
+
+@pytest.mark.parametrize("B, side, D", UNET_SHAPES[:3], ids=lambda v: str(v))
+@pytest.mark.parametrize("mode", ["forward_backward", "inference"])
+@pytest.mark.parametrize("impl", ["crocnet", "crocnet_compile"])
+def test_compiled_module(benchmark, parity, impl, mode, B, side, D):
+    """The module under ``torch.compile`` (Inductor around the custom ops; one stream at D <= 128 in bf16
+    records the ops that make q and k from the tokens, benchmarks/NOTES.md item 20) against its eager calls:
+    what a user who compiles a whole model gets."""
+    if not CUDA:
+        pytest.skip("compiled, the Triton path runs on a GPU only (on CPU each shape compiles the PyTorch path)")
+    benchmark.group = f"compiled-module B{B} {side}x{side}x{D} {mode}"
+    _case(benchmark, parity, impl, B, side, D, mode)
 
 
 def _switched_case(benchmark, parity, monkeypatch, group, label, switch_off, B, side, D):

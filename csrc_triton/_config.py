@@ -193,6 +193,11 @@ FUSED_WEIGHT_GRAD_MAX_BLOCK_D = 32
 #: turns it off (the fused-input benchmark's comparison: qk made by a GEMM and read back).
 FUSED_INPUT_MAX_D = 128
 
+#: Whether the training backward of that path makes q and k from the tokens in its kernels too
+#: (``e2a.e2a_backward_from_tokens``); False makes qk again with a GEMM and reads it back (the A/B
+#: benchmark's other side, benchmarks/NOTES.md item 19).
+FUSED_INPUT_BACKWARD = True
+
 
 def block_d(dim: int) -> int:
     return max(16, next_power_of_2(dim))

@@ -103,16 +103,16 @@ def _dot(a, b, acc, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: 
 
 
 @triton.jit
-def _project(X, x0, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB: tl.constexpr, WITH_K: tl.constexpr,
-             IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr, ACC: tl.constexpr,
-             X_UNIT: tl.constexpr, XVEC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-             BLOCK_C: tl.constexpr):
-    """q (and k, if WITH_K) of token rows ``rows`` made from the tokens themselves: ``x[rows] @ W_qkᵀ (+ b)``
-    with ``x`` at ``X + x0`` (strides SXN, SXC: any layout) and ``W_qk (2D, C)`` row-major, q its first D
-    rows; C in BLOCK_C chunks, one x load for both. Rows past N are 0. X_UNIT names the unit stride, which
-    Triton does not specialise on: 1 for tokens (the 2D modules' token view of a feature map), 2 for channels
-    (contiguous tokens), 0 neither; XVEC > 1: the launcher found the runs along it aligned to XVEC elements
-    (as VEC for the rows)."""
+def _project(X, x0, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB: tl.constexpr, WITH_Q: tl.constexpr,
+             WITH_K: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
+             ACC: tl.constexpr, X_UNIT: tl.constexpr, XVEC: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Columns ``cols`` of q (if WITH_Q) and of k (if WITH_K) of token rows ``rows``, made from the tokens
+    themselves: ``x[rows] @ W_qkᵀ (+ b)`` with ``x`` at ``X + x0`` (strides SXN, SXC: any layout) and ``W_qk
+    (2D, C)`` row-major, q its first D rows; C in BLOCK_C chunks, one x load for both. Rows past N are 0, and
+    so is the one not asked for. X_UNIT names the unit stride, which Triton does not specialise on: 1 for
+    tokens (the 2D modules' token view of a feature map), 2 for channels (contiguous tokens), 0 neither;
+    XVEC > 1: the launcher found the runs along it aligned to XVEC elements (as VEC for the rows)."""
     rmask = rows < N
     cmask = cols < D
     q = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
@@ -138,13 +138,15 @@ def _project(X, x0, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB: tl.constex
             xmask = rmask[:, None] & ccmask[None, :]
         xt = tl.load(xt, mask=xmask, other=0.0)
         wmask = ccmask[:, None] & cmask[None, :]
-        wq = tl.load(WQK + cols[None, :].to(tl.int64) * C + cc[:, None], mask=wmask, other=0.0)
-        q = _dot(xt, wq, q, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
+        if WITH_Q:
+            wq = tl.load(WQK + cols[None, :].to(tl.int64) * C + cc[:, None], mask=wmask, other=0.0)
+            q = _dot(xt, wq, q, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
         if WITH_K:
             wk = tl.load(WQK + (D + cols[None, :]).to(tl.int64) * C + cc[:, None], mask=wmask, other=0.0)
             k = _dot(xt, wk, k, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
     if HAS_QKB:
-        q = tl.where(rmask[:, None], q + tl.load(QKB + cols, mask=cmask, other=0.0).to(ACC)[None, :], 0.0)
+        if WITH_Q:
+            q = tl.where(rmask[:, None], q + tl.load(QKB + cols, mask=cmask, other=0.0).to(ACC)[None, :], 0.0)
         if WITH_K:
             k = tl.where(rmask[:, None], k + tl.load(QKB + D + cols, mask=cmask, other=0.0).to(ACC)[None, :], 0.0)
     return q, k
@@ -239,8 +241,8 @@ def _pool_partials_kernel(
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
         if FROM_X:
-            x, _ = _project(X, row * SXB, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB, False, IN_DTYPE,
-                            DOT_IN_ACC, DOT_PREC, ACC, X_UNIT, XVEC, BLOCK_N, BLOCK_D, BLOCK_C)
+            x, _ = _project(X, row * SXB, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB, True, False,
+                            IN_DTYPE, DOT_IN_ACC, DOT_PREC, ACC, X_UNIT, XVEC, BLOCK_N, BLOCK_D, BLOCK_C)
         else:
             x = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
         nq = tl.sqrt(tl.sum(x * x, axis=1))
@@ -323,8 +325,8 @@ def _key_interaction_kernel(
         acc = tl.zeros([BLOCK_N, BLOCK_O], dtype=ACC)
         for t in tl.static_range(S):
             if FROM_X:  # one stream (s = t = 0), one output tile (ocols = cols): q and k from the tokens
-                qt, kt = _project(X, b * SXB, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB, True, IN_DTYPE,
-                                  DOT_IN_ACC, DOT_PREC, ACC, X_UNIT, XVEC, BLOCK_N, BLOCK_D, BLOCK_C)
+                qt, kt = _project(X, b * SXB, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB, True, True,
+                                  IN_DTYPE, DOT_IN_ACC, DOT_PREC, ACC, X_UNIT, XVEC, BLOCK_N, BLOCK_D, BLOCK_C)
             else:
                 kt = _load_qk(K, (t * B + b) * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
             nk = tl.sqrt(tl.sum(kt * kt, axis=1))
@@ -358,23 +360,25 @@ def _key_interaction_kernel(
 
 @triton.autotune(
     configs=_config.row_configs(),
-    key=["BLOCK_D", "S", "BLOCK_O", "HAS_QKB", "DOT_PREC", "VEC", "FUSE_DW"],
+    key=["BLOCK_D", "S", "BLOCK_O", "HAS_QKB", "DOT_PREC", "VEC", "FUSE_DW", "FROM_X", "X_UNIT", "XVEC", "BLOCK_C"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
     cache_results=_config.AUTOTUNE_CACHE,
 )
-@triton.jit(do_not_specialize=["B", "N", "P"])
+@triton.jit(do_not_specialize=["B", "N", "P", "SXB", "SXC"])
 def _key_grad_kernel(
-    K, QKB, DY, W, G, DK, PART_DG, PART_DKB, PART_DW,
-    B, N, D, LDQ, P, eps_arg,
+    K, QKB, DY, W, G, DK, PART_DG, PART_DKB, PART_DW, X, WQK,
+    B, N, D, LDQ, P, eps_arg, C, SXB, SXN, SXC,
     S: tl.constexpr, S_PAD: tl.constexpr, HAS_QKB: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr,
     DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr, VEC: tl.constexpr, FUSE_DW: tl.constexpr,
+    FROM_X: tl.constexpr, X_UNIT: tl.constexpr, XVEC: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Grid (P, S·B) over key streams t. With ``e_{s,t} = dy_s @ W_{s,t}``:
     ``dk̂_t = Σ_s G_s ⊙ e_{s,t}``, ``dk_t`` through the row norm, and partials of ``dG_s = Σ_n k̂_t ⊙ e_{s,t}``.
     With FUSE_DW (narrow rows, D ≤ BLOCK_O: one output chunk) also this program's share of
     ``dW_{s,t} = Σ_n dy_s[n]ᵀ (G_s ⊙ k̂_t[n])`` from the dy and k tiles already loaded, instead of
-    ``_proj_weight_grad_kernel`` reading both once more."""
+    ``_proj_weight_grad_kernel`` reading both once more. ``FROM_X`` (one stream): k made from the tokens
+    (``_project``) instead of read."""
     eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)  # t·B + b
@@ -392,7 +396,11 @@ def _key_grad_kernel(
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        kt = _load_qk(K, row * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
+        if FROM_X:  # one stream: t = 0, b = row
+            _, kt = _project(X, row * SXB, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB, False, True,
+                             IN_DTYPE, DOT_IN_ACC, DOT_PREC, ACC, X_UNIT, XVEC, BLOCK_N, BLOCK_D, BLOCK_C)
+        else:
+            kt = _load_qk(K, row * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
         nk = tl.sqrt(tl.sum(kt * kt, axis=1))
         rk = 1.0 / tl.maximum(nk, eps)
         kh = kt * rk[:, None]
@@ -434,18 +442,20 @@ def _key_grad_kernel(
 
 @triton.autotune(
     configs=_config.row_configs(),
-    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB", "VEC"],
+    key=["BLOCK_D", "S", "TOKEN_NORM", "HAS_QKB", "VEC", "FROM_X", "X_UNIT", "XVEC", "BLOCK_C", "DOT_PREC"],
     prune_configs_by={"early_config_prune": _config.prune_rows},
     cache_results=_config.AUTOTUNE_CACHE,
 )
-@triton.jit(do_not_specialize=["B", "N", "P"])
+@triton.jit(do_not_specialize=["B", "N", "P", "SXB", "SXC"])
 def _query_grad_kernel(
-    Q, QKB, DY, WG, G, STAT, PART_DG, DQ, PART_DWG, PART_DB, PART_DQB,
-    B, N, D, LDQ, P, scale, eps_arg,
+    Q, QKB, DY, WG, G, STAT, PART_DG, DQ, PART_DWG, PART_DB, PART_DQB, X, WQK,
+    B, N, D, LDQ, P, scale, eps_arg, C, SXB, SXN, SXC,
     S: tl.constexpr, HAS_QKB: tl.constexpr, TOKEN_NORM: tl.constexpr, ACC: tl.constexpr, VEC: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    FROM_X: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr,
+    X_UNIT: tl.constexpr, XVEC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Grid (P, S·B) over query streams s: dq through pooling and the row norm; partials of dw_g and db."""
+    """Grid (P, S·B) over query streams s: dq through pooling and the row norm; partials of dw_g and db.
+    ``FROM_X`` (one stream): q made from the tokens (``_project``) instead of read."""
     eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)  # s·B + b
@@ -475,7 +485,11 @@ def _query_grad_kernel(
     for tile in range(start, end):
         rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        x = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
+        if FROM_X:
+            x, _ = _project(X, row * SXB, rows, N, C, SXN, SXC, WQK, QKB, cols, D, HAS_QKB, True, False,
+                            IN_DTYPE, DOT_IN_ACC, DOT_PREC, ACC, X_UNIT, XVEC, BLOCK_N, BLOCK_D, BLOCK_C)
+        else:
+            x = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
         nq = tl.sqrt(tl.sum(x * x, axis=1))
         rq = 1.0 / tl.maximum(nq, eps)
         qh = x * rq[:, None]
@@ -516,20 +530,22 @@ def _query_grad_kernel(
 
 @triton.autotune(
     configs=_config.weight_grad_configs(),
-    key=["BLOCK_D", "S", "HAS_QKB", "DOT_PREC", "VEC"],
+    key=["BLOCK_D", "S", "HAS_QKB", "DOT_PREC", "VEC", "FROM_X", "X_UNIT", "XVEC", "BLOCK_C"],
     prune_configs_by={"early_config_prune": _config.prune_weight_grad},
     cache_results=_config.AUTOTUNE_CACHE,
 )
-@triton.jit(do_not_specialize=["B", "N", "SPLIT"])
+@triton.jit(do_not_specialize=["B", "N", "SPLIT", "SXB", "SXC"])
 def _proj_weight_grad_kernel(
-    DY, K, QKB, NK, G, PART_DW,
-    B, N, D, LDQ, SPLIT, eps_arg,
+    DY, K, QKB, NK, G, PART_DW, X, WQK,
+    B, N, D, LDQ, SPLIT, eps_arg, C, SXB, SXN, SXC,
     S: tl.constexpr, HAS_QKB: tl.constexpr, ACC: tl.constexpr, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr,
-    DOT_PREC: tl.constexpr, VEC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
+    DOT_PREC: tl.constexpr, VEC: tl.constexpr, FROM_X: tl.constexpr, X_UNIT: tl.constexpr, XVEC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
     BLOCK_I: tl.constexpr,
 ):
     """Grid (⌈D/BLOCK_O⌉, ⌈D/BLOCK_I⌉, S·S·SPLIT): split-K partials of
-    ``dW_{s,t} = Σ_{b,n} dy_s[n]ᵀ (G_s ⊙ k̂_t[n])`` over the flattened (image, token tile) axis."""
+    ``dW_{s,t} = Σ_{b,n} dy_s[n]ᵀ (G_s ⊙ k̂_t[n])`` over the flattened (image, token tile) axis. ``FROM_X``
+    (one stream): k's columns ``icols`` made from the tokens (``_project``) instead of read."""
     eps = tl.full((), eps_arg, ACC)  # scalar args are fp32; keep eps exact for fp64 (interpreter)
     pid_o = tl.program_id(0)
     pid_i = tl.program_id(1)
@@ -554,7 +570,11 @@ def _proj_weight_grad_kernel(
         rows = (j - b * tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
         dy = _load_rows(DY, (s * B + b) * N, rows, ocols, N, D, D, VEC, ACC)
-        kt = _load_qk(K, (t * B + b) * N, rows, icols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
+        if FROM_X:  # one stream: s = t = 0
+            _, kt = _project(X, b * SXB, rows, N, C, SXN, SXC, WQK, QKB, icols, D, HAS_QKB, False, True,
+                             IN_DTYPE, DOT_IN_ACC, DOT_PREC, ACC, X_UNIT, XVEC, BLOCK_N, BLOCK_I, BLOCK_C)
+        else:
+            kt = _load_qk(K, (t * B + b) * N, rows, icols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
         nk = tl.load(NK + (t * B + b) * N + rows, mask=rmask, other=1.0).to(ACC)
         g = tl.load(G + (s * B + b) * D + icols, mask=imask, other=0.0).to(ACC)
         z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * g[None, :]
@@ -661,8 +681,8 @@ def e2a_forward_from_tokens(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale
     view of a ``(B, C, H, W)`` map is read in place): ``q, k = x W_qkᵀ + b_qk`` are made inside both kernels,
     tile by tile, and never written. ``w_qk (2D, C)``, ``qk_bias (2D,) | None``, ``w_g (D,)``, ``proj_weight
     (D, D)``, ``proj_bias (D,) | None``, all in the compute dtype, which is the output's; x is cast to it as
-    it is loaded. D ≤ 128 (:func:`fuses_input_linear`). In training the backward makes qk again, so it never
-    needs the forward's. With ``final_weight (D, D)`` (inference), ``proj_weight = W_f W_p`` and ``proj_bias``
+    it is loaded. D ≤ 128 (:func:`fuses_input_linear`). In training, :func:`e2a_backward_from_tokens` makes
+    them again the same way. With ``final_weight (D, D)`` (inference), ``proj_weight = W_f W_p`` and ``proj_bias``
     is the whole bias, as for :func:`e2a_forward`. Returns ``y (1, B, N, D)``, ``G``, ``stats``, ``nk`` as
     :func:`e2a_forward`."""
     B, N, C = x.shape
@@ -673,6 +693,17 @@ def e2a_forward_from_tokens(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale
         proj_bias = proj_bias.reshape((1, D) if fold else (1, 1, D))
     return _forward(w_qk, w_qk, D, (1, B, N, D), (x, w_qk), w_g, proj_weight.reshape(1, 1, D, D), proj_bias, scale,
                     token_norm, eps, qk_bias, final_weight.reshape(1, D, D) if fold else None)
+
+
+def _token_args(tokens, q, w_g) -> tuple:
+    """The kernels' ``FROM_X`` arguments: ``(from_x, x, w_qk, C, SXB, SXN, SXC, X_UNIT, XVEC, BLOCK_C)`` for
+    ``tokens = (x, w_qk)``, or stand-ins when there are none (``tokens`` None)."""
+    if tokens is None:
+        return False, q, w_g, 1, 0, 0, 0, 0, 1, 16
+    x, w_qk = tokens
+    C, (SXB, SXN, SXC) = x.shape[-1], x.stride()
+    x_unit = 1 if SXN == 1 else 2 if SXC == 1 else 0
+    return True, x, w_qk, C, SXB, SXN, SXC, x_unit, _token_vector_width(x, SXB, SXN, SXC), min(64, _config.block_d(C))
 
 
 def _forward(q, k, ld, shape, tokens, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias, final_weight):
@@ -690,10 +721,7 @@ def _forward(q, k, ld, shape, tokens, w_g, proj_weight, proj_bias, scale, token_
     BLOCK_D = _config.block_d(D)
     P = _config.programs_per_row(N, S * B, q.device)
     dev = q.device
-    from_x = tokens is not None
-    x, w_qk = tokens if from_x else (q, w_g)
-    C, SXB, SXN, SXC = (x.shape[-1], *x.stride()) if from_x else (1, 0, 0, 0)
-    BLOCK_C = min(64, _config.block_d(C))
+    from_x, x, w_qk, C, SXB, SXN, SXC, x_unit, xvec, BLOCK_C = _token_args(tokens, q, w_g)
 
     part_g = empty((S, B, P, D), dtype=acc_dtype, device=dev)
     nq = part_g if from_x else empty((S, B, N), dtype=acc_dtype, device=dev)
@@ -704,8 +732,6 @@ def _forward(q, k, ld, shape, tokens, w_g, proj_weight, proj_bias, scale, token_
         final_weight = final_weight.contiguous()
         rows_and_weights += (final_weight,)
     vec = _vector_width(D, ld, *rows_and_weights)
-    xvec = _token_vector_width(x, SXB, SXN, SXC) if from_x else 1
-    x_unit = 1 if SXN == 1 else 2 if SXC == 1 else 0
     _pool_partials_kernel[(P, S * B)](
         q, qkb, w_g, nq, part_g, part_stat, x, w_qk, B, N, D, ld, P, float(scale), float(eps), C, SXB, SXN, SXC,
         HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, VEC=vec, BLOCK_D=BLOCK_D, FROM_X=from_x, IN_DTYPE=IN_DTYPE,
@@ -732,7 +758,28 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
     ``dk`` is None."""
     packed = k is None
     q, k, ld = _rows(q, k)
-    S, B, N, D = q.shape
+    return _backward(dy, q, k, ld, q.shape, None, packed, w_g, proj_weight, G, stats, nk, scale, token_norm, eps,
+                     qk_bias)
+
+
+def e2a_backward_from_tokens(dy, x, w_qk, qk_bias, w_g, proj_weight, G, stats, nk, scale: float, token_norm: str,
+                             eps: float):
+    """:func:`e2a_backward` for :func:`e2a_forward_from_tokens`'s training forward: q and k made again from
+    the tokens ``x (B, N, C)`` inside the kernels, tile by tile, where the GEMM route makes ``qk`` again in
+    memory and reads it back. ``dy (1, B, N, D)``; ``w_qk (2D, C)``, ``qk_bias (2D,) | None`` as for the
+    forward. Returns ``dqk (1, B, N, 2D)`` (whose products with ``x`` and ``w_qk`` give the input linear's
+    gradients), None and the rest as :func:`e2a_backward`."""
+    B, N, C = x.shape
+    D = w_qk.shape[0] // 2
+    w_qk = w_qk.contiguous()
+    return _backward(dy, w_qk, w_qk, 2 * D, (1, B, N, D), (x, w_qk), True, w_g, proj_weight.reshape(1, 1, D, D),
+                     G, stats, nk, scale, token_norm, eps, qk_bias)
+
+
+def _backward(dy, q, k, ld, shape, tokens, packed, w_g, proj_weight, G, stats, nk, scale, token_norm, eps, qk_bias):
+    """The backward launches. ``tokens``: None, or ``(x, w_qk)`` to make q and k from the tokens in the kernels
+    (``FROM_X``, as :func:`_forward`); the gradients of q and k then go to a packed ``dqk`` (``ld = 2D``)."""
+    S, B, N, D = shape
     dy = dy.contiguous()
     w_g = w_g.reshape(S, D).contiguous()
     proj_weight = proj_weight.contiguous()
@@ -748,7 +795,9 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
     dqk = empty((S, B, N, 2 * D), dtype=q.dtype, device=dev) if packed else None
     dk = dqk[..., D:] if packed else empty((S, B, N, D), dtype=k.dtype, device=dev)
     dq = dqk[..., :D] if packed else empty((S, B, N, D), dtype=q.dtype, device=dev)
-    vec = _vector_width(D, ld, q, k, dy, proj_weight, dq, dk)
+    from_x, x, w_qk, C, SXB, SXN, SXC, x_unit, xvec, BLOCK_C = _token_args(tokens, q, w_g)
+    rows = (dy, proj_weight, dq, dk) if from_x else (q, k, dy, proj_weight, dq, dk)
+    vec = _vector_width(D, ld, *rows)
     part_dg = empty((S, B, S, P, D), dtype=acc_dtype, device=dev)
     # The programs' partials of the (D,)-sized gradients side by side, so one sum reduces them all: dw_g
     # (scaled in the kernel), the proj bias's, and with qk_bias the q and k biases'.
@@ -758,13 +807,16 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
     fuse_dw = D <= BLOCK_O and BLOCK_D <= _config.FUSED_WEIGHT_GRAD_MAX_BLOCK_D
     part_dw = empty((S, B, P, S, D, D), dtype=acc_dtype, device=dev) if fuse_dw else part_dg
     _key_grad_kernel[(P, S * B)](
-        k, qkb, dy, proj_weight, G, dk, part_dg, part_dkb, part_dw, B, N, D, ld, P, float(eps),
-        S=S, S_PAD=_config.next_power_of_2(S), HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec,
-        VEC=vec, FUSE_DW=fuse_dw, BLOCK_D=BLOCK_D, BLOCK_O=BLOCK_O,
+        k, qkb, dy, proj_weight, G, dk, part_dg, part_dkb, part_dw, x, w_qk, B, N, D, ld, P, float(eps), C, SXB, SXN,
+        SXC, S=S, S_PAD=_config.next_power_of_2(S), HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE,
+        DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, VEC=vec, FUSE_DW=fuse_dw, FROM_X=from_x, X_UNIT=x_unit, XVEC=xvec,
+        BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D, BLOCK_O=BLOCK_O,
     )
     _query_grad_kernel[(P, S * B)](
-        q, qkb, dy, w_g, G, stats, part_dg, dq, part_dwg, part_db, part_dqb, B, N, D, ld, P, float(scale), float(eps),
-        S=S, HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, VEC=vec, BLOCK_D=BLOCK_D,
+        q, qkb, dy, w_g, G, stats, part_dg, dq, part_dwg, part_db, part_dqb, x, w_qk, B, N, D, ld, P, float(scale),
+        float(eps), C, SXB, SXN, SXC, S=S, HAS_QKB=has_qkb, TOKEN_NORM=code, ACC=ACC, VEC=vec, FROM_X=from_x,
+        IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, X_UNIT=x_unit, XVEC=xvec, BLOCK_C=BLOCK_C,
+        BLOCK_D=BLOCK_D,
     )
     if fuse_dw:  # (S_t, B·P, S_s, D, D) summed over images and programs, to (S_s, S_t, D, D)
         d_proj_weight = part_dw.view(S, B * P, S, D, D).sum(1).transpose(0, 1).contiguous()
@@ -774,8 +826,9 @@ def e2a_backward(dy, q, k, w_g, proj_weight, G, stats, nk, scale: float, token_n
         part_dw = empty((S, S, split, D, D), dtype=acc_dtype, device=dev)
         grid = lambda meta: (_config.cdiv(D, meta["BLOCK_O"]), _config.cdiv(D, meta["BLOCK_I"]), S * S * split)  # noqa: E731
         _proj_weight_grad_kernel[grid](
-            dy, k, qkb, nk, G, part_dw, B, N, D, ld, split, float(eps),
-            S=S, HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, VEC=vec, BLOCK_D=BLOCK_D,
+            dy, k, qkb, nk, G, part_dw, x, w_qk, B, N, D, ld, split, float(eps), C, SXB, SXN, SXC,
+            S=S, HAS_QKB=has_qkb, ACC=ACC, IN_DTYPE=IN_DTYPE, DOT_IN_ACC=dot_in_acc, DOT_PREC=prec, VEC=vec,
+            FROM_X=from_x, X_UNIT=x_unit, XVEC=xvec, BLOCK_C=BLOCK_C, BLOCK_D=BLOCK_D,
         )
         d_proj_weight = part_dw.sum(2)
     sums = part_vec.sum(2)  # views of it below: every extra PyTorch op costs host time (NOTES.md, item 11)

@@ -9,8 +9,8 @@ would on the GPU: the same pointer dtypes, constexprs and specialisation (intege
 ``packed`` is the modules' path on a GPU (one ``qk (S, B, N, 2D)`` with the input linears' bias added in
 the kernels), ``plain`` the functional op's (separate ``q``, ``k``, no bias), ``folded`` the modules' inference forward
 (packed, with the output linear folded into the key interaction, ``fold_final``), ``tokens`` the one-stream
-forwards that make q and k from the tokens inside the kernels, at inference and in training (D ≤ 128; S =
-1 only).
+launches that make q and k from the tokens inside the kernels: the inference forward and the training
+forward and backward (D ≤ 128; S = 1 only).
 
 Per kernel, width D, dtype, stream count S and config: registers per thread, spilled bytes and shared
 memory (from the bundled ``ptxas -v``), and the global-memory instructions of the PTX by access width:
@@ -62,7 +62,7 @@ def _ptxas(arch: int) -> str:
 def launches(D: int, dtype: torch.dtype, S: int, layout: str, token_norm: str):
     """``[(autotuner, args, kwargs)]``: the five launches of one forward and backward, as the launchers make them
     (``folded``: the two of an inference forward with the output linear folded in; ``tokens``: those of the
-    inference and the training forward from the tokens)."""
+    inference forward and the training forward and backward from the tokens)."""
     recorded = []
 
     class Recorder:
@@ -88,8 +88,11 @@ def launches(D: int, dtype: torch.dtype, S: int, layout: str, token_norm: str):
             x = rand(B, D, N).transpose(1, 2)
             e2a.e2a_forward_from_tokens(x, rand(2 * D, D), qk_bias[0], w_g[0], weight[0, 0], bias[0, 0], 1.0, token_norm,
                                         1e-12, final_weight=rand(D, D))  # inference, final folded in
-            e2a.e2a_forward_from_tokens(x, rand(2 * D, D), qk_bias[0], w_g[0], weight[0, 0], bias[0, 0], 1.0, token_norm,
-                                        1e-12)  # training's forward (the backward remakes qk: the packed layout's)
+            w_qk = rand(2 * D, D)
+            y, G, stats, nk = e2a.e2a_forward_from_tokens(x, w_qk, qk_bias[0], w_g[0], weight[0, 0], bias[0, 0], 1.0,
+                                                          token_norm, 1e-12)  # training
+            e2a.e2a_backward_from_tokens(rand(*y.shape), x, w_qk, qk_bias[0], w_g[0], weight[0, 0], G, stats, nk, 1.0,
+                                         token_norm, 1e-12)
         elif layout == "folded":
             e2a.e2a_forward(q, k, w_g, weight, bias[:, 0], 1.0, token_norm, 1e-12, qk_bias=qk_bias, final_weight=rand(S, D, D))
         else:
@@ -151,8 +154,9 @@ def main(argv=None) -> int:
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 3], help="S: 1 is E2A, 3 is CroCNet's cross-E2A")
     ap.add_argument("--layouts", nargs="+", choices=["packed", "plain", "folded", "tokens"], default=["packed"],
                     help="packed: the modules' qk with its bias in the kernels; plain: separate q and k, no bias; "
-                         "folded: packed, inference forward with the output linear folded in; tokens: the forwards "
-                         "(inference, folded, and training) that make q and k from the tokens (one stream, D <= 128)")
+                         "folded: packed, inference forward with the output linear folded in; tokens: the launches "
+                         "(inference forward, training forward and backward) that make q and k from the tokens "
+                         "(one stream, D <= 128)")
     ap.add_argument("--token-norm", choices=list(e2a.TOKEN_NORM_CODES), default="softmax")
     ap.add_argument("--max-spill", type=int, default=0, help="spilled bytes per thread tolerated before flagging")
     ap.add_argument("--all-configs", action="store_true", help="every config the autotuner may try, not only the default")

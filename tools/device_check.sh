@@ -59,7 +59,7 @@ want tests && step gpu-tests "${T_TESTS:-150}" python3 -m pytest -m gpu tests/op
     -k "not autotune_results_persist"
 want core && bench core "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "test_core and bf16"
 AB_TESTS="test_packed_qk or test_row_alignment or test_fused_weight_grad or test_recompute_qk or test_fold_final or test_fused_input"
-want ab && bench ab "${T_AB:-60}" benchmarks/test_bench_e2a.py -k "$AB_TESTS"
+want ab && bench ab "${T_AB:-90}" benchmarks/test_bench_e2a.py -k "$AB_TESTS"
 want host && step host 30 python3 tools/host_overhead.py --rounds 300 --json "$OUT/host.json"
 # the module cases issue 8's targets read (ours, timm eager and compiled; forward+backward at the issue's sizes),
 # before the rest of the module suite, whose torch.compile cases compile for every shape and mode

@@ -61,7 +61,9 @@ class EfficientAdditiveAttention(nn.Module):
             (timm's numbers to the bit).
         recompute_qk: with ``fuse_qk`` on the Triton path, make qk again in the backward instead of keeping it
             for it: 2 BND less activation memory (about 5 → 3 BND for the module with its output, against
-            timm's 9) for one more GEMM (3 BND of traffic). ``torch.compile`` keeps qk either way.
+            timm's 9) for one more GEMM (3 BND of traffic); for one stream at D ≤ 128 in bf16/fp16 neither the
+            forward nor the backward writes qk at all (the kernels make q and k from the tokens), also
+            under ``torch.compile``; elsewhere ``torch.compile`` keeps qk either way.
         fold_final: with ``fuse_qk`` on the Triton path, at inference (grad mode off: ``torch.no_grad`` or
             ``torch.inference_mode``) and ``num_heads=1``, fold ``final`` into the key interaction's GEMM
             (:func:`crocnet.ops.e2a.folded_tokens_kernels`): the kernel writes the module's output, and the

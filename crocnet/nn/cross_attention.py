@@ -40,7 +40,8 @@ class CrossEfficientAdditiveAttention(nn.Module):
             linears per stream.
         recompute_qk: with ``fuse_qk`` on the Triton path, make the streams' qk again in the backward instead
             of keeping it: 2 BND a stream less activation memory (about 15 → 9 BND with the outputs, against
-            the authors' 30) for one more GEMM a stream. ``torch.compile`` keeps qk either way.
+            the authors' 30) for one more GEMM a stream. ``torch.compile`` keeps qk either way (one stream at D ≤
+            128 in bf16/fp16 aside: its kernels make q and k from the tokens, eager or compiled).
         fold_final: with ``fuse_qk`` on the Triton path, at inference (grad mode off) and ``num_heads=1``,
             fold each stream's ``final`` into the key interaction's GEMM (2 BND a stream less traffic).
     """

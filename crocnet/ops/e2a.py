@@ -100,8 +100,13 @@ def _(dy, q, k, w_g, proj_weight, qk_bias, G, stats, nk, scale, token_norm, eps)
 
 def _setup_context(ctx, inputs, output):
     q, k, w_g, proj_weight, proj_bias, qk_bias, scale, token_norm, eps = inputs
+    _save(ctx, (q, k, w_g, proj_weight, qk_bias), proj_bias, scale, token_norm, eps, output)
+
+
+def _save(ctx, tensors, proj_bias, scale, token_norm, eps, output):
+    """What both custom ops' backwards need: ``tensors``, then the forward's G, stats and key norms."""
     _, G, stats, nk = output
-    ctx.save_for_backward(q, k, w_g, proj_weight, qk_bias, G, stats, nk)
+    ctx.save_for_backward(*tensors, G, stats, nk)
     ctx.scale, ctx.token_norm, ctx.eps = scale, token_norm, eps
     ctx.bias_shape = None if proj_bias is None else proj_bias.shape
     ctx.mark_non_differentiable(G, stats, nk)
@@ -110,15 +115,20 @@ def _setup_context(ctx, inputs, output):
 def _finish_grads(ctx, grads, q, k, w_g, proj_weight, qk_bias) -> tuple:
     """The kernels' gradients as autograd wants them: in the inputs' shapes and the parameters' dtypes, None
     where an input takes none."""
-    dq, dk, dw_g, dw, db, dqkb = grads
+    dq, dk, *params = grads
     dq = dq.view(q.shape)
     dk = None if k is None else dk.view(k.shape)  # packed: dq is the whole dqk
+    return dq, dk, *_parameter_grads(ctx, *params, w_g, proj_weight, qk_bias), None, None, None
+
+
+def _parameter_grads(ctx, dw_g, dw, db, dqkb, w_g, proj_weight, qk_bias) -> tuple:
+    """``(dw_g, dw, db, dqkb)`` in the parameters' shapes and dtypes, None where one takes none."""
     dqkb = None if qk_bias is None else dqkb.to(qk_bias.dtype).reshape(qk_bias.shape)
     # token_norm "none" gives every token weight 1: w_g takes no part, and gets no gradient (as on the torch path)
     dw_g = None if ctx.token_norm == "none" else dw_g.to(w_g.dtype).reshape(w_g.shape)
     dw = dw.to(proj_weight.dtype).view(proj_weight.shape)
     db = db.to(proj_weight.dtype).view(ctx.bias_shape) if ctx.bias_shape is not None else None
-    return dq, dk, dw_g, dw, db, dqkb, None, None, None
+    return dw_g, dw, db, dqkb
 
 
 def _backward(ctx, dy, _dG, _dstats, _dnk):
@@ -128,6 +138,94 @@ def _backward(ctx, dy, _dG, _dstats, _dnk):
 
 
 _e2a_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# One stream from its tokens (q and k made inside the kernels, never in memory): the traced form of the
+# eager Function's ``fuses_input_linear`` route, so a compiled model saves the same bytes.
+@torch.library.custom_op("crocnet::e2a_tokens_forward", mutates_args=())
+def _e2a_tokens_forward(
+    x: Tensor,
+    w_qk: Tensor,
+    qk_bias: Optional[Tensor],
+    w_g: Tensor,
+    proj_weight: Tensor,
+    proj_bias: Optional[Tensor],
+    scale: float,
+    token_norm: str,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _kernels().e2a_forward_from_tokens(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale, token_norm, eps)
+
+
+@_e2a_tokens_forward.register_fake
+def _(x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale, token_norm, eps):
+    (B, N, _), D = x.shape, w_qk.shape[0] // 2
+    acc = _acc_dtype(w_qk.dtype)
+    return (w_qk.new_empty((1, B, N, D)), w_qk.new_empty((1, B, D), dtype=acc), w_qk.new_empty((1, B, 2), dtype=acc),
+            w_qk.new_empty((1, B, N), dtype=acc))
+
+
+@torch.library.custom_op("crocnet::e2a_tokens_backward", mutates_args=())
+def _e2a_tokens_backward(
+    dy: Tensor,
+    x: Tensor,
+    w_qk: Tensor,
+    qk_bias: Optional[Tensor],
+    w_g: Tensor,
+    proj_weight: Tensor,
+    G: Tensor,
+    stats: Tensor,
+    nk: Tensor,
+    scale: float,
+    token_norm: str,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dqk, dw_g, dw, db, dqkb = _tokens_backward_kernels(dy, x, w_qk, qk_bias, w_g, proj_weight, G, stats, nk, scale,
+                                                       token_norm, eps)
+    return dqk, dw_g.clone(), dw, db.clone(), dqk.new_empty((0,)) if dqkb is None else dqkb.clone()
+
+
+@_e2a_tokens_backward.register_fake
+def _(dy, x, w_qk, qk_bias, w_g, proj_weight, G, stats, nk, scale, token_norm, eps):
+    (B, N, _), D = x.shape, w_qk.shape[0] // 2
+    acc = _acc_dtype(w_qk.dtype)
+    return (w_qk.new_empty((1, B, N, 2 * D)), w_qk.new_empty((1, D), dtype=acc), w_qk.new_empty((1, 1, D, D), dtype=acc),
+            w_qk.new_empty((1, 1, D), dtype=acc), w_qk.new_empty((2 * D,) if qk_bias is not None else (0,), dtype=acc))
+
+
+def _tokens_backward_kernels(dy, x, w_qk, qk_bias, w_g, proj_weight, G, stats, nk, scale, token_norm, eps) -> tuple:
+    """``(dqk (1, B, N, 2D), dw_g, dw, db, dqkb | None)`` for the forward from the tokens ``x (B, N, C)``: q and
+    k made again inside the kernels, or, with ``_config.FUSED_INPUT_BACKWARD`` off, qk made with a GEMM and
+    read back (the A/B benchmark's other side). ``w_qk (2D, C)`` and ``qk_bias (2D,)`` in the compute dtype."""
+    kernels = _kernels()
+    if kernels._config.FUSED_INPUT_BACKWARD:
+        grads = kernels.e2a_backward_from_tokens(dy, x, w_qk, qk_bias, w_g, proj_weight, G, stats, nk, scale,
+                                                 token_norm, eps)
+    else:
+        qk = torch.matmul(x.to(w_qk.dtype), w_qk.t())[None]
+        grads = kernels.e2a_backward(dy, qk, None, w_g, proj_weight, G, stats, nk, scale, token_norm, eps,
+                                     None if qk_bias is None else qk_bias[None])
+    dqk, _, dw_g, dw, db, dqkb = grads
+    return dqk, dw_g, dw, db, None if dqkb is None else dqkb.view(-1)
+
+
+def _tokens_setup_context(ctx, inputs, output):
+    x, w_qk, qk_bias, w_g, proj_weight, proj_bias, scale, token_norm, eps = inputs
+    _save(ctx, (x, w_qk, qk_bias, w_g, proj_weight), proj_bias, scale, token_norm, eps, output)
+
+
+def _tokens_backward(ctx, dy, _dG, _dstats, _dnk):
+    x, w_qk, qk_bias, w_g, proj_weight, G, stats, nk = ctx.saved_tensors
+    dqk, dw_g, dw, db, dqkb = _e2a_tokens_backward(dy.contiguous(), x, w_qk, qk_bias, w_g, proj_weight, G, stats, nk,
+                                                   ctx.scale, ctx.token_norm, ctx.eps)
+    dqk = dqk[0]
+    dx = torch.matmul(dqk, w_qk).to(x.dtype)
+    dw_qk = torch.bmm(dqk.transpose(1, 2), x.to(dqk.dtype)).sum(0)
+    dw_g, dw, db, dqkb = _parameter_grads(ctx, dw_g, dw, db, dqkb, w_g, proj_weight, qk_bias)
+    return dx, dw_qk, dqkb, dw_g, dw, db, None, None, None
+
+
+_e2a_tokens_forward.register_autograd(_tokens_backward, setup_context=_tokens_setup_context)
 
 
 def _as_streams(q, k, w_g, proj_weight, proj_bias, qk_bias):
@@ -173,9 +271,10 @@ class _E2ATokensFunction(torch.autograd.Function):
     path: ``qk_s = x_s W_qk,sᵀ`` (in the autocast dtype under autocast) is made here, each stream's GEMM
     writing its slice of the ``(S, B, N, 2D)`` stack. With ``keep_qk`` False it is made again in the backward
     instead of being saved, 2 BND a stream less activation memory for one more GEMM (x read, qk written: 3
-    BND); with ``keep_qk`` the stack is saved, with the GEMM's operands as ``nn.Linear`` saves them. The
-    weight gradient ``Σ_b dqk_bᵀ x_b`` is a batched GEMM that takes the 2D modules' token view
-    ``x.flatten(2).transpose(1, 2)`` without a copy.
+    BND); for one stream at D ≤ 128 in 16-bit (``fuses_input_linear``) neither pass writes it: the kernels
+    make q and k from the tokens, tile by tile. With ``keep_qk`` the stack is saved, with the GEMM's operands
+    as ``nn.Linear`` saves them. The weight gradient ``Σ_b dqk_bᵀ x_b`` is a batched GEMM that takes the 2D
+    modules' token view ``x.flatten(2).transpose(1, 2)`` without a copy.
 
     Takes the modules' parameters one tensor each (``tensors``: the S streams' tokens, then the groups of
     :func:`_stack_parameters`) and stacks them here, where autograd records nothing; their gradients go back
@@ -194,9 +293,8 @@ class _E2ATokensFunction(torch.autograd.Function):
             proj_weight, proj_bias, qk_bias = (None if t is None else t.to(dtype) for t in (proj_weight, proj_bias, qk_bias))
             w_gemm = w_qk.to(dtype)
         kernels = _kernels()
-        if not keep_qk and kernels.fuses_input_linear(S, w_g.shape[-1], w_gemm.dtype):
-            # q and k made from the tokens inside the kernels, never written (kept in fp32 there; the backward
-            # makes qk again with the GEMM, in the compute dtype)
+        from_x = not keep_qk and kernels.fuses_input_linear(S, w_g.shape[-1], w_gemm.dtype)
+        if from_x:  # q and k made from the tokens inside the kernels, forward and backward: never written
             y, G, stats, nk = kernels.e2a_forward_from_tokens(xs[0], w_gemm[0], None if qk_bias is None else qk_bias[0],
                                                               w_g, proj_weight, proj_bias, scale, token_norm, eps)
         else:
@@ -206,6 +304,7 @@ class _E2ATokensFunction(torch.autograd.Function):
         kept = (qk, w_gemm, *gemm_xs) if keep_qk else (w_qk, *xs)
         ctx.save_for_backward(w_g, proj_weight, qk_bias, G, stats, nk, *kept)
         ctx.layout, ctx.scale, ctx.token_norm, ctx.eps, ctx.qk_dtype = layout, scale, token_norm, eps, y.dtype
+        ctx.from_x = from_x
         ctx.params, ctx.x_dtypes = [(p.shape, p.dtype) for p in params], [x.dtype for x in xs]
         return y[0] if S == 1 else y
 
@@ -217,17 +316,27 @@ class _E2ATokensFunction(torch.autograd.Function):
             qk, w_, *xs_ = kept
         else:
             w_qk, *xs = kept
-            xs_, w_ = [x.to(ctx.qk_dtype) for x in xs], w_qk.to(ctx.qk_dtype)
-            qk = _streams_gemm(xs_, w_)
-        dy = dy.contiguous().view(qk.shape[:-1] + (-1,)).to(ctx.qk_dtype)
-        dqk, _, dw_g, dw, db, dqkb = _kernels().e2a_backward(dy, qk, None, w_g, proj_weight, G, stats, nk, ctx.scale,
-                                                             ctx.token_norm, ctx.eps, qk_bias)
+            w_ = w_qk.to(ctx.qk_dtype)
+        dy = dy.contiguous().view(*G.shape[:2], -1, G.shape[-1]).to(ctx.qk_dtype)  # (S, B, N, D)
+        if ctx.from_x:  # q and k made again inside the kernels, from the tokens as they are
+            dqk, dw_g, dw, db, dqkb = _tokens_backward_kernels(dy, xs[0], w_[0], None if qk_bias is None else qk_bias[0],
+                                                               w_g, proj_weight, G, stats, nk, ctx.scale, ctx.token_norm,
+                                                               ctx.eps)
+            dqkb = None if dqkb is None else dqkb[None]
+        else:
+            if not keep_qk:
+                xs_ = [x.to(ctx.qk_dtype) for x in xs]
+                qk = _streams_gemm(xs_, w_)
+            dqk, _, dw_g, dw, db, dqkb = _kernels().e2a_backward(dy, qk, None, w_g, proj_weight, G, stats, nk,
+                                                                 ctx.scale, ctx.token_norm, ctx.eps, qk_bias)
         if ctx.token_norm == "none":  # unit token weights: w_g takes no part (as on the torch path)
             dw_g = None
         needs = ctx.needs_input_grad[4:]
         dxs = [torch.matmul(dqk[s], w_[s]).to(dtype) if needs[s] else None for s, dtype in enumerate(ctx.x_dtypes)]
         dw_qk = None
         if any(needs[S:3 * S]):
+            if ctx.from_x:  # the weight gradient's GEMM takes x in the GEMM's dtype
+                xs_ = [x.to(ctx.qk_dtype) for x in xs]
             dw_qk = torch.stack([torch.bmm(dqk[s].transpose(1, 2), x).sum(0) for s, x in enumerate(xs_)])
         stacked = (dw_qk, dqkb, dw_g, dw, db)
         return (None,) * 4 + tuple(dxs) + _unstack_gradients(stacked, _group_sizes(S, has_qkb, has_bias), ctx.params)
@@ -431,17 +540,27 @@ def tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_biases, s
                    eps: float, keep_qk: bool = False):
     """The Triton kernels on ``qk_s = x_s W_qk,sᵀ`` for each stream's tokens ``xs[s] (B, N, C)``, with those GEMMs
     inside the op, each writing its slice of the streams' stack, without the public ops' argument checks. The
-    backward makes qk again (the modules' ``recompute_qk``) or, with ``keep_qk``, uses the one saved. The
+    backward makes qk again (the modules' ``recompute_qk``; for one stream at D ≤ 128 in 16-bit, neither pass
+    writes it: the kernels make q and k from the tokens) or, with ``keep_qk``, uses the one saved. The
     parameters come one tensor each, as a module holds them: ``qk_weights`` ``[W_q,0, W_k,0, W_q,1, ...]`` (2S
     of ``(D, C)``), ``qk_biases`` likewise (2S of ``(D,)``) or None, ``w_gs`` (S of ``(D, 1)`` or ``(D,)``),
     ``proj_weights`` (S² of ``(D, D)``, row-major: ``[s][t]`` maps the keys of stream t into stream s) and
     ``proj_biases`` (S² of ``(D,)``) or None. Result: ``(B, N, D)`` for one stream, as :func:`e2a`; ``(S, B, N,
-    D)`` for S, as :func:`cross_e2a`. Traced calls (``torch.compile``, ``torch.jit.trace``) keep qk: the
-    custom ops take it."""
+    D)`` for S, as :func:`cross_e2a`. Traced calls (``torch.compile``, ``torch.jit.trace``) record custom ops:
+    for one stream at D ≤ 128 in 16-bit the ones that make q and k from the tokens (without ``keep_qk``),
+    else a linear and the ops on the qk it makes, which autograd keeps."""
     S, has_qkb, has_bias, params = _one_tensor_each(qk_weights, qk_biases, w_gs, proj_weights, proj_biases)
     if not _recorded():
         return _E2ATokensFunction.apply((S, has_qkb, has_bias, keep_qk), scale, token_norm, eps, *xs, *params)
     w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
+    dtype = _checks.autocast_dtype(xs[0]) if xs[0].dtype in _AUTOCAST_CASTS else None
+    if not keep_qk and _kernels().fuses_input_linear(S, w_g.shape[-1], dtype or w_qk.dtype):
+        if dtype is not None:  # the operands as nn.Linear's under autocast; x is cast as the kernels load it
+            w_qk, qk_bias, proj_weight, proj_bias = (None if t is None else t.to(dtype)
+                                                     for t in (w_qk, qk_bias, proj_weight, proj_bias))
+        y = _e2a_tokens_forward(xs[0], w_qk[0], None if qk_bias is None else qk_bias[0], w_g, proj_weight, proj_bias,
+                                scale, token_norm, eps)[0]
+        return y[0]
     qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
     y = _triton_e2a(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
     return y[0] if S == 1 else y
@@ -456,17 +575,13 @@ def folded_tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_bi
     weights are made in the accumulator dtype (fp32, fp64 for fp64) and rounded once to the kernels' dtype.
     For one stream at D ≤ 128 in 16-bit (``fuses_input_linear``) the kernels also make q and k from the tokens,
     so qk is never in memory either: 3 BND. Arguments as :func:`tokens_kernels`, plus ``final_weights`` (S of
-    ``(D, D)``) and ``final_biases`` (S of ``(D,)``) or None. Traced calls run :func:`tokens_kernels` and the
-    linears (the custom ops have no folded form). Grad mode must be off: nothing here is differentiable."""
+    ``(D, D)``) and ``final_biases`` (S of ``(D,)``) or None. Traced calls record the folding (a few small
+    matmuls) and the custom op ``crocnet::e2a_folded`` for the kernels. Grad mode must be off: nothing here
+    is differentiable."""
     if torch.is_grad_enabled():
         raise RuntimeError("folded_tokens_kernels is for inference: call it under torch.no_grad() or "
                            "torch.inference_mode() (its result carries no gradient)")
     S, has_qkb, has_bias, params = _one_tensor_each(qk_weights, qk_biases, w_gs, proj_weights, proj_biases)
-    if _recorded():
-        y = tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_biases, scale, token_norm, eps)
-        ys = [F.linear(y_s, w, None if final_biases is None else final_biases[s])
-              for s, (y_s, w) in enumerate(zip([y] if S == 1 else y.unbind(0), final_weights))]
-        return ys[0] if S == 1 else torch.stack(ys)
     w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
     dtype = _checks.autocast_dtype(xs[0])
     if dtype is None or xs[0].dtype not in _AUTOCAST_CASTS:
@@ -485,14 +600,34 @@ def folded_tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_bi
         through = to(proj_bias, acc)
         through = (through[:, 0] if S == 1 else through.sum(1))[..., None]
         bias = (torch.bmm(w_f, through) if bias is None else torch.baddbmm(bias[..., None], w_f, through))[..., 0]
-    weight, bias, qk_bias, w_f = (to(t, dtype) for t in (weight, bias, qk_bias, w_f))
-    kernels = _kernels()
-    if kernels.fuses_input_linear(S, w_g.shape[-1], dtype):  # q and k made in the kernels: qk never in memory
-        return kernels.e2a_forward_from_tokens(xs[0], to(w_qk[0], dtype), None if qk_bias is None else qk_bias[0],
-                                               w_g, weight, bias, scale, token_norm, eps, final_weight=w_f)[0][0]
-    qk = _streams_gemm([to(x, dtype) for x in xs], to(w_qk, dtype))
-    y = kernels.e2a_forward(qk, None, w_g, weight, bias, scale, token_norm, eps, qk_bias, final_weight=w_f)[0]
+    weight, bias, qk_bias, w_f, w_qk = (to(t, dtype) for t in (weight, bias, qk_bias, w_f, w_qk))
+    y = (_e2a_folded if _recorded() else _folded_kernels)(xs, w_qk, qk_bias, w_g, weight, bias, w_f, scale,
+                                                           token_norm, eps)
     return y[0] if S == 1 else y
+
+
+def _folded_kernels(xs: list[Tensor], w_qk: Tensor, qk_bias: Optional[Tensor], w_g: Tensor, weight: Tensor,
+                    bias: Optional[Tensor], w_f: Tensor, scale: float, token_norm: str, eps: float) -> Tensor:
+    """The launches of :func:`folded_tokens_kernels` on its folded parameters, all in the compute dtype:
+    ``w_qk (S, 2D, C)``, ``qk_bias (S, 2D) | None``, ``weight = W_f W_p (S, S, D, D)``, ``bias (S, D) | None``,
+    ``w_f (S, D, D)``; ``xs`` in any float dtype. Returns ``(S, B, N, D)``."""
+    kernels = _kernels()
+    S, dtype = w_qk.shape[0], w_qk.dtype
+    if kernels.fuses_input_linear(S, w_g.shape[-1], dtype):  # q and k made in the kernels: qk never in memory
+        return kernels.e2a_forward_from_tokens(xs[0], w_qk[0], None if qk_bias is None else qk_bias[0], w_g, weight,
+                                               bias, scale, token_norm, eps, final_weight=w_f)[0]
+    qk = _streams_gemm([x if x.dtype == dtype else x.to(dtype) for x in xs], w_qk)
+    return kernels.e2a_forward(qk, None, w_g, weight, bias, scale, token_norm, eps, qk_bias, final_weight=w_f)[0]
+
+
+# The same for traced calls (inference only: no autograd is registered, grad mode is off where it is called).
+_e2a_folded = torch.library.custom_op("crocnet::e2a_folded", _folded_kernels, mutates_args=())
+
+
+@_e2a_folded.register_fake
+def _(xs, w_qk, qk_bias, w_g, weight, bias, w_f, scale, token_norm, eps):
+    B, N, _ = xs[0].shape
+    return w_qk.new_empty((w_qk.shape[0], B, N, w_qk.shape[1] // 2))
 
 
 def stack_parameters(qk_weights, qk_biases, w_gs, proj_weights, proj_biases) -> tuple:

@@ -82,6 +82,59 @@ def test_opcheck_custom_ops_packed(op, S):
                               test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
+def _token_inputs(B=2, N=9, C=12, D=16, bias=True, seed=0):
+    """The tokens op's inputs in float64: tokens ``(B, N, C)`` as the 2D modules' token view of a map, then
+    ``w_qk (2D, C)``, ``qk_bias (2D,)``, ``w_g (D,)``, ``proj_weight (D, D)``, ``proj_bias (D,)``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, C, N, generator=g, dtype=torch.float64).transpose(1, 2)
+    w_qk = torch.randn(2 * D, C, generator=g, dtype=torch.float64) / C**0.5
+    qkb = torch.randn(2 * D, generator=g, dtype=torch.float64) if bias else None
+    w_g = torch.randn(D, generator=g, dtype=torch.float64)
+    W = torch.randn(D, D, generator=g, dtype=torch.float64) / D**0.5
+    b = torch.randn(D, generator=g, dtype=torch.float64) if bias else None
+    return x, w_qk, qkb, w_g, W, b
+
+
+@needs_fp64_kernels
+@pytest.mark.parametrize("op", ["forward", "backward", "folded"])
+def test_opcheck_tokens_custom_ops(op):
+    """torch.library.opcheck of the ops that make q and k from the tokens (what a traced one-stream module
+    records where the eager path does the same), and of the inference op with ``final`` folded in (one
+    stream from the tokens, three from a GEMM's qk)."""
+    x, w_qk, qkb, w_g, W, b = _token_inputs()
+    if op == "folded":
+        w_f = torch.randn(16, 16, dtype=torch.float64)
+        torch.library.opcheck(ops_e2a._e2a_folded, ([x], w_qk[None], qkb[None], w_g[None], W[None, None], b[None],
+                                                    w_f[None], 0.25, "l2", 1e-12),
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+        xs = [x + s for s in range(3)]
+        torch.library.opcheck(ops_e2a._e2a_folded, (xs, w_qk.expand(3, -1, -1).contiguous(), None, w_g.expand(3, -1),
+                                                    W.expand(3, 3, -1, -1).contiguous(), None,
+                                                    w_f.expand(3, -1, -1).contiguous(), 0.25, "softmax", 1e-12),
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    elif op == "forward":
+        torch.library.opcheck(ops_e2a._e2a_tokens_forward, (x, w_qk, qkb, w_g, W, b, 0.25, "l2", 1e-12))
+        torch.library.opcheck(ops_e2a._e2a_tokens_forward, (x, w_qk, None, w_g, W, None, 0.25, "softmax", 1e-12))
+    else:
+        y, G, stats, nk = ops_e2a._e2a_tokens_forward(x, w_qk, qkb, w_g, W, b, 0.25, "l2", 1e-12)
+        torch.library.opcheck(ops_e2a._e2a_tokens_backward,
+                              (torch.randn_like(y), x, w_qk, qkb, w_g, W, G, stats, nk, 0.25, "l2", 1e-12),
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@needs_fp64_kernels
+@pytest.mark.parametrize("token_norm", ["l2", "softmax", "none"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_gradcheck_tokens_custom_op(token_norm, bias):
+    """float64 gradcheck of the tokens op's registered autograd: the tokens (a feature map's token view) and
+    every parameter, the input linear's included."""
+    x, w_qk, qkb, w_g, W, b = (None if t is None else t.detach().requires_grad_(True)
+                               for t in _token_inputs(B=2, N=7, C=6, D=8, bias=bias))
+    fn = lambda x, w_qk, w_g, W, *biases: ops_e2a._e2a_tokens_forward(  # noqa: E731
+        x, w_qk, biases[0] if bias else None, w_g, W, biases[1] if bias else None, 0.3, token_norm, 1e-12)[0]
+    assert torch.autograd.gradcheck(fn, [x, w_qk, w_g, W] + ([qkb, b] if bias else []), fast_mode=True)
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["q_k", "packed"])
 @pytest.mark.parametrize("S", [1, 3])
 def test_eager_calls_match_the_custom_ops_bit_for_bit(S, packed):

@@ -1,5 +1,5 @@
-"""One stream's forward from the tokens: q and k made inside the kernels (``e2a_forward_from_tokens``, at
-inference with ``final`` folded in, and in training with qk made again in the backward).
+"""One stream from the tokens: q and k made inside the kernels (``e2a_forward_from_tokens`` at inference,
+with ``final`` folded in, and in training, with ``e2a_backward_from_tokens`` making them again in the backward).
 
 Held to the same computation with q and k made by a GEMM and read back (``FUSED_INPUT_MAX_D = 0``) in
 float64 in the interpreter, for every layout of the tokens the kernels read in place; against timm through
@@ -58,23 +58,26 @@ def test_tokens_read_in_place_give_the_gemm_route(monkeypatch, B, N, C, D, token
         torch.testing.assert_close(got, want, rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-12, msg=name)
 
 
-@pytest.mark.parametrize("B, N, C, D", [(2, 35, 12, 24), (3, 47, 100, 48), (1, 1, 20, 16)])
-def test_training_forward_from_the_tokens_gives_the_gemm_route(monkeypatch, B, N, C, D):
-    """With ``recompute_qk`` (the default) the forward makes q and k in the kernels and the backward remakes
-    qk with the GEMM: output and every gradient equal the route that writes qk in the forward (float64 in
-    the interpreter), for every layout of the tokens."""
+@pytest.mark.parametrize("B, N, C, D", [(2, 35, 12, 24), (3, 47, 100, 48), (1, 1, 20, 16), (2, 20, 70, 128)])
+def test_training_from_the_tokens_gives_the_gemm_route(monkeypatch, B, N, C, D):
+    """With ``recompute_qk`` (the default) the forward and the backward make q and k in the kernels (the
+    key-gradient kernel k, the query-gradient kernel q and, where the weight gradient is not fused into the
+    key gradient's (D > 32), its kernel k's columns of each tile): output and every gradient equal the route
+    that makes qk with a GEMM and reads it back (float64 in the interpreter), for every layout of the tokens;
+    so does the forward from the tokens with the backward's GEMM (``FUSED_INPUT_BACKWARD = False``)."""
     e2a, config = _kernels()
     device = triton_device()
     dtype = torch.float64 if device == "cpu" else torch.float32
     torch.manual_seed(B + N + C + D)
     module = EfficientAdditiveAttention(C, D, token_norm="softmax" if N > 40 else "l2", backend="triton").to(device, dtype)
     calls = []
-    monkeypatch.setattr(e2a, "e2a_forward_from_tokens",
-                        lambda *a, _real=e2a.e2a_forward_from_tokens: calls.append(1) or _real(*a))
+    for op in ("e2a_forward_from_tokens", "e2a_backward_from_tokens"):
+        monkeypatch.setattr(e2a, op, lambda *a, _real=getattr(e2a, op), _op=op: calls.append(_op) or _real(*a))
     for name, x in _layouts(B, N, C, dtype, device).items():
         runs = []
-        for limit in (0, 128):
+        for limit, backward in ((0, True), (128, False), (128, True)):
             monkeypatch.setattr(config, "FUSED_INPUT_MAX_D", limit)
+            monkeypatch.setattr(config, "FUSED_INPUT_BACKWARD", backward)
             calls.clear()
             module.zero_grad(set_to_none=True)
             leaf = x.detach().requires_grad_(True)  # a fresh leaf with x's strides (clone would pack "strided")
@@ -82,10 +85,12 @@ def test_training_forward_from_the_tokens_gives_the_gemm_route(monkeypatch, B, N
             out.backward(torch.cos(out.detach()))
             runs.append({"out": out.detach(), "dx": leaf.grad} | {n: p.grad for n, p in module.named_parameters()})
             if device == "cpu":
-                assert calls == ([1] if limit else []), name
-        for key, want in runs[0].items():
-            torch.testing.assert_close(runs[1][key], want, rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-12,
-                                       msg=f"{name}: {key}")
+                made_in_kernels = ["e2a_forward_from_tokens"] * bool(limit) + ["e2a_backward_from_tokens"] * bool(limit and backward)
+                assert calls == made_in_kernels, name
+        for run in runs[1:]:
+            for key, want in runs[0].items():
+                torch.testing.assert_close(run[key], want, rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-12,
+                                           msg=f"{name}: {key}")
 
 
 def test_feature_map_module_reads_the_map_in_place():
