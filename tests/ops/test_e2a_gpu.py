@@ -51,6 +51,33 @@ def test_unet_sizes_match_timm(B, side, D, dtype):
     assert_matches("output at inference", folded, out64, dtype, baseline=base_out)
 
 
+@pytest.mark.parametrize("B, side, D", [(8, 64, 64), (3, 33, 48)], ids=lambda v: str(v))
+def test_inductor_compiled_module_matches_timm(B, side, D):
+    """``torch.compile`` (Inductor) of the module in bf16 records the ops that make q and k from the tokens
+    and, at inference, the folded op: output, every gradient and the inference output against timm in
+    float64, within the bf16 bound timm's own bf16 module sets."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    ref = timm_e2a(D, D).cuda().double()
+    x = torch.randn(B, D, side, side, device="cuda", dtype=torch.float64)
+    dy = torch.randn(B, D, side, side, device="cuda", dtype=torch.float64)
+    out64, g64 = _run(ref, x, dy)
+    base_out, base_g = _run(copy.deepcopy(ref).to(torch.bfloat16), x.to(torch.bfloat16), dy.to(torch.bfloat16))
+    ours = EfficientAdditiveAttention2d(D, D, backend="triton").cuda().to(torch.bfloat16)
+    ours.load_state_dict(ref.state_dict())
+    compiled = torch.compile(ours, fullgraph=True)
+    x16 = x.to(torch.bfloat16).detach().requires_grad_(True)
+    out = compiled(x16)
+    out.backward(dy.to(torch.bfloat16))
+    g = grads(ours, [x16])
+    assert_matches("compiled output", out.detach(), out64, torch.bfloat16, baseline=base_out)
+    for name in g64:
+        assert_matches(f"compiled grad {name}", g[name], g64[name], torch.bfloat16, grad=True, baseline=base_g.get(name))
+    with torch.inference_mode():
+        folded = compiled(x.to(torch.bfloat16))
+    assert_matches("compiled output at inference", folded, out64, torch.bfloat16, baseline=base_out)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("D", [8, 24, 220])
 def test_vector_rows_at_odd_widths_and_offsets(D, dtype):
