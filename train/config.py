@@ -52,6 +52,7 @@ class TrainConfig:
     outside_label: str = "none"  # stage 1: target of pixels augmentation brings in from outside the image
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
+    compile: str | None = None  # torch.compile the training step's network with this backend (e.g. inductor)
     workers: int = 0
     out: str = "runs/train"
     resume: bool = False
@@ -126,6 +127,12 @@ class TrainConfig:
                              f"(e.g. 0.2 0.4), got {' '.join(map(str, milestones))}")
         if self.depth < 0:
             raise ValueError(f"--depth must be >= 0 (the number of down-samplings), got {self.depth}")
+        if self.compile is not None:
+            import torch._dynamo
+
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if self.compile not in backends:
+                raise ValueError(f"--compile must name a torch.compile backend ({', '.join(backends)}), got {self.compile!r}")
         divisor = 2**self.depth  # every stage-1 and stage-2 model needs H and W divisible by it
         if self.image_size < 1 or self.image_size % divisor:
             raise ValueError(f"--image-size must be a positive multiple of 2**depth = {divisor}, got {self.image_size}")
@@ -248,6 +255,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "(none, the default: the per-channel sigmoid targets allow it) or background")
     ap.add_argument("--device", help=f"{DEVICE_HELP} (default auto)")
     ap.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no bf16 autocast on CUDA")
+    ap.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                    help="torch.compile the network for training (backend inductor unless named; validation and "
+                         "checkpoints use the network itself); on CUDA the E2A layers stay the fused kernels")
     ap.add_argument("--out", help=f"run folder root (default {d.out})")
     ap.add_argument("--resume", action="store_const", const=True, help="continue the run in --out from its last checkpoint")
     ap.add_argument(

@@ -244,6 +244,8 @@ def fit(
         atomic_write_text(run_dir / "versions.json", json.dumps(versions(), indent=2))
         (run_dir / "log.jsonl").unlink(missing_ok=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+    if cfg.compile:  # the checkpoints and validation keep to ``model``: its parameter names, eager
+        net = torch.compile(net, backend=cfg.compile)
     augment = Augment(intensity_channels=(0,), label_fill=label_fill) if cfg.augment else None
     amp = cfg.amp and device.type == "cuda"
     scored = len(channel_names)

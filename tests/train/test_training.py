@@ -349,6 +349,22 @@ def test_init_fine_tunes_from_a_checkpoint_each_fold_from_its_own(phantoms, tmp_
     assert f"do not fit that model: 1 missing weights (first: {dropped})" in err and len(err.strip().splitlines()) == 1
 
 
+def test_compiled_training_gives_the_weights_of_eager_training(phantoms, tmp_path, monkeypatch):
+    """``--compile`` trains through ``torch.compile`` (here its ``eager`` backend: dynamo's graphs run as they
+    are, so the numbers are eager's to the bit); checkpoints keep the network's own parameter names."""
+    args = ["--data", str(phantoms), "--stage", "1", "--epochs", "1", "--max-train-batches", "2", "--fold", "0", *TINY]
+    assert train.main([*args, "--out", str(tmp_path / "eager")]) == 0
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda net, _real=torch.compile, **kw: compiled.append(kw) or _real(net, **kw))
+    assert train.main([*args, "--compile", "eager", "--out", str(tmp_path / "compiled")]) == 0
+    assert compiled == [{"backend": "eager"}]
+    want, got = (torch.load(tmp_path / run / "stage1-e2aunet" / "fold0" / "last.pt", weights_only=False)["state_dict"]
+                 for run in ("eager", "compiled"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    config = json.loads((tmp_path / "compiled" / "stage1-e2aunet" / "fold0" / "config.json").read_text())
+    assert config["compile"] == "eager"
+
+
 def test_ddp_two_cpu_processes(phantoms, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
            "-m", "crocnet.cli", "train", "--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "1",
@@ -386,6 +402,7 @@ def test_ddp_two_cpu_processes(phantoms, tmp_path):
         (["--lr-milestones", "1"], "--lr-milestones must be fractions of --epochs in (0, 1)"),
         (["--attention-levels", "1", "5"], "--attention-levels must lie in 0..depth = 0..4, got [1, 5]"),
         (["--val-every", "0"], "--val-every must be >= 1, got 0"),
+        (["--compile", "nope"], "--compile must name a torch.compile backend ("),
         (["--stage", "2", "--stage1-run", "x", "--outside-label", "background"], "--outside-label applies to stage 1"),
     ],
 )
