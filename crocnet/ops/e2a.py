@@ -561,7 +561,8 @@ def tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_biases, s
         y = _e2a_tokens_forward(xs[0], w_qk[0], None if qk_bias is None else qk_bias[0], w_g, proj_weight, proj_bias,
                                 scale, token_norm, eps)[0]
         return y[0]
-    qk = torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
+    # one stream: a view, not a stack (a copy of qk)
+    qk = F.linear(xs[0], w_qk[0])[None] if S == 1 else torch.stack([F.linear(x, w) for x, w in zip(xs, w_qk)])
     y = _triton_e2a(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
     return y[0] if S == 1 else y
 

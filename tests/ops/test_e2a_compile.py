@@ -21,11 +21,14 @@ def _traced_op(D: int, dtype: torch.dtype = torch.float32) -> str:
     return "e2a_tokens_forward" if kernels.fuses_input_linear(1, D, dtype) else "e2a_forward"
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_compile_fullgraph_matches_eager(backend):
+@pytest.mark.parametrize("backend, recompute_qk", [("torch", True), ("triton", True), ("triton", False)],
+                         ids=["torch", "triton", "triton-keep-qk"])
+def test_compile_fullgraph_matches_eager(backend, recompute_qk):
+    """Output and input gradient of the compiled module against its eager calls; with qk kept (a linear and
+    the custom ops on its qk in the graph) as well as made in the kernels."""
     torch._dynamo.reset()
     dev = triton_device() if backend == "triton" else "cpu"
-    m = EfficientAdditiveAttention(16, 32, backend=backend).to(dev)
+    m = EfficientAdditiveAttention(16, 32, backend=backend, recompute_qk=recompute_qk).to(dev)
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager" if dev == "cpu" and backend == "triton" else "inductor")
     for N in (10, 23):  # a second size: dynamic shapes, still one graph
         x = torch.randn(2, N, 16, device=dev, requires_grad=True)
