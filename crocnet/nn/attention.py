@@ -18,6 +18,12 @@ EPS = 1e-12
 _AUTOCAST_DTYPES = {torch.float16, torch.bfloat16, torch.float32}
 
 
+def folds_final(module: nn.Module) -> bool:
+    """Whether an E2A module's Triton path folds ``final`` into the kernels on this call: ``fuse_qk`` and
+    ``fold_final`` set, one head, grad mode off (inference)."""
+    return module.fuse_qk and module.fold_final and module.num_heads == 1 and not torch.is_grad_enabled()
+
+
 def check_input_dtype(x: torch.Tensor, weight: torch.Tensor, what: str) -> None:
     """Raise a ``TypeError`` unless ``x`` is floating point and, outside autocast, of the parameters' dtype."""
     if not x.is_floating_point():
@@ -128,7 +134,7 @@ class EfficientAdditiveAttention(nn.Module):
         query, key, proj = self.to_query, self.to_key, self.proj
         if self.fuse_qk:  # one GEMM for q and k inside the op, their bias added in the kernels
             params = [x], [query.weight, key.weight], [query.bias, key.bias], [self.w_g], [proj.weight], [proj.bias]
-            if self.fold_final and self.num_heads == 1 and not torch.is_grad_enabled():
+            if folds_final(self):
                 return folded_tokens_kernels(*params, [self.final.weight], [self.final.bias], self.scale_factor,
                                              self.token_norm, EPS)
             y = tokens_kernels(*params, self.scale_factor, self.token_norm, EPS, keep_qk=not self.recompute_qk)

@@ -10,7 +10,7 @@ from ..ops._checks import BACKENDS, resolve_backend
 from ..ops.e2a import folded_tokens_kernels, stack_parameters, tokens_kernels
 from ..ops.naive import TOKEN_NORMS
 from ..arguments import positive_int
-from .attention import EPS, check_input_dtype
+from .attention import EPS, check_input_dtype, folds_final
 
 #: Stream names of the authors' ``X_EfficientAdditiveAttnetion``, in their order.
 CROCNET_STREAMS = ("lv", "myo", "rv")
@@ -117,7 +117,7 @@ class CrossEfficientAdditiveAttention(nn.Module):
             pairs = list(zip(self.to_query, self.to_key))
             groups = ([w for q, k in pairs for w in (q.weight, k.weight)], [b for q, k in pairs for b in (q.bias, k.bias)],
                       list(self.w_g), [p.weight for row in self.proj for p in row], [p.bias for row in self.proj for p in row])
-            if self.fuse_qk and self.fold_final and self.num_heads == 1 and not torch.is_grad_enabled():
+            if folds_final(self):
                 finals = [self.final_for(s) for s in range(self.streams)]
                 y = folded_tokens_kernels(xs, *groups, [f.weight for f in finals], [f.bias for f in finals],
                                           self.scale_factor, self.token_norm, EPS)

@@ -202,7 +202,7 @@ def _tokens_backward_kernels(dy, x, w_qk, qk_bias, w_g, proj_weight, G, stats, n
         grads = kernels.e2a_backward_from_tokens(dy, x, w_qk, qk_bias, w_g, proj_weight, G, stats, nk, scale,
                                                  token_norm, eps)
     else:
-        qk = torch.matmul(x.to(w_qk.dtype), w_qk.t())[None]
+        qk = _streams_gemm([x.to(w_qk.dtype)], w_qk[None])
         grads = kernels.e2a_backward(dy, qk, None, w_g, proj_weight, G, stats, nk, scale, token_norm, eps,
                                      None if qk_bias is None else qk_bias[None])
     dqk, _, dw_g, dw, db, dqkb = grads
@@ -286,19 +286,15 @@ class _E2ATokensFunction(torch.autograd.Function):
         S, has_qkb, has_bias, keep_qk = layout
         xs, params = tensors[:S], tensors[S:]
         w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
-        dtype = _checks.autocast_dtype(xs[0])
-        autocast = dtype is not None and xs[0].dtype in _AUTOCAST_CASTS
-        w_gemm = w_qk
-        if autocast:  # every operand as nn.Linear's under autocast
-            proj_weight, proj_bias, qk_bias = (None if t is None else t.to(dtype) for t in (proj_weight, proj_bias, qk_bias))
-            w_gemm = w_qk.to(dtype)
+        dtype = _linear_dtype(xs[0])  # under autocast every operand as nn.Linear's
+        w_gemm, qk_bias, proj_weight, proj_bias = _cast(dtype, w_qk, qk_bias, proj_weight, proj_bias)
         kernels = _kernels()
         from_x = not keep_qk and kernels.fuses_input_linear(S, w_g.shape[-1], w_gemm.dtype)
         if from_x:  # q and k made from the tokens inside the kernels, forward and backward: never written
             y, G, stats, nk = kernels.e2a_forward_from_tokens(xs[0], w_gemm[0], None if qk_bias is None else qk_bias[0],
                                                               w_g, proj_weight, proj_bias, scale, token_norm, eps)
         else:
-            gemm_xs = [x.to(dtype) for x in xs] if autocast else xs
+            gemm_xs = _cast(dtype, *xs)
             qk = _streams_gemm(gemm_xs, w_gemm)
             y, G, stats, nk = kernels.e2a_forward(qk, None, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias)
         kept = (qk, w_gemm, *gemm_xs) if keep_qk else (w_qk, *xs)
@@ -314,18 +310,16 @@ class _E2ATokensFunction(torch.autograd.Function):
         S, has_qkb, has_bias, keep_qk = ctx.layout
         if keep_qk:  # the GEMM's own operands, already in its dtype
             qk, w_, *xs_ = kept
-        else:
+        else:  # the GEMM's operands in its dtype (for the weight gradient, and to make qk again)
             w_qk, *xs = kept
-            w_ = w_qk.to(ctx.qk_dtype)
+            w_, xs_ = w_qk.to(ctx.qk_dtype), [x.to(ctx.qk_dtype) for x in xs]
         dy = dy.contiguous().view(*G.shape[:2], -1, G.shape[-1]).to(ctx.qk_dtype)  # (S, B, N, D)
         if ctx.from_x:  # q and k made again inside the kernels, from the tokens as they are
             dqk, dw_g, dw, db, dqkb = _tokens_backward_kernels(dy, xs[0], w_[0], None if qk_bias is None else qk_bias[0],
                                                                w_g, proj_weight, G, stats, nk, ctx.scale, ctx.token_norm,
                                                                ctx.eps)
-            dqkb = None if dqkb is None else dqkb[None]
         else:
             if not keep_qk:
-                xs_ = [x.to(ctx.qk_dtype) for x in xs]
                 qk = _streams_gemm(xs_, w_)
             dqk, _, dw_g, dw, db, dqkb = _kernels().e2a_backward(dy, qk, None, w_g, proj_weight, G, stats, nk,
                                                                  ctx.scale, ctx.token_norm, ctx.eps, qk_bias)
@@ -335,8 +329,6 @@ class _E2ATokensFunction(torch.autograd.Function):
         dxs = [torch.matmul(dqk[s], w_[s]).to(dtype) if needs[s] else None for s, dtype in enumerate(ctx.x_dtypes)]
         dw_qk = None
         if any(needs[S:3 * S]):
-            if ctx.from_x:  # the weight gradient's GEMM takes x in the GEMM's dtype
-                xs_ = [x.to(ctx.qk_dtype) for x in xs]
             dw_qk = torch.stack([torch.bmm(dqk[s].transpose(1, 2), x).sum(0) for s, x in enumerate(xs_)])
         stacked = (dw_qk, dqkb, dw_g, dw, db)
         return (None,) * 4 + tuple(dxs) + _unstack_gradients(stacked, _group_sizes(S, has_qkb, has_bias), ctx.params)
@@ -387,6 +379,18 @@ def _unstack_gradients(stacked, sizes, params) -> tuple:
 
 #: the dtypes autocast casts (float64 stays as it is)
 _AUTOCAST_CASTS = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _linear_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype ``nn.Linear`` computes in on ``x`` under autocast; None outside autocast, or for a dtype
+    autocast leaves as it is (float64)."""
+    dtype = _checks.autocast_dtype(x)
+    return dtype if dtype is not None and x.dtype in _AUTOCAST_CASTS else None
+
+
+def _cast(dtype: Optional[torch.dtype], *tensors) -> tuple:
+    """``tensors`` in ``dtype`` (None stays None); as they are where ``dtype`` is None."""
+    return tensors if dtype is None else tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
 def _streams_gemm(xs, w_qk):
@@ -553,11 +557,10 @@ def tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_biases, s
     if not _recorded():
         return _E2ATokensFunction.apply((S, has_qkb, has_bias, keep_qk), scale, token_norm, eps, *xs, *params)
     w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
-    dtype = _checks.autocast_dtype(xs[0]) if xs[0].dtype in _AUTOCAST_CASTS else None
+    dtype = _linear_dtype(xs[0])
     if not keep_qk and _kernels().fuses_input_linear(S, w_g.shape[-1], dtype or w_qk.dtype):
-        if dtype is not None:  # the operands as nn.Linear's under autocast; x is cast as the kernels load it
-            w_qk, qk_bias, proj_weight, proj_bias = (None if t is None else t.to(dtype)
-                                                     for t in (w_qk, qk_bias, proj_weight, proj_bias))
+        # the operands as nn.Linear's under autocast; x is cast as the kernels load it
+        w_qk, qk_bias, proj_weight, proj_bias = _cast(dtype, w_qk, qk_bias, proj_weight, proj_bias)
         y = _e2a_tokens_forward(xs[0], w_qk[0], None if qk_bias is None else qk_bias[0], w_g, proj_weight, proj_bias,
                                 scale, token_norm, eps)[0]
         return y[0]
@@ -584,9 +587,7 @@ def folded_tokens_kernels(xs, qk_weights, qk_biases, w_gs, proj_weights, proj_bi
                            "torch.inference_mode() (its result carries no gradient)")
     S, has_qkb, has_bias, params = _one_tensor_each(qk_weights, qk_biases, w_gs, proj_weights, proj_biases)
     w_qk, qk_bias, w_g, proj_weight, proj_bias = _stack_parameters(S, has_qkb, has_bias, params)
-    dtype = _checks.autocast_dtype(xs[0])
-    if dtype is None or xs[0].dtype not in _AUTOCAST_CASTS:
-        dtype = xs[0].dtype
+    dtype = _linear_dtype(xs[0]) or xs[0].dtype
     acc = _acc_dtype(dtype)
 
     def to(t, dtype):  # skips the call where there is nothing to convert (host time)
