@@ -16,25 +16,28 @@ def _timm_classes():
 
 
 def patch_timm_swiftformer(model: nn.Module, token_norm: str = "l2", backend: str = "auto") -> list[str]:
-    """Replace every timm ``EfficientAdditiveAttention`` in a timm SwiftFormer with
+    """Replace every timm ``EfficientAdditiveAttention`` inside ``model`` with
     :class:`crocnet.nn.EfficientAdditiveAttention2d`.
 
-    The new modules reuse the original parameter tensors (same objects), so outputs, optimizer state and
-    checkpoints are unchanged. Returns the qualified names of the replaced modules; patching twice changes
-    nothing the second time. :func:`unpatch_timm_swiftformer` puts the originals back.
+    ``model``: a timm SwiftFormer, or any module holding its attention layers: a ``features_only`` backbone,
+    a segmentation or detection network built on one, a wrapper. The new modules reuse the original
+    parameter tensors (same objects), so outputs, optimizer state and checkpoints are unchanged. Returns the
+    qualified names of the replaced modules; patching twice changes nothing the second time.
+    :func:`unpatch_timm_swiftformer` puts the originals back. A model without any (never patched) is a
+    ``ValueError``.
 
     Example::
 
-        model = timm.create_model("swiftformer_xs")
+        model = timm.create_model("swiftformer_xs")   # or features_only=True
         crocnet.patch_timm_swiftformer(model)   # ['stages.0.blocks.2.attn', ...]
     """
-    swiftformer_cls, timm_attention = _timm_classes()
-    if not isinstance(model, swiftformer_cls):
-        raise TypeError(
-            "patch_timm_swiftformer expects a timm SwiftFormer (swiftformer_xs, swiftformer_s, swiftformer_l1, "
-            f"swiftformer_l3), got {type(model).__name__}. For other networks use crocnet.nn.E2A2d or "
-            "crocnet.nn.EfficientAdditiveAttention2d directly."
-        )
+    _, timm_attention = _timm_classes()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"patch_timm_swiftformer expects a torch.nn.Module holding timm SwiftFormer attention, got "
+                        f"{type(model).__name__}")
+    if isinstance(model, timm_attention):
+        raise TypeError("patch_timm_swiftformer replaces the attention layers inside a model, not the one it is given: "
+                        "build crocnet.nn.EfficientAdditiveAttention2d and load this one's state_dict into it")
     originals = getattr(model, _ORIGINALS, {})
     changed = []
     for parent_name, parent in list(model.named_modules()):
@@ -57,6 +60,12 @@ def patch_timm_swiftformer(model: nn.Module, token_norm: str = "l2", backend: st
             setattr(parent, child_name, new)
             originals[name] = child
             changed.append(name)
+    if not changed and not originals:
+        raise ValueError(
+            f"patch_timm_swiftformer found no timm EfficientAdditiveAttention in {type(model).__name__} (a timm "
+            "SwiftFormer has one a stage: swiftformer_xs, _s, _l1, _l3); for other networks use crocnet.nn.E2A2d or "
+            "crocnet.nn.EfficientAdditiveAttention2d directly"
+        )
     # A plain dict attribute: not a submodule, so state_dict() and parameters() are unaffected.
     object.__setattr__(model, _ORIGINALS, originals)
     return changed

@@ -22,6 +22,8 @@ give bit-identical results. All offsets are int64; the token count N is a runtim
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -706,6 +708,22 @@ def _token_args(tokens, q, w_g) -> tuple:
     return True, x, w_qk, C, SXB, SXN, SXC, x_unit, _token_vector_width(x, SXB, SXN, SXC), min(64, _config.block_d(C))
 
 
+def _on_its_device(launcher):
+    """Run ``launcher`` with the CUDA device of its first tensor current: Triton launches on the current
+    device's stream, so tensors on another GPU (model parallelism, ``.to("cuda:1")`` without
+    ``torch.cuda.set_device``) would otherwise be launched on the wrong one."""
+
+    @functools.wraps(launcher)
+    def run(t, *args):
+        if t.is_cuda and t.device.index != torch.cuda.current_device():
+            with torch.cuda.device(t.device):
+                return launcher(t, *args)
+        return launcher(t, *args)
+
+    return run
+
+
+@_on_its_device
 def _forward(q, k, ld, shape, tokens, w_g, proj_weight, proj_bias, scale, token_norm, eps, qk_bias, final_weight):
     """The two forward launches. ``tokens``: None, or ``(x, w_qk)`` to make q and k from the tokens in the
     kernels (``FROM_X``; q and k are then only stand-ins of the compute dtype, for the argument lists)."""
@@ -776,6 +794,7 @@ def e2a_backward_from_tokens(dy, x, w_qk, qk_bias, w_g, proj_weight, G, stats, n
                      G, stats, nk, scale, token_norm, eps, qk_bias)
 
 
+@_on_its_device
 def _backward(dy, q, k, ld, shape, tokens, packed, w_g, proj_weight, G, stats, nk, scale, token_norm, eps, qk_bias):
     """The backward launches. ``tokens``: None, or ``(x, w_qk)`` to make q and k from the tokens in the kernels
     (``FROM_X``, as :func:`_forward`); the gradients of q and k then go to a packed ``dqk`` (``ld = 2D``)."""

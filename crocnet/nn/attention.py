@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
 
 from ..arguments import positive_int
 from ..ops import e2a
-from ..ops._checks import BACKENDS, autocast_dtype, resolve_backend
+from ..ops._checks import AUTOCAST_CASTS, BACKENDS, autocast_dtype, resolve_backend
 from ..ops.e2a import folded_tokens_kernels, single_stream_kernels, tokens_kernels
 from ..ops.naive import TOKEN_NORMS
 
@@ -15,13 +16,45 @@ from ..ops.naive import TOKEN_NORMS
 EPS = 1e-12
 
 
-_AUTOCAST_DTYPES = {torch.float16, torch.bfloat16, torch.float32}
+_LINEAR_FORWARD = nn.Linear.forward
 
 
-def folds_final(module: nn.Module) -> bool:
-    """Whether an E2A module's Triton path folds ``final`` into the kernels on this call: ``fuse_qk`` and
-    ``fold_final`` set, one head, grad mode off (inference)."""
-    return module.fuse_qk and module.fold_final and module.num_heads == 1 and not torch.is_grad_enabled()
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
+def must_call(*modules: nn.Module) -> bool:
+    """Whether the kernels must call any of ``modules`` rather than read it as a linear's ``weight`` and
+    ``bias``: a forward of its own (a LoRA adapter, a quantised or wrapped linear, any other module) or
+    hooks, its own or global, that would not fire otherwise (``torch.nn.utils.weight_norm``'s among them). A
+    ``torch.nn.utils.parametrize`` parametrization needs no call: reading ``weight`` applies it."""
+    if (_module._global_forward_hooks or _module._global_forward_pre_hooks or _module._global_backward_hooks
+            or _module._global_backward_pre_hooks):
+        return True
+    for m in modules:
+        if type(m).forward is not _LINEAR_FORWARD or _has_hooks(m):
+            return True
+    return False
+
+
+def check_proj(*projs: nn.Module) -> None:
+    """The key interaction's ``proj`` enters the attention op as its weight and bias, on both backends: raise a
+    ``TypeError`` for one that would have to be called (see :func:`must_call`; global hooks aside)."""
+    for proj in projs:
+        if type(proj).forward is not _LINEAR_FORWARD or _has_hooks(proj):
+            raise TypeError(
+                f"proj enters the attention op as its weight and bias, so it must be an nn.Linear without a forward "
+                f"of its own or hooks (a torch.nn.utils.parametrize parametrization works); got "
+                f"{type(proj).__name__}{' with hooks' if _has_hooks(proj) else ''}"
+            )
+
+
+def folds_final(module: nn.Module, *finals: nn.Module) -> bool:
+    """Whether an E2A module's Triton path folds ``final`` (its ``finals``) into the kernels on this call:
+    ``fuse_qk`` and ``fold_final`` set, one head, grad mode off (inference), and each of ``finals`` a linear
+    the kernels may read (:func:`must_call`)."""
+    return (module.fuse_qk and module.fold_final and module.num_heads == 1 and not torch.is_grad_enabled()
+            and not must_call(*finals))
 
 
 def check_input_dtype(x: torch.Tensor, weight: torch.Tensor, what: str) -> None:
@@ -29,7 +62,7 @@ def check_input_dtype(x: torch.Tensor, weight: torch.Tensor, what: str) -> None:
     if not x.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got {x.dtype}")
     autocast = autocast_dtype(x) is not None
-    if x.dtype == weight.dtype or autocast and {x.dtype, weight.dtype} <= _AUTOCAST_DTYPES:
+    if x.dtype == weight.dtype or autocast and {x.dtype, weight.dtype} <= set(AUTOCAST_CASTS):
         return
     where = "(autocast casts only float16, bfloat16 and float32)" if autocast else "(outside autocast)"
     raise TypeError(
@@ -60,6 +93,7 @@ class EfficientAdditiveAttention(nn.Module):
         num_heads: multiplies the attention width (as in timm; there is no per-head split).
         token_norm: ``"l2"`` (SwiftFormer), ``"softmax"`` (Fastformer) or ``"none"`` (the original release).
         backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"triton"`` or ``"torch"``.
+        device, dtype: of the parameters, as for ``nn.Linear``.
         fuse_qk: where the Triton kernels run, compute ``to_query`` and ``to_key`` as one GEMM (without
             bias) into a packed ``qk (B, N, 2D)`` that the kernels read in place, adding the biases as they
             load it (:func:`crocnet.ops.e2a_packed`): x is read once, no pass adds the bias, and the backward
@@ -75,6 +109,11 @@ class EfficientAdditiveAttention(nn.Module):
             (:func:`crocnet.ops.e2a.folded_tokens_kernels`): the kernel writes the module's output, and the
             attention output before ``final`` never reaches memory (2 BND of the forward's 9). False: the
             linear separately, as in training.
+
+    The kernels read ``to_query``, ``to_key`` and ``final`` as weight and bias only where calling them would
+    do the same: one with a forward of its own (an adapter) or hooks is called, as on the PyTorch path.
+    ``proj`` enters the op as its weight and bias on both paths, so it must be a plain ``nn.Linear``
+    (``torch.nn.utils.parametrize`` works). Second derivatives (``create_graph=True``) are exact on both.
     """
 
     def __init__(
@@ -125,16 +164,19 @@ class EfficientAdditiveAttention(nn.Module):
             raise ValueError(f"expected tokens of shape (B, N, {self.in_dims}), got {tuple(x.shape)}")
         if 0 in x.shape:
             raise ValueError(f"tokens must be non-empty in every axis (batch, tokens, {self.in_dims}), got {tuple(x.shape)}")
-        check_input_dtype(x, self.to_query.weight, "tokens")
-        if resolve_backend(self.backend, x, dim=self.to_query.out_features) == "torch":
-            y = e2a(self.to_query(x), self.to_key(x), self.w_g, self.proj.weight, self.proj.bias, scale=self.scale_factor,
-                    token_norm=self.token_norm, eps=EPS, backend="torch")
+        check_input_dtype(x, self.w_g, "tokens")
+        query, key, proj = self.to_query, self.to_key, self.proj
+        check_proj(proj)
+        backend = resolve_backend(self.backend, x, dim=self.proj.in_features)
+        called = must_call(query, key)
+        if backend == "torch" or called:  # the linears called as modules; the checked op where they may not fit
+            y = e2a(query(x), key(x), self.w_g, proj.weight, proj.bias, scale=self.scale_factor,
+                    token_norm=self.token_norm, eps=EPS, backend=backend)
             return self.final(y)
         # the kernels without the public ops' checks: the parameters fit by construction, x is checked above
-        query, key, proj = self.to_query, self.to_key, self.proj
         if self.fuse_qk:  # one GEMM for q and k inside the op, their bias added in the kernels
             params = [x], [query.weight, key.weight], [query.bias, key.bias], [self.w_g], [proj.weight], [proj.bias]
-            if folds_final(self):
+            if folds_final(self, self.final):
                 return folded_tokens_kernels(*params, [self.final.weight], [self.final.bias], self.scale_factor,
                                              self.token_norm, EPS)
             y = tokens_kernels(*params, self.scale_factor, self.token_norm, EPS, keep_qk=not self.recompute_qk)

@@ -7,10 +7,10 @@ from torch import nn
 
 from ..ops import cross_e2a, cross_e2a_streams
 from ..ops._checks import BACKENDS, resolve_backend
-from ..ops.e2a import folded_tokens_kernels, stack_parameters, tokens_kernels
+from ..ops.e2a import folded_tokens_kernels, tokens_kernels
 from ..ops.naive import TOKEN_NORMS
 from ..arguments import positive_int
-from .attention import EPS, check_input_dtype, folds_final
+from .attention import EPS, check_input_dtype, check_proj, folds_final, must_call
 
 #: Stream names of the authors' ``X_EfficientAdditiveAttnetion``, in their order.
 CROCNET_STREAMS = ("lv", "myo", "rv")
@@ -83,7 +83,7 @@ class CrossEfficientAdditiveAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"in_dims={self.in_dims}, token_dim={self.token_dim}, streams={self.streams}, "
+            f"in_dims={self.in_dims}, token_dim={self.token_dim}, streams={self.streams}, num_heads={self.num_heads}, "
             f"token_norm={self.token_norm!r}, backend={self.backend!r}, authors_final_bug={self.authors_final_bug}, "
             f"fuse_qk={self.fuse_qk}, recompute_qk={self.recompute_qk}, fold_final={self.fold_final}"
         )
@@ -110,26 +110,33 @@ class CrossEfficientAdditiveAttention(nn.Module):
         for s, x in enumerate(xs):
             if not x.is_floating_point():
                 raise TypeError(f"streams must be floating-point tensors, got {x.dtype} for stream {s}")
-            check_input_dtype(x, self.to_query[s].weight, f"stream {s}")
-        kernels = resolve_backend(self.backend, xs[0], dim=self.to_query[0].out_features) == "triton"
+            check_input_dtype(x, self.w_g[s], f"stream {s}")
+        projs = [p for row in self.proj for p in row]
+        check_proj(*projs)
+        kernels = resolve_backend(self.backend, xs[0], dim=projs[0].in_features) == "triton"
         options = {"scale": self.scale_factor, "token_norm": self.token_norm, "backend": self.backend}
         if kernels:
+            # linears read as weight and bias unless they must be called (an adapter, hooks: must_call)
+            read = not must_call(*self.to_query, *self.to_key)
             pairs = list(zip(self.to_query, self.to_key))
-            groups = ([w for q, k in pairs for w in (q.weight, k.weight)], [b for q, k in pairs for b in (q.bias, k.bias)],
-                      list(self.w_g), [p.weight for row in self.proj for p in row], [p.bias for row in self.proj for p in row])
-            if folds_final(self):
-                finals = [self.final_for(s) for s in range(self.streams)]
+            groups = ([w for q, k in pairs for w in (q.weight, k.weight)] if read else None,
+                      [b for q, k in pairs for b in (q.bias, k.bias)] if read else None,
+                      list(self.w_g), [p.weight for p in projs], [p.bias for p in projs])
+            finals = [self.final_for(s) for s in range(self.streams)]
+            if read and folds_final(self, *finals):
                 y = folded_tokens_kernels(xs, *groups, [f.weight for f in finals], [f.bias for f in finals],
                                           self.scale_factor, self.token_norm, EPS)
                 return (y,) if self.streams == 1 else tuple(y.unbind(0))  # one stream: (B, N, D), as e2a
-            if self.fuse_qk:
+            if self.fuse_qk and read:
                 # one GEMM a stream for q and k inside the op (their bias added in the kernels), made again in the
                 # backward unless kept; the parameters go in one tensor each (stacked inside, without autograd
                 # nodes) and fit by construction: no op checks
                 y = tokens_kernels(xs, *groups, self.scale_factor, self.token_norm, EPS, keep_qk=not self.recompute_qk)
                 y = y[None] if self.streams == 1 else y
-            else:
-                _, _, w_g, proj_weight, proj_bias = stack_parameters(*groups)
+            else:  # the linears called; the checked op
+                S, D = self.streams, projs[0].in_features
+                w_g = torch.cat(groups[2]).view(S, D)
+                proj_weight, proj_bias = torch.cat(groups[3]).view(S, S, D, D), torch.cat(groups[4]).view(S, S, D)
                 qs = torch.stack([lin(x) for lin, x in zip(self.to_query, xs)])
                 ks = torch.stack([lin(x) for lin, x in zip(self.to_key, xs)])
                 y = cross_e2a(qs, ks, w_g, proj_weight, proj_bias, **options)

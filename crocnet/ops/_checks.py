@@ -55,6 +55,10 @@ def check_options(token_norm: str, backend: str, eps: float, scale: float | None
         raise ValueError(f"scale must be finite (or None for D ** -0.5), got {scale!r}")
 
 
+#: the dtypes autocast casts (float64 stays as it is)
+AUTOCAST_CASTS = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
     """The dtype autocast runs matmuls in on ``t``'s device (CUDA or CPU), or None outside autocast."""
     device_type = t.device.type
@@ -97,13 +101,14 @@ def check_streams(
                          f"got {tuple(qk_bias.shape)}")
     optional = [(name, t) for name, t in (("proj_bias", proj_bias), ("qk_bias", qk_bias)) if t is not None]
     tensors = [q, k, w_g, proj_weight] + [t for _, t in optional]
-    # Under autocast the matmuls run in the autocast dtype whatever the operands' (as for nn.Linear);
-    # elsewhere a parameter in another dtype would fail in the PyTorch path and silently mix precisions in
-    # the kernels, so both refuse it.
-    if autocast_dtype(q) is None:
-        for name, t in [("w_g", w_g), ("proj_weight", proj_weight)] + optional:
-            if t.dtype != q.dtype:
-                raise TypeError(f"{name} must have q's dtype {q.dtype} (outside autocast), got {t.dtype}")
+    # Under autocast the matmuls run in the autocast dtype whatever the operands' among the dtypes it casts
+    # (as for nn.Linear); elsewhere, and for float64, a parameter in another dtype would fail in the PyTorch
+    # path and silently mix precisions in the kernels, so both refuse it.
+    autocast = autocast_dtype(q) is not None and q.dtype in AUTOCAST_CASTS
+    for name, t in [("w_g", w_g), ("proj_weight", proj_weight)] + optional:
+        if t.dtype != q.dtype and not (autocast and t.dtype in AUTOCAST_CASTS):
+            where = "(autocast casts only float16, bfloat16 and float32)" if autocast_dtype(q) else "(outside autocast)"
+            raise TypeError(f"{name} must have q's dtype {q.dtype} {where}, got {t.dtype}")
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(str(d) for d in devices)}")

@@ -133,11 +133,56 @@ def _parameter_grads(ctx, dw_g, dw, db, dqkb, w_g, proj_weight, qk_bias) -> tupl
 
 def _backward(ctx, dy, _dG, _dstats, _dnk):
     q, k, w_g, proj_weight, qk_bias, G, stats, nk = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return _spec_grads(ctx, dy, q, k, w_g, proj_weight, qk_bias)
     grads = _e2a_backward(dy.contiguous(), q, k, w_g, proj_weight, qk_bias, G, stats, nk, ctx.scale, ctx.token_norm, ctx.eps)
     return _finish_grads(ctx, grads, q, k, w_g, proj_weight, qk_bias)
 
 
 _e2a_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _spec_y(q, k, w_g, proj_weight, proj_bias, qk_bias, scale, token_norm, eps) -> Tensor:
+    """The PyTorch spec on the kernels' inputs as the eager Function and the custom op take them (a stack or
+    one stream's tensors, q and k apart or packed in q), differentiable as many times as wanted."""
+    sq, sk, sw_g, sproj_weight, sproj_bias, sqk_bias = _as_streams(q, k, w_g, proj_weight, proj_bias, qk_bias)
+    D = sproj_weight.shape[-1]
+    if sk is None:
+        sq, sk = sq[..., :D], sq[..., D:]
+    if sqk_bias is not None:
+        sq, sk = sq + sqk_bias[:, None, None, :D], sk + sqk_bias[:, None, None, D:]
+    y = cross_e2a_naive(sq, sk, sw_g.reshape(sq.shape[0], D).to(sq.dtype), sproj_weight, sproj_bias, scale, token_norm, eps)
+    return y if q.dim() == 4 else y[0]
+
+
+def _grads_with_graph(spec, inputs, needs, dy) -> list:
+    """A backward under ``create_graph=True`` (a gradient penalty, MAML, a Hessian-vector product): the
+    gradients of ``spec(*inputs)`` by autograd, as a graph a second derivative can go through; the kernels'
+    gradients carry none. ``inputs`` are the saved ones, ``needs`` the forward's ``needs_input_grad``;
+    None where no gradient is wanted."""
+    wanted = [i for i, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None]
+    with torch.enable_grad():
+        y = spec(*inputs)
+    grads = torch.autograd.grad(y, [inputs[i] for i in wanted], dy, create_graph=True, allow_unused=True)
+    out = [None] * len(inputs)
+    for i, grad in zip(wanted, grads):
+        out[i] = grad
+    return out
+
+
+def _stand_in_bias(ctx, needed: bool, like: Tensor) -> Optional[Tensor]:
+    """``proj_bias`` for :func:`_grads_with_graph`: the output is affine in it, and it is not saved, so a zero
+    one stands in where its gradient is wanted."""
+    return torch.zeros(ctx.bias_shape, dtype=like.dtype, device=like.device, requires_grad=True) if needed else None
+
+
+def _spec_grads(ctx, dy, q, k, w_g, proj_weight, qk_bias) -> tuple:
+    """The gradients of the custom op and the eager Function under ``create_graph=True``, through
+    :func:`_spec_y`."""
+    needs = ctx.needs_input_grad
+    bias = _stand_in_bias(ctx, needs[4], proj_weight)
+    spec = lambda *tensors: _spec_y(*tensors, ctx.scale, ctx.token_norm, ctx.eps)  # noqa: E731
+    return (*_grads_with_graph(spec, (q, k, w_g, proj_weight, bias, qk_bias), needs[:6], dy), None, None, None)
 
 
 # One stream from its tokens (q and k made inside the kernels, never in memory): the traced form of the
@@ -216,6 +261,18 @@ def _tokens_setup_context(ctx, inputs, output):
 
 def _tokens_backward(ctx, dy, _dG, _dstats, _dnk):
     x, w_qk, qk_bias, w_g, proj_weight, G, stats, nk = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: through the spec (see _grads_with_graph)
+        needs = ctx.needs_input_grad
+        bias = _stand_in_bias(ctx, needs[5], proj_weight)
+
+        def spec(x, w_qk, qk_bias, w_g, proj_weight, proj_bias):
+            qk = F.linear(x.to(w_qk.dtype), w_qk)  # one stream's tensors, whatever their stacked form
+            D = proj_weight.shape[-1]
+            return _spec_y(qk, None, w_g.reshape(D), proj_weight.reshape(D, D),
+                           None if proj_bias is None else proj_bias.reshape(D), qk_bias, ctx.scale, ctx.token_norm,
+                           ctx.eps)[None]
+
+        return (*_grads_with_graph(spec, (x, w_qk, qk_bias, w_g, proj_weight, bias), needs[:6], dy), None, None, None)
     dqk, dw_g, dw, db, dqkb = _e2a_tokens_backward(dy.contiguous(), x, w_qk, qk_bias, w_g, proj_weight, G, stats, nk,
                                                    ctx.scale, ctx.token_norm, ctx.eps)
     dqk = dqk[0]
@@ -259,6 +316,8 @@ class _E2AFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, _dG, _dstats, _dnk):
         q, k, w_g, proj_weight, qk_bias, G, stats, nk = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: through the spec (see _grads_with_graph)
+            return _spec_grads(ctx, dy, q, k, w_g, proj_weight, qk_bias)
         sq, sk, sw_g, sproj_weight, _, sqk_bias = _as_streams(q, k, w_g, proj_weight, None, qk_bias)
         dy = dy.contiguous().view(G.shape[0], *dy.shape[-3:])
         grads = _kernels().e2a_backward(dy, sq, sk, sw_g, sproj_weight, G, stats, nk, ctx.scale, ctx.token_norm,
@@ -300,12 +359,17 @@ class _E2ATokensFunction(torch.autograd.Function):
         kept = (qk, w_gemm, *gemm_xs) if keep_qk else (w_qk, *xs)
         ctx.save_for_backward(w_g, proj_weight, qk_bias, G, stats, nk, *kept)
         ctx.layout, ctx.scale, ctx.token_norm, ctx.eps, ctx.qk_dtype = layout, scale, token_norm, eps, y.dtype
-        ctx.from_x = from_x
+        ctx.from_x, ctx.cast = from_x, dtype
         ctx.params, ctx.x_dtypes = [(p.shape, p.dtype) for p in params], [x.dtype for x in xs]
+        # for a backward under create_graph=True, which needs the inputs as autograd knows them: the
+        # parameters, and the tokens where they are saved anyway (not their copies in the autocast dtype)
+        ctx.inputs = tensors if not keep_qk or dtype is None else (None,) * S + params
         return y[0] if S == 1 else y
 
     @staticmethod
     def backward(ctx, dy):
+        if torch.is_grad_enabled():  # create_graph=True: through the spec (see _grads_with_graph)
+            return (None,) * 4 + tuple(_tokens_grads_with_graph(ctx, dy))
         w_g, proj_weight, qk_bias, G, stats, nk, *kept = ctx.saved_tensors
         S, has_qkb, has_bias, keep_qk = ctx.layout
         if keep_qk:  # the GEMM's own operands, already in its dtype
@@ -332,6 +396,25 @@ class _E2ATokensFunction(torch.autograd.Function):
             dw_qk = torch.stack([torch.bmm(dqk[s].transpose(1, 2), x).sum(0) for s, x in enumerate(xs_)])
         stacked = (dw_qk, dqkb, dw_g, dw, db)
         return (None,) * 4 + tuple(dxs) + _unstack_gradients(stacked, _group_sizes(S, has_qkb, has_bias), ctx.params)
+
+
+def _tokens_grads_with_graph(ctx, dy) -> list:
+    """:class:`_E2ATokensFunction`'s gradients under ``create_graph=True``, through the linears and the spec."""
+    S, has_qkb, has_bias, keep_qk = ctx.layout
+    inputs, needs = ctx.inputs, ctx.needs_input_grad[4:]
+    if any(need and x is None for x, need in zip(inputs[:S], needs)):
+        raise RuntimeError("a second derivative through the E2A modules with recompute_qk=False under autocast "
+                           "needs the tokens before their cast, which this path does not keep: use "
+                           "recompute_qk=True (the default) or backend='torch'")
+
+    def spec(*tensors):
+        w_qk, qk_bias, w_g, proj_weight, proj_bias = _cast(ctx.cast, *_stack_parameters(S, has_qkb, has_bias,
+                                                                                          tensors[S:]))
+        qk = torch.stack([F.linear(x.to(w.dtype), w) for x, w in zip(tensors[:S], w_qk)])
+        y = _spec_y(qk, None, w_g, proj_weight, proj_bias, qk_bias, ctx.scale, ctx.token_norm, ctx.eps)
+        return y[0] if S == 1 else y
+
+    return _grads_with_graph(spec, inputs, needs, dy)
 
 
 def _group_sizes(S: int, has_qkb: bool, has_bias: bool) -> tuple:
@@ -377,15 +460,11 @@ def _unstack_gradients(stacked, sizes, params) -> tuple:
     return tuple(out)
 
 
-#: the dtypes autocast casts (float64 stays as it is)
-_AUTOCAST_CASTS = (torch.float16, torch.bfloat16, torch.float32)
-
-
 def _linear_dtype(x: Tensor) -> Optional[torch.dtype]:
     """The dtype ``nn.Linear`` computes in on ``x`` under autocast; None outside autocast, or for a dtype
     autocast leaves as it is (float64)."""
     dtype = _checks.autocast_dtype(x)
-    return dtype if dtype is not None and x.dtype in _AUTOCAST_CASTS else None
+    return dtype if dtype is not None and x.dtype in _checks.AUTOCAST_CASTS else None
 
 
 def _cast(dtype: Optional[torch.dtype], *tensors) -> tuple:
@@ -406,8 +485,8 @@ def _streams_gemm(xs, w_qk):
 
 
 def _autocast(q, k, proj_weight, proj_bias, qk_bias):
-    """Under autocast, run the kernels in the autocast dtype as ``nn.Linear`` would."""
-    dtype = _checks.autocast_dtype(q)
+    """Under autocast, run the kernels in the autocast dtype as ``nn.Linear`` would (float64 as it is)."""
+    dtype = _linear_dtype(q)
     if dtype is not None:
         q, proj_weight = q.to(dtype), proj_weight.to(dtype)
         k, proj_bias, qk_bias = (None if t is None else t.to(dtype) for t in (k, proj_bias, qk_bias))
@@ -630,13 +709,6 @@ _e2a_folded = torch.library.custom_op("crocnet::e2a_folded", _folded_kernels, mu
 def _(xs, w_qk, qk_bias, w_g, weight, bias, w_f, scale, token_norm, eps):
     B, N, _ = xs[0].shape
     return w_qk.new_empty((w_qk.shape[0], B, N, w_qk.shape[1] // 2))
-
-
-def stack_parameters(qk_weights, qk_biases, w_gs, proj_weights, proj_biases) -> tuple:
-    """A module's per-stream parameters, given as to :func:`tokens_kernels`, stacked through autograd into the
-    layout of :func:`cross_e2a_packed` / :func:`cross_e2a`: ``w_qk (S, 2D, C)``, ``qk_bias (S, 2D)``, ``w_g (S,
-    D)``, ``proj_weight (S, S, D, D)``, ``proj_bias (S, S, D)`` (None where absent); one ``cat`` a group."""
-    return _stack_parameters(*_one_tensor_each(qk_weights, qk_biases, w_gs, proj_weights, proj_biases))
 
 
 def _one_tensor_each(qk_weights, qk_biases, w_gs, proj_weights, proj_biases) -> tuple:

@@ -389,3 +389,37 @@ def test_one_stream_gives_one_output_of_the_batch_shape(path):
         out = ours(x)
     assert isinstance(out, tuple) and len(out) == 1 and out[0].shape == (3, 5, 16)
     torch.testing.assert_close(out[0], ref(x)[0], rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-12)
+
+
+def test_adapted_or_hooked_linears_run_as_on_the_torch_path():
+    """As for the E2A module: a stream's input linear with a forward of its own (an adapter) is called, and a
+    hook on a ``final`` fires at inference instead of the linear being folded away; outputs and every
+    gradient equal the PyTorch path's (float64 in the interpreter)."""
+    if not interpreting():
+        pytest.skip("float64 kernels run in the interpreter only")
+
+    class Scaled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    runs = {}
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        m = CrossEfficientAdditiveAttention(8, 16, streams=3, backend=backend).double()
+        scaled = Scaled(8, 16, dtype=torch.float64)
+        scaled.load_state_dict(m.to_key[1].state_dict())
+        m.to_key[1] = scaled
+        seen = []
+        m.final[2].register_forward_hook(lambda *a: seen.append("final 2"))
+        xs = [torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+        out, g = _run(m, xs, [torch.ones(2, 5, 16, dtype=torch.float64)] * 3)
+        with torch.no_grad():
+            inference = m(*xs)
+        runs[backend] = out, g, inference, seen
+    (out, g, inference, seen), (out_ref, g_ref, inference_ref, seen_ref) = runs["triton"], runs["torch"]
+    assert seen == seen_ref == ["final 2"] * 2
+    for a, b in zip([*out, *inference], [*out_ref, *inference_ref], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert g.keys() == g_ref.keys()
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-10, atol=1e-12, msg=lambda m: f"grad {name}: {m}")

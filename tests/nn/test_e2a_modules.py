@@ -6,10 +6,17 @@ import pytest
 import timm
 import torch
 from e2a_reference import timm_e2a
-from kernel_env import triton_device
+from torch import nn
+from kernel_env import skip_fp64_on_gpu, triton_device
 
 import crocnet
-from crocnet.nn import E2A2d, E2ABlock2d, EfficientAdditiveAttention, EfficientAdditiveAttention2d
+from crocnet.nn import (
+    CrossEfficientAdditiveAttention,
+    E2A2d,
+    E2ABlock2d,
+    EfficientAdditiveAttention,
+    EfficientAdditiveAttention2d,
+)
 
 
 def test_timm_state_dict_loads_both_ways_and_official_proj_key():
@@ -41,6 +48,27 @@ def test_patched_swiftformer_gives_timm_logits():
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("wrap", ["features_only", "wrapped"])
+def test_patch_reaches_swiftformer_attention_inside_other_models(wrap):
+    """A ``features_only`` backbone (what segmentation and detection networks hold) and a model wrapped in
+    another module get the same four layers replaced, with the same outputs."""
+    torch.manual_seed(0)
+    if wrap == "features_only":
+        model = timm.create_model("swiftformer_xs", features_only=True).eval()
+    else:
+        model = torch.nn.Sequential(timm.create_model("swiftformer_xs", num_classes=3)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        names = crocnet.patch_timm_swiftformer(model, backend="torch")
+        after = model(x)
+    assert len(names) == 4 and all(isinstance(model.get_submodule(n), EfficientAdditiveAttention2d) for n in names)
+    assert crocnet.patch_timm_swiftformer(model, backend="torch") == []
+    for a, b in zip(after if isinstance(after, list) else [after], before if isinstance(before, list) else [before],
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_patched_swiftformer_with_the_triton_kernels():
     dev = triton_device()
     torch.manual_seed(0)
@@ -54,8 +82,12 @@ def test_patched_swiftformer_with_the_triton_kernels():
 
 
 def test_patch_rejects_other_models():
-    with pytest.raises(TypeError, match="SwiftFormer"):
+    with pytest.raises(ValueError, match="found no timm EfficientAdditiveAttention in Linear"):
         crocnet.patch_timm_swiftformer(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="expects a torch.nn.Module .* got str"):
+        crocnet.patch_timm_swiftformer("swiftformer_xs")
+    with pytest.raises(TypeError, match="not the one it is given"):
+        crocnet.patch_timm_swiftformer(timm.models.swiftformer.EfficientAdditiveAttention(16, 16))
     assert crocnet.unpatch_timm_swiftformer(torch.nn.Linear(2, 2)) == []  # never patched: nothing to restore
     with pytest.raises(TypeError, match="unpatch_timm_swiftformer expects a model patched by patch_timm_swiftformer, got str"):
         crocnet.unpatch_timm_swiftformer("swiftformer_xs")
@@ -257,3 +289,111 @@ def test_folded_op_refuses_grad_mode():
               [m.proj.weight], [m.proj.bias], [m.final.weight], [m.final.bias])
     with pytest.raises(RuntimeError, match=r"for inference: call it under torch.no_grad\(\)"):
         folded_tokens_kernels(*params, 8**-0.5, "l2", 1e-12)
+
+
+@pytest.mark.parametrize("make, streams", [
+    (lambda backend: EfficientAdditiveAttention(8, 16, backend=backend), 1),
+    (lambda backend: EfficientAdditiveAttention(8, 16, recompute_qk=False, backend=backend), 1),
+    (lambda backend: EfficientAdditiveAttention(8, 16, fuse_qk=False, token_norm="softmax", backend=backend), 1),
+    (lambda backend: CrossEfficientAdditiveAttention(8, 16, streams=3, backend=backend), 3),
+], ids=["default", "keep_qk", "two_linears", "cross3"])
+def test_gradient_penalty_matches_the_torch_backend(make, streams):
+    """A loss on the input gradient (``create_graph=True``): every parameter's and input's gradient on the
+    Triton path equals the PyTorch path's (float64), where the kernels' gradients, carrying no graph, would
+    silently drop the penalty's part."""
+    skip_fp64_on_gpu("triton", torch.float64)
+    grads = {}
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        m = make(backend).double()
+        g = torch.Generator().manual_seed(1)
+        xs = [torch.randn(2, 5, 8, dtype=torch.float64, generator=g).requires_grad_(True) for _ in range(streams)]
+        y = m(*xs)
+        y = torch.stack(y) if isinstance(y, tuple) else y
+        dxs = torch.autograd.grad(y.square().sum(), xs, create_graph=True)
+        (y.mean() + sum(dx.square().sum() for dx in dxs)).backward()
+        grads[backend] = [p.grad for p in m.parameters()] + [x.grad for x in xs]
+    for ours, ref in zip(grads["triton"], grads["torch"], strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)  # float64
+
+
+def test_second_derivative_of_the_kept_qk_path_under_autocast_is_a_clear_error():
+    m = EfficientAdditiveAttention(16, 16, recompute_qk=False, backend="triton").to(triton_device())
+    x = torch.randn(2, 9, 16, device=triton_device(), requires_grad=True)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        y = m(x)
+    with pytest.raises(RuntimeError, match="recompute_qk=True"):
+        torch.autograd.grad(y.float().sum(), x, create_graph=True)
+    (dx,) = torch.autograd.grad(y.float().sum(), x)  # first order as always
+    assert dx.shape == x.shape and torch.isfinite(dx).all()
+
+
+class _LoRALinear(nn.Linear):
+    """A linear with a forward of its own (as peft's adapters): ``W x + b + B A x``."""
+
+    def __init__(self, base: nn.Linear, rank: int = 2):
+        super().__init__(base.in_features, base.out_features, dtype=base.weight.dtype, device=base.weight.device)
+        self.load_state_dict(base.state_dict())
+        g = torch.Generator().manual_seed(5)
+        self.A = nn.Parameter(torch.randn(rank, base.in_features, generator=g, dtype=base.weight.dtype))
+        self.B = nn.Parameter(torch.randn(base.out_features, rank, generator=g, dtype=base.weight.dtype))
+
+    def forward(self, x):
+        return super().forward(x) + x @ self.A.t() @ self.B.t()
+
+
+def _adapted(module, how: str, seen: list):
+    """Change ``module``'s input linear (and hook its ``final``) as ``how`` says."""
+    if how == "lora":
+        module.to_query = _LoRALinear(module.to_query)
+    elif how == "hooks":
+        module.to_key.register_forward_hook(lambda *a: seen.append("to_key"))
+        module.final.register_forward_hook(lambda *a: seen.append("final"))
+    elif how == "weight_norm":  # the old hook-based form: a pre-hook makes .weight on each call
+        torch.nn.utils.weight_norm(module.to_query)
+    elif how == "parametrize":  # reading .weight applies it: the kernels may still read the linear
+        torch.nn.utils.parametrizations.weight_norm(module.to_query)
+    return module
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm.*is deprecated:FutureWarning")
+@pytest.mark.parametrize("how", ["lora", "hooks", "weight_norm", "parametrize"])
+def test_adapted_or_hooked_linears_run_as_on_the_torch_path(monkeypatch, how):
+    """The Triton path reads ``to_query``/``to_key``/``final`` as weight and bias only where that is what
+    calling them would do: a linear with a forward of its own (an adapter), hooks or the hook-based
+    ``weight_norm`` is called (hooks fire, the adapter counts, two training steps run), a
+    ``parametrize``-d one still takes the fused kernels; outputs and every gradient equal the PyTorch
+    path's, in training and at inference (float64 in the interpreter)."""
+    import crocnet.nn.attention as attention
+
+    skip_fp64_on_gpu("triton", torch.float64)
+    fused = []
+    monkeypatch.setattr(attention, "tokens_kernels", lambda *a, _real=attention.tokens_kernels, **k: fused.append(1)
+                        or _real(*a, **k))
+    runs = {}
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        seen = []
+        m = _adapted(EfficientAdditiveAttention(8, 16, backend=backend).double(), how, seen)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        for _ in range(2):
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+        grads = [p.grad.clone() for p in m.parameters()]
+        with torch.no_grad():
+            out = m(x)
+        runs[backend] = out, grads, seen
+    torch.testing.assert_close(runs["triton"][0], runs["torch"][0], rtol=1e-10, atol=1e-12)
+    for ours, ref in zip(runs["triton"][1], runs["torch"][1], strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    assert runs["triton"][2] == runs["torch"][2] == (["to_key", "final"] * 3 if how == "hooks" else [])
+    assert fused == ([1, 1] if how == "parametrize" else [])  # the two training steps
+
+
+def test_proj_that_would_have_to_be_called_is_a_clear_error():
+    m = EfficientAdditiveAttention(8, 16, backend="torch")
+    m.proj = _LoRALinear(m.proj)
+    with pytest.raises(TypeError, match="proj enters the attention op as its weight and bias.*_LoRALinear"):
+        m(torch.randn(1, 3, 8))

@@ -135,6 +135,32 @@ def test_gradcheck_tokens_custom_op(token_norm, bias):
     assert torch.autograd.gradcheck(fn, [x, w_qk, w_g, W] + ([qkb, b] if bias else []), fast_mode=True)
 
 
+@needs_fp64_kernels
+@pytest.mark.parametrize("route", ["e2a", "cross3_packed", "forward_op", "tokens_op"])
+def test_gradgradcheck_triton(route):
+    """Second derivatives (``create_graph=True``: gradient penalties, MAML, Hessian-vector products) through
+    each autograd entry of the Triton path, float64 gradgradcheck: the eager Function for one stream and for
+    three packed streams with their qk bias, and the two custom ops traced calls record. The kernels'
+    gradients carry no graph, so these backwards take the PyTorch spec's under ``create_graph``."""
+    if route == "tokens_op":
+        x, w_qk, qkb, w_g, W, b = (t.detach().requires_grad_(True) for t in _token_inputs(B=2, N=5, C=6, D=8))
+        fn = lambda *a: ops_e2a._e2a_tokens_forward(*a, 0.3, "l2", 1e-12)[0]  # noqa: E731
+        args = [x, w_qk, qkb, w_g, W, b]
+    elif route == "e2a":
+        q, k, w_g, W, b = _inputs(1, 2, 5, 8)
+        fn = lambda q, k, w_g, W, b: e2a(q, k, w_g, W, b, token_norm="softmax", backend="triton")  # noqa: E731
+        args = [q[0], k[0], w_g[0], W[0, 0], b[0, 0]]
+    elif route == "cross3_packed":
+        q, k, w_g, W, b = (t.detach() for t in _inputs(3, 1, 4, 8))
+        qkb = torch.randn(3, 16, dtype=torch.float64)
+        fn = lambda qk, qkb, w_g, W, b: cross_e2a_packed(qk, w_g, W, b, qk_bias=qkb, backend="triton")  # noqa: E731
+        args = [t.requires_grad_(True) for t in (torch.cat([q, k], dim=-1), qkb, w_g, W, b)]
+    else:
+        args = _inputs(2, 1, 4, 8)
+        fn = lambda *a: ops_e2a._e2a_forward(*a[:5], None, 0.3, "l2", 1e-12)[0]  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, args, fast_mode=True)
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["q_k", "packed"])
 @pytest.mark.parametrize("S", [1, 3])
 def test_eager_calls_match_the_custom_ops_bit_for_bit(S, packed):

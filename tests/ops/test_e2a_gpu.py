@@ -166,6 +166,23 @@ def test_cross_unet_sizes(dtype):
     check_cross_against_authors(8, 64 * 64, 64, dtype, "cuda")
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_kernels_launch_on_the_tensors_device_not_the_current_one():
+    """A module on the second GPU while the first is current (model parallelism): the launches go to the
+    tensors' device, and the result is the one on the first GPU."""
+    torch.manual_seed(0)
+    module = EfficientAdditiveAttention2d(32, 32, backend="triton").cuda(0)
+    x, dy = torch.randn(2, 32, 16, 16, device="cuda:0"), torch.randn(2, 32, 16, 16, device="cuda:0")
+    want, want_g = _run(module, x, dy)
+    torch.cuda.set_device(0)
+    other = copy.deepcopy(module).to("cuda:1")
+    got, got_g = _run(other, x.to("cuda:1"), dy.to("cuda:1"))
+    torch.cuda.synchronize(1)
+    torch.testing.assert_close(got.cpu(), want.cpu(), rtol=1e-5, atol=1e-5)
+    for name in want_g:
+        torch.testing.assert_close(got_g[name].cpu(), want_g[name].cpu(), rtol=1e-4, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("fuse_qk", [True, False], ids=["packed", "q_k"])
 def test_module_forward_backward_replays_in_a_cuda_graph(fuse_qk):
     """At UNet sizes the host's work is most of a call (benchmarks/NOTES.md, item 11); CUDA graphs remove it.

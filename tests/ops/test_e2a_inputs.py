@@ -152,6 +152,24 @@ def test_parameters_in_another_dtype_are_accepted_under_autocast_only():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_is_left_as_it_is_under_autocast(backend):
+    """Autocast casts float16/bfloat16/float32 only: float64 operands give the float64 result they give
+    outside it, and float64 q with float32 parameters is the dtype error it is outside autocast (not a
+    silent cast to the autocast dtype, nor a raw matmul error)."""
+    if backend == "triton" and not interpreting():
+        pytest.skip("float64 kernels run in the interpreter only")
+    args = [a.double() for a in _args()]
+    want = e2a(*args, backend=backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = e2a(*args, backend=backend)
+        with pytest.raises(TypeError, match=r"w_g must have q's dtype torch.float64 \(autocast casts only float16, "
+                                            r"bfloat16 and float32\), got torch.float32"):
+            e2a(*args[:2], *(a.float() for a in args[2:]), backend=backend)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("token_norm", ["l2", "softmax", "none"])
 def test_zero_vectors_behave_like_timm(backend, token_norm):
     """Zero query/key tokens, and an image whose every score is zero, take F.normalize's eps branch exactly
