@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..nn import E2ABlock2d
@@ -245,7 +246,7 @@ class E2AUNet(nn.Module):
             raise ValueError(f"{type(self).__name__} expects (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
         if 0 in x.shape:
             raise ValueError(f"{type(self).__name__} expects a non-empty (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
-        check_input_dtype(x, self.head.weight, f"the input of {type(self).__name__}")
+        check_input_dtype(x, self.stem.conv1.weight, f"the input of {type(self).__name__}")
         H, W = x.shape[-2:]
         m = self.size_divisor
         if H % m or W % m:
@@ -291,11 +292,53 @@ class E2AUNet(nn.Module):
         """``(B, in_chans, H, W)`` → probabilities ``(B, num_classes, H, W)``."""
         return self.activation(self(x))
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """timm's feature API: the encoder maps at ``indices`` (levels 0 … depth, full resolution first; an int
+        n: the last n; None: all), each ``(B, C·2^l, H/2^l, W/2^l)``. Returns them alone with
+        ``intermediates_only`` (the encoder stops at the deepest one asked for), else ``(logits, maps)``.
+        ``norm`` and ``stop_early`` change nothing here (no final norm; the decoder needs every level)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"{type(self).__name__} gives NCHW feature maps, got output_fmt={output_fmt!r}")
+        take, deepest = feature_take_indices(len(self.encoder), indices)
+        self.check_input(x)
+        z, features, taken = self.stem(x), [], []
+        for level, stage in enumerate(self.encoder):
+            if intermediates_only and level > deepest:
+                break
+            z = stage(z)
+            features.append(z)
+            if level in take:
+                taken.append(z)
+        if intermediates_only:
+            return taken
+        return self.forward_head(self.forward_decoder(features)), taken
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep only what :meth:`forward_intermediates` needs for ``indices``: the encoder up to the deepest
+        level asked for, without decoder and head (``features_only`` models). Returns the level indices."""
+        take, deepest = feature_take_indices(len(self.encoder), indices)
+        self.encoder = self.encoder[: deepest + 1]
+        if prune_head:
+            self.decoder, self.head = nn.ModuleList(), nn.Identity()
+        return take
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the 1×1 head with a fresh one of ``num_classes`` outputs (timm convention)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the 1×1 head with a fresh one of ``num_classes`` outputs (timm convention; a dense head has
+        no global pooling, so ``global_pool`` may only be None or ``""``)."""
+        if global_pool not in (None, ""):
+            raise ValueError(f"{type(self).__name__} has a dense 1×1 head, no global pooling; got global_pool={global_pool!r}")
         _check_num_classes(num_classes)
         self.num_classes = num_classes
         self.head = nn.Conv2d(self.num_features, num_classes, 1)

@@ -11,15 +11,21 @@
 No weights are published and nothing is ever downloaded. ``pretrained=True`` needs a local file:
 ``pretrained_file="weights.pth"`` (or ``.safetensors``; a training checkpoint with a ``state_dict`` or
 ``model`` entry works too), or timm's own ``pretrained_cfg_overlay=dict(file=...)``. Loading goes through
-timm's ``load_pretrained``: a checkpoint with another ``num_classes`` loads all but the head, and for the
-E2AUNet models one with another ``in_chans`` has its first conv adapted.
+timm's ``load_pretrained``, told the checkpoint's own ``num_classes`` and input channels (read from its head
+and first conv): a model built without ``num_classes`` or ``in_chans`` takes the file's, a checkpoint with the
+model's loads whole, one with another ``num_classes`` loads all but the head, and for the E2AUNet models one
+with another ``in_chans`` has its first conv adapted.
+
+``features_only=True`` gives the E2AUNet models' encoder maps (timm's ``forward_intermediates``; ``out_indices``
+among the ``depth + 1`` levels, full resolution first).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import (build_model_with_cfg, generate_default_cfgs, load_state_dict, register_model,
+                         resolve_pretrained_cfg)
 
 from .e2aunet import E2AUNet
 from .specialists import SpecialistNets
@@ -53,8 +59,9 @@ default_cfgs = generate_default_cfgs(
         "e2aunet": _cfg(1, 4, 256),
         "e2aunet_mhsa": _cfg(1, 4, 256),
         "e2aunet_noattn": _cfg(1, 4, 256),
-        # first_conv=None: the shared stem sees 2 of the 4 input channels, so timm cannot adapt it
-        "crocnet_specialists": _cfg(4, 3, 128, first_conv=None),
+        # first_conv=None: the shared stem sees 2 of the 4 input channels, so timm cannot adapt it;
+        # classifier=None: the shared head gives each stream's one map, whatever the number of streams
+        "crocnet_specialists": _cfg(4, 3, 128, first_conv=None, classifier=None),
         "crocnet_single": _cfg(4, 3, 128),
     }
 )
@@ -74,7 +81,27 @@ def _create(variant: str, cls: type, pretrained: bool = False, pretrained_file: 
                 f"{variant}: no pretrained weights are published and crocnet never downloads any; pass a local file "
                 f"with pretrained_file='weights.pth' (or .safetensors), or use pretrained=False"
             )
+        if cfg.file:
+            _describe_checkpoint(overlay, cfg)
+    if kwargs.get("features_only"):
+        if cls is not E2AUNet:
+            raise ValueError(f"{variant}: features_only is for the E2AUNet models (their encoder maps); "
+                             f"{cls.__name__} has none of its own: use its .net's forward_encoder")
+        kwargs.setdefault("feature_cfg", dict(feature_cls="getter"))
     return build_model_with_cfg(cls, variant, pretrained, pretrained_cfg_overlay=overlay, **kwargs)
+
+
+def _describe_checkpoint(overlay: dict, cfg) -> None:
+    """Tell timm the checkpoint's own ``num_classes`` and input channels (from its head and first conv) where
+    the overlay does not: timm drops the head, and adapts the first conv, where the model differs from what
+    the pretrained cfg declares, which would otherwise be the registry's defaults, not the file's."""
+    state_dict = load_state_dict(cfg.file)
+    head = state_dict.get(f"{cfg.classifier}.weight") if isinstance(cfg.classifier, str) else None
+    if head is not None:
+        overlay.setdefault("num_classes", head.shape[0])
+    stem = state_dict.get(f"{cfg.first_conv}.weight") if isinstance(cfg.first_conv, str) else None
+    if stem is not None and "input_size" not in overlay:
+        overlay["input_size"] = (stem.shape[1], *cfg.input_size[1:])
 
 
 @register_model
@@ -99,6 +126,7 @@ def e2aunet_noattn(pretrained: bool = False, **kwargs) -> E2AUNet:
 def crocnet_specialists(pretrained: bool = False, **kwargs) -> SpecialistNets:
     """CroCNet stage 2: weight-shared LV-, MYO- and RV-Nets coupled by cross-E2A, widths 16 → 256."""
     streams = kwargs.get("streams", 3)
+    kwargs.setdefault("in_chans", 1 + streams)  # the image, then one mask per stream
     num_classes = kwargs.pop("num_classes", streams)
     if num_classes != streams:
         raise ValueError(f"crocnet_specialists gives one map per stream: num_classes must equal streams ({streams})")

@@ -122,6 +122,10 @@ class SpecialistNets(nn.Module):
         """``(B, in_chans, H, W)`` → logits ``(B, streams, H, W)``, one map per stream (LV, MYO, RV)."""
         return self.forward_head(self.forward_features(x))
 
+    def get_classifier(self) -> nn.Module:
+        """The 1×1 head every stream shares (one map each)."""
+        return self.net.head
+
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits → per-stream probabilities (sigmoid)."""
         return torch.sigmoid(logits)

@@ -90,6 +90,54 @@ def test_pretrained_file_with_other_classes_keeps_all_but_the_head(tmp_path):
     torch.testing.assert_close(model.stem.conv1.weight, source.stem.conv1.weight, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("classes, chans", [(2, 1), (4, 3), (2, 3)])
+def test_pretrained_file_of_another_shape_than_the_defaults_loads_whole(classes, chans, tmp_path):
+    """A checkpoint whose ``num_classes`` or ``in_chans`` differ from the registry's defaults, loaded into a
+    model of its own shape (given, or taken from the file when not given), loads whole: timm is told the
+    file's head and first conv, not the defaults (it would drop the head of a 2-class model's own weights)."""
+    source = timm.create_model("e2aunet", num_classes=classes, in_chans=chans, **TINY)
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    for kwargs in (dict(num_classes=classes, in_chans=chans), {}):
+        torch.manual_seed(1)
+        loaded = timm.create_model("e2aunet", pretrained_file=tmp_path / "w.pth", **kwargs, **TINY)
+        assert (loaded.num_classes, loaded.in_chans) == (classes, chans)
+        torch.testing.assert_close(loaded.state_dict(), source.state_dict(), rtol=0, atol=0)
+
+
+def test_features_only_gives_the_encoder_maps():
+    """timm's ``features_only``: the encoder maps at ``out_indices`` (the same tensors as ``forward_encoder``),
+    the decoder and head pruned away; the specialist nets refuse it with a clear error."""
+    full = timm.create_model("e2aunet", **TINY).eval()
+    features = timm.create_model("e2aunet", features_only=True, out_indices=(0, 2), **TINY).eval()
+    features.model.load_state_dict(full.state_dict(), strict=False)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        want = full.forward_encoder(x)
+        got = features(x)
+    assert features.feature_info.channels() == [want[0].shape[1], want[2].shape[1]]
+    assert features.feature_info.reduction() == [1, 4]
+    for a, b in zip(got, [want[0], want[2]], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not any(k.startswith(("decoder", "head")) for k in features.model.state_dict())
+    with torch.no_grad():
+        logits, maps = full.forward_intermediates(x, indices=2)
+        torch.testing.assert_close(logits, full(x), rtol=0, atol=0)
+    assert [m.shape[1] for m in maps] == [w.shape[1] for w in want[-2:]]
+    with pytest.raises(ValueError, match="features_only is for the E2AUNet models"):
+        timm.create_model("crocnet_specialists", features_only=True, **TINY)
+    with pytest.raises(ValueError, match="no global pooling"):
+        full.reset_classifier(2, "avg")
+    full.reset_classifier(2, "")
+    assert full.num_classes == 2
+
+
+@pytest.mark.parametrize("streams", [2, 4])
+def test_specialists_take_one_image_channel_and_a_mask_per_stream_by_default(streams):
+    model = timm.create_model("crocnet_specialists", streams=streams, **TINY)
+    assert (model.in_chans, model.image_chans) == (streams + 1, 1)
+    assert model.get_classifier() is model.net.head
+
+
 def test_models_module_exports():
     for name in crocnet.models.__all__:
         assert hasattr(crocnet.models, name), name
