@@ -133,6 +133,10 @@ class TrainConfig:
             backends = torch._dynamo.list_backends(exclude_tags=())
             if self.compile not in backends:
                 raise ValueError(f"--compile must name a torch.compile backend ({', '.join(backends)}), got {self.compile!r}")
+        if self.target_spacing is not None and not (isinstance(self.target_spacing, (int, float))
+                                                    and math.isfinite(self.target_spacing) and self.target_spacing > 0):
+            raise ValueError(f"--target-spacing must be a finite number of mm > 0 (or left out to fit the field of "
+                             f"view), got {self.target_spacing!r}")
         divisor = 2**self.depth  # every stage-1 and stage-2 model needs H and W divisible by it
         if self.image_size < 1 or self.image_size % divisor:
             raise ValueError(f"--image-size must be a positive multiple of 2**depth = {divisor}, got {self.image_size}")

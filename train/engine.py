@@ -330,8 +330,12 @@ def fit(
 
 #: Settings a resumed run must share with the run that wrote its checkpoint (the others, such as --out,
 #: --device or --no-progress, may change between the two).
+#: settings a resumed run must share with the checkpoint: the model, the optimisation, and what it trains and
+#: validates on (another view, dataset or crop would mix two trainings in one set of weights, and compare
+#: validation scores of two different sets when picking the best epoch)
 RESUME_KEYS = ("stage", "model", "base_width", "depth", "attention_levels", "epochs", "batch_size", "lr",
-               "lr_milestones", "loss", "image_size", "target_spacing", "augment", "outside_label", "seed", "weight_decay")
+               "lr_milestones", "loss", "image_size", "target_spacing", "augment", "outside_label", "seed", "weight_decay",
+               "dataset", "views", "crop_margin", "crop_from", "stage1_run", "max_train_batches")
 
 
 def check_resumable(state: dict, cfg: TrainConfig, name: str, kwargs: dict, path: Path) -> None:

@@ -37,6 +37,7 @@ from crocnet.metrics import segmentation_metrics
 from crocnet.outputs import check_output_folder
 from crocnet.postprocess import POSTPROCESS_MODES
 
+from .checkpoint import read_checkpoint
 from .config import DATASET_CHOICES, TrainConfig
 from .devices import DEVICE_HELP, resolve_device
 from .inference import Segmenter
@@ -170,6 +171,22 @@ def fold_checkpoints(paths: list[str], n_folds: int, flag: str = "--stage1") -> 
     return [[Path(p)] for p in paths]
 
 
+def check_trained_folds(paths: list[list[Path | str]], folds: list[int], what: str) -> None:
+    """Refuse checkpoints scored on fold k's validation subjects that were trained as another fold (they saw
+    some of those subjects): ``paths[i]``, the checkpoints of fold ``folds[i]``. A checkpoint that records no
+    fold passes."""
+    wrong = []
+    for k, members in zip(folds, paths):
+        for path in members or ():
+            trained = read_checkpoint(path).get("fold")
+            if trained is not None and str(trained) != str(k):
+                wrong.append(f"{path} (trained as fold {trained}, given for fold {k})")
+    if wrong:
+        raise ValueError(f"{what}: each fold's validation subjects must be scored by the checkpoint of that fold, "
+                         f"which never saw them; got {'; '.join(wrong)}. Give the checkpoints fold 0 first, or the "
+                         f"stage folder holding fold0 ...")
+
+
 def _json_paths(paths: list[Path]) -> str | list[str]:
     """One checkpoint as its path, an ensemble as the list of its paths (``summary.json``'s ``folds``)."""
     return str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
@@ -189,6 +206,8 @@ def evaluate_cross_validation(records, split_file: str, stage1: list[str], out: 
     folds = read_splits(split_file)["folds"]
     paths = fold_checkpoints(stage1, len(folds))
     paths2 = fold_checkpoints(stage2, len(folds), "--stage2") if stage2 else [None] * len(folds)
+    check_trained_folds(paths, list(range(len(folds))), "--split cv --stage1")
+    check_trained_folds(paths2, list(range(len(folds))), "--split cv --stage2")
     rows, cases, fallback, per_fold, names = [], [], 0, [], {}
     for k, (fold, members, members2) in enumerate(zip(folds, paths, paths2)):
         val = set(fold["val"])
@@ -260,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             segmenter = Segmenter(args.stage1, args.stage2, device=args.device,
                                   postprocess=args.postprocess, tta=args.tta)
             records = select_subjects(load_records(cfg), args.split_file, args.split, args.subjects)
+            if args.split and args.split.startswith("fold:"):
+                k = args.split[5:]
+                check_trained_folds([args.stage1, args.stage2 or []], [k, k], f"--split {args.split}")
             result = evaluate(records, segmenter, Path(args.out), progress=args.progress)
     except (ValueError, FileNotFoundError, DataError) as exc:
         print(f"crocnet evaluate: error: {exc}", file=sys.stderr)

@@ -60,6 +60,10 @@ class SliceSet:
 def build_slices(records: list[Record], image_size: int, target_spacing: float | None, labelled_only: bool = False) -> SliceSet:
     images, labels, keys, transforms = [], [], [], []
     for r_index, record in enumerate(records):
+        if target_spacing is not None and record.in_plane_spacing is None:
+            raise ValueError(f"{record.name}: --target-spacing {target_spacing} mm needs each image's voxel size, and "
+                             f"this {record.dataset} record has none (h5 volumes store no spacing); leave "
+                             f"--target-spacing out to fit each field of view into --image-size")
         for z in range(record.image.shape[2]):
             label = None if record.label is None else record.label[:, :, z]
             if labelled_only and (label is None or not label.any()):

@@ -15,13 +15,14 @@ optional (vendor and disease are then ``None``).
 from __future__ import annotations
 
 import csv
+import warnings
 import re
 from pathlib import Path
 from typing import Iterable
 
 from .nifti import read_image_and_label
 from .records import Record
-from .validation import DataError, MissingFileError, code_list, not_text, require_file
+from .validation import DataError, MissingFileError, code_list, name_list, not_text, require_file
 
 __all__ = [
     "INFORMATION_COLUMNS",
@@ -103,13 +104,16 @@ def find_subjects(root: str | Path) -> dict[str, Path]:
     if _SUBJECT.match(root.name) and any(root.glob(f"{root.name}_*.nii*")):
         return {root.name: root}
     base = root / "dataset" if (root / "dataset").is_dir() else root
-    found = {
-        p.name: p for p in sorted(base.iterdir()) if p.is_dir() and _SUBJECT.match(p.name) and any(p.glob("*.nii*"))
-    }
+    folders = [p for p in sorted(base.iterdir()) if p.is_dir() and _SUBJECT.match(p.name)]
+    found = {p.name: p for p in folders if any(p.glob("*.nii*"))}
     if not found:
         raise DataError(
             f"{root}: expected M&Ms-2 subject folders (dataset/NNN/NNN_LA_ED.nii.gz ...), found none"
         )
+    empty = [p.name for p in folders if p.name not in found]
+    if empty:
+        warnings.warn(f"{base}: skipping {len(empty)} subject folder(s) without NIfTI files: {name_list(empty)}",
+                      stacklevel=2)
     return found
 
 

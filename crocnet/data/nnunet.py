@@ -28,11 +28,16 @@ __all__ = ["find_cases", "load_nnunet_raw", "parse_case_name"]
 
 _NAMES = {
     0: {"background", "bg", "clear", "none"},
-    1: {"lv", "leftventricle", "lvbloodpool", "lvcavity", "leftventriclebloodpool", "leftventricularcavity"},
-    2: {"myo", "myocardium", "lvmyocardium", "lvmyo", "leftventricularmyocardium", "lvm"},
+    # nnU-Net's own ACDC conversion (Dataset027_ACDC): "MLV" (myocardium of the LV), "LVC" (LV cavity)
+    1: {"lv", "leftventricle", "lvbloodpool", "lvcavity", "leftventriclebloodpool", "leftventricularcavity", "lvc"},
+    2: {"myo", "myocardium", "lvmyocardium", "lvmyo", "leftventricularmyocardium", "lvm", "mlv"},
     3: {"rv", "rightventricle", "rvbloodpool", "rvcavity", "rightventriclebloodpool", "rightventricularcavity"},
 }
-_CASE = re.compile(r"^(?P<subject>.+)_(?P<view>LA|SA)_(?P<phase>ED|ES)$")
+_CASES = (  # case-name forms, tried in order
+    re.compile(r"^(?P<subject>.+)_(?P<view>LA|SA)_(?P<phase>ED|ES)$"),  # this project's M&Ms-2 conversion
+    re.compile(r"^(?P<subject>.+)_(?P<phase>ED|ES)$"),
+    re.compile(r"^(?P<subject>.+)_frame\d+$"),  # nnU-Net's ACDC conversion: patient001_frame01, _frame12
+)
 _CHANNEL = re.compile(r"_\d{4}$")
 
 
@@ -82,8 +87,9 @@ def _lookup(declared: dict[int, str], label_map: Mapping[int, int] | None, path:
             ours = next((v for v, names in _NAMES.items() if key in names), None)
             if ours is None:
                 raise DataError(
-                    f"{path}: label {value} {name!r} is not a known cardiac structure (background, LV, MYO, RV); "
-                    "pass label_map={theirs: ours} to say how to read it"
+                    f"{path}: label {value} {name!r} is not a known cardiac structure (background, LV, MYO, RV, or "
+                    f"names such as {', '.join(sorted(_NAMES[2]))}); rename it in dataset.json, or from Python pass "
+                    "load_nnunet_raw(..., label_map={theirs: ours}) (ours: 0 background, 1 LV, 2 MYO, 3 RV)"
                 )
             label_map[value] = ours
     table = np.full(max(declared) + 1, UNDECLARED, dtype=np.uint8)
@@ -96,12 +102,18 @@ def _lookup(declared: dict[int, str], label_map: Mapping[int, int] | None, path:
 
 
 def parse_case_name(case: str) -> tuple[str, str | None, str | None]:
-    """``(subject, view, phase)`` of a case name: ``"001_LA_ED"`` → ``("001", "LA", "ED")``.
+    """``(subject, view, phase)`` of a case name: ``"001_LA_ED"`` → ``("001", "LA", "ED")``, ``"001_ES"`` →
+    ``("001", None, "ES")``, nnU-Net's ACDC ``"patient001_frame12"`` → ``("patient001", None, None)`` (the
+    frames of one subject stay together in the splits).
 
     Other names give ``(case, None, None)``.
     """
-    parts = _CASE.match(case)
-    return (parts["subject"], parts["view"], parts["phase"]) if parts else (case, None, None)
+    for form in _CASES:
+        parts = form.match(case)
+        if parts:
+            groups = parts.groupdict()
+            return groups["subject"], groups.get("view"), groups.get("phase")
+    return case, None, None
 
 
 def find_cases(root: str | Path, split: str = "Tr", ending: str = ".nii.gz") -> dict[str, Path]:

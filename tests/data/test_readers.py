@@ -117,6 +117,18 @@ def test_phantom_output_reads_as_mnm2(phantom_root):
     assert [r.subject for r in select(records, ["003"])] == ["003", "003"]
 
 
+def test_mnm2_subject_folder_without_images_is_named_in_a_warning(phantom_root, tmp_path):
+    """A subject folder emptied by a failed copy is not silently one subject fewer."""
+    import shutil
+
+    root = tmp_path / "mnm2"
+    shutil.copytree(phantom_root, root)
+    for f in (root / "dataset" / "002").iterdir():
+        f.unlink()
+    with pytest.warns(UserWarning, match=r"skipping 1 subject folder\(s\) without NIfTI files: 002"):
+        assert list_subjects("mnm2", root) == ["001", "003"]
+
+
 # ---------------------------------------------------------------------------------------- nnU-Net raw
 def _write_nnunet(root, labels, cases=("001_LA_ED", "002_LA_ES"), label_values=None):
     for case in cases:
@@ -175,13 +187,32 @@ def test_nnunet_raw_v2_names_remapped(tmp_path):
     assert [r.subject for r in load_nnunet_raw(tmp_path, subjects=["002"])] == ["002"]
 
 
+def test_nnunet_own_acdc_conversion_keeps_each_patient_in_one_subject(tmp_path):
+    """nnU-Net's ACDC dataset (Dataset027_ACDC): cases ``patientNNN_frameFF``, labels RV 1, "MLV" 2 (the
+    myocardium), "LVC" 3 (the LV cavity). The two frames of a patient are one subject, so a split never
+    puts ED and ES of one heart on both sides."""
+    acdc_values = np.array([0, 3, 2, 1], np.uint8)
+    cases = ("patient001_frame01", "patient001_frame12", "patient002_frame01", "patient002_frame10")
+    _write_nnunet(tmp_path, {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}, cases=cases, label_values=acdc_values)
+    records = load_nnunet_raw(tmp_path)
+    assert [r.subject for r in records] == ["patient001", "patient001", "patient002", "patient002"]
+    _, expected = _case((12, 10), seed=len(cases[0]))
+    np.testing.assert_array_equal(records[0].label[..., 0], expected)
+    assert list_subjects("nnunet", tmp_path) == ["patient001", "patient002"]
+    (tmp_path / "imagesTr" / "patient003_ES_0000.nii.gz").write_bytes(
+        (tmp_path / "imagesTr" / "patient001_frame01_0000.nii.gz").read_bytes())
+    (tmp_path / "labelsTr" / "patient003_ES.nii.gz").write_bytes(
+        (tmp_path / "labelsTr" / "patient001_frame01.nii.gz").read_bytes())
+    assert [(r.subject, r.phase) for r in load_nnunet_raw(tmp_path, subjects=["patient003"])] == [("patient003", "ES")]
+
+
 def test_nnunet_raw_v1_and_explicit_map(tmp_path):
     _write_nnunet(tmp_path, {"0": "background", "1": "left ventricle", "2": "myocardium", "3": "right ventricle"},
                   cases=("caseA",))
     (record,) = load_nnunet_raw(tmp_path)
     assert (record.subject, record.view, record.phase) == ("caseA", None, None)
     _write_nnunet(tmp_path, {"background": 0, "thing": 1, "stuff": 2, "other": 3}, cases=("caseA",))
-    with pytest.raises(DataError, match="thing.*label_map"):
+    with pytest.raises(DataError, match=r"thing.*rename it in dataset.json, or from Python pass load_nnunet_raw\(\.\.\., label_map"):
         load_nnunet_raw(tmp_path)
     (record,) = load_nnunet_raw(tmp_path, label_map={0: 0, 1: 3, 2: 2, 3: 1})
     assert np.array_equal(np.unique(record.label), [0, 1, 2, 3])

@@ -19,6 +19,21 @@ def demo_run(tmp_path_factory) -> Path:
 
 
 
+@pytest.fixture(scope="session")
+def stage2_folds(demo_run, tmp_path_factory) -> Path:
+    """A stage-2 stage folder for both folds of the demo, which trains a stage 2 for fold 0 only: ``fold0`` its
+    checkpoint, ``fold1`` the same weights saved as fold 1's (evaluation refuses a checkpoint trained as
+    another fold; the pairing, not the training, is under test where this is used)."""
+    stage = tmp_path_factory.mktemp("stage2") / "stage2-crocnet_specialists"
+    source = demo_run / "stage2-crocnet_specialists/fold0/best.pt"
+    for k in range(2):
+        ckpt = read_checkpoint(source)
+        ckpt["fold"] = k
+        (stage / f"fold{k}").mkdir(parents=True)
+        torch.save(ckpt, stage / f"fold{k}" / "best.pt")
+    return stage
+
+
 @pytest.fixture
 def relabelled_stage2(demo_run, tmp_path):
     """``relabelled_stage2(crop_from)``: the demo's stage-2 checkpoint saved again, saying it was trained on

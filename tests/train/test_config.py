@@ -42,6 +42,9 @@ def test_a_good_config_file_keeps_its_values(tmp_path):
     ({"stage": "1"}, "--stage must be 1 or 2, got '1'"),
     ({"lr": -1.0}, r"--lr must be a number >= 0 \(Adam's learning rate, e.g. 1e-4\), got -1.0"),
     ({"lr": float("nan")}, "--lr must be a number >= 0 .*, got nan"),
+    ({"target_spacing": 0.0}, r"--target-spacing must be a finite number of mm > 0 .*, got 0.0"),
+    ({"target_spacing": -3.0}, r"--target-spacing must be a finite number of mm > 0 .*, got -3.0"),
+    ({"target_spacing": float("inf")}, r"--target-spacing must be a finite number of mm > 0 .*, got inf"),
 ])
 def test_validate_refuses_views_and_stages_that_do_not_exist(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):

@@ -151,6 +151,27 @@ def test_a_kill_between_the_log_and_the_checkpoint_trains_that_epoch_once_more_a
     assert log[0]["lr"] == 1e-4  # the rate epoch 1 trained at (the default), not the next epoch's
 
 
+@pytest.mark.parametrize("change, named", [
+    (dict(views=("SA",)), "views ('LA',) (now ('SA',))"),
+    (dict(dataset="mnm2"), "dataset 'phantom' (now 'mnm2')"),
+    (dict(stage=2, crop_from="frame"), "crop_from None (now 'frame')"),
+    (dict(stage=2, crop_margin=5), "crop_margin 15 (now 5)"),
+    (dict(stage=2, stage1_run="runs/b"), "stage1_run 'runs/a' (now 'runs/b')"),
+])
+def test_resume_refuses_other_data_settings(change, named, tmp_path):
+    """What a run trains and validates on is part of it: another view, dataset, crop or stage-1 run would
+    mix two trainings in one set of weights."""
+    from crocnet.train import engine
+    from crocnet.train.config import TrainConfig
+
+    base = dict(stage=change.get("stage", 1), stage1_run="runs/a" if change.get("stage") == 2 else None)
+    state = {"model": "m", "model_kwargs": {}, "config": TrainConfig(**base).to_json()}
+    engine.check_resumable(state, TrainConfig(**base), "m", {}, tmp_path / "last.pt")  # the same: resumes
+    with pytest.raises(ValueError, match="was written with other settings") as err:
+        engine.check_resumable(state, TrainConfig(**{**base, **change}), "m", {}, tmp_path / "last.pt")
+    assert named in str(err.value)
+
+
 def test_resume_refuses_other_settings_and_says_which(phantoms, tmp_path, capsys):
     args = ["--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "1", *TINY, "--out", str(tmp_path)]
     assert train.main([*args, "--resume"]) == 0  # nothing to resume yet: a new run, said so
@@ -853,6 +874,13 @@ def test_evaluate_a_cross_validation_out_of_fold(demo_run, constant_stage1, tmp_
     folds = json.loads((tmp_path / "cv3" / "summary.json").read_text())["folds"]
     assert [f["checkpoint"] for f in folds] == [[str(stage / f"fold{k}")] * 2 for k in range(2)]
     capsys.readouterr()
+    # checkpoints in the wrong order would score subjects they trained on: refused, naming them
+    assert evaluate.main(["--stage1", *files[::-1], "--split", "cv", "--out", str(tmp_path / "cv4"), *common]) == 2
+    err = capsys.readouterr().err
+    assert f"{files[1]} (trained as fold 1, given for fold 0); {files[0]} (trained as fold 0, given for fold 1)" in err
+    assert evaluate.main(["--stage1", files[1], "--split", "fold:0", "--out", str(tmp_path / "f01"), *common]) == 2
+    assert "--split fold:0: each fold's validation subjects must be scored by the checkpoint of that fold" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -874,13 +902,14 @@ def test_cross_validation_errors(demo_run, tmp_path, capsys, extra, message):
     assert message.replace("S2STAGE", str(s2)) in capsys.readouterr().err
 
 
-def test_evaluate_crocnet_cross_validation_matches_each_fold(demo_run, constant_stage1, tmp_path, capsys):
+def test_evaluate_crocnet_cross_validation_matches_each_fold(demo_run, constant_stage1, stage2_folds, tmp_path,
+                                                            capsys):
     """``--split cv --stage2``: fold k's stage 1 and stage 2 score fold k's validation subjects, both
     methods; the rows equal a ``--split fold:K`` evaluation of that pair. (The demo has a stage 2 for
     fold 0 only, so it stands in for fold 1's too: the pairing, not the training, is under test.)"""
-    stage, s2 = constant_stage1, demo_run / "stage2-crocnet_specialists" / "fold0"
+    stage, s2s = constant_stage1, [stage2_folds / f"fold{k}" for k in range(2)]
     common = ["--data", str(demo_run / "data"), "--split-file", str(demo_run / "splits.json"), "--no-progress"]
-    assert evaluate.main(["--stage1", str(stage), "--stage2", str(s2), str(s2), "--split", "cv",
+    assert evaluate.main(["--stage1", str(stage), "--stage2", *map(str, s2s), "--split", "cv",
                           "--out", str(tmp_path / "cv"), *common]) == 0
     out = capsys.readouterr().out
     assert "Per fold, stage 1:" in out and "Per fold, CroCNet:" in out and "CroCNet (specialists), 2 folds out-of-fold" in out
@@ -893,18 +922,18 @@ def test_evaluate_crocnet_cross_validation_matches_each_fold(demo_run, constant_
             assert float(r["LV_dice"] if r["fold"] == "0" else r["MYO_dice"]) > 0
             assert float(r["MYO_dice"] if r["fold"] == "0" else r["LV_dice"]) == 0
     k = 1
-    assert evaluate.main(["--stage1", str(stage / f"fold{k}"), "--stage2", str(s2), "--split", f"fold:{k}",
+    assert evaluate.main(["--stage1", str(stage / f"fold{k}"), "--stage2", str(s2s[k]), "--split", f"fold:{k}",
                           "--out", str(tmp_path / "f1"), *common]) == 0
     single = list(csv.DictReader((tmp_path / "f1" / "cases.csv").open()))
     mine = [{key: v for key, v in r.items() if key != "fold"} for r in pooled if r["fold"] == str(k)]
     assert mine == single and len(single) > 0
     summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
-    assert [f["stage2"] for f in summary["folds"]] == [str(s2), str(s2)]
+    assert [f["stage2"] for f in summary["folds"]] == [str(s2s[0]), str(s2s[1])]
     assert set(summary["folds"][0]["summary"]) == {"stage 1", "CroCNet"}
     capsys.readouterr()
 
 
-def test_several_stage2_checkpoints_evaluate_as_one_stage2_ensemble(demo_run, tmp_path, capsys):
+def test_several_stage2_checkpoints_evaluate_as_one_stage2_ensemble(demo_run, stage2_folds, tmp_path, capsys):
     """Several ``--stage2``: one stage 2 averaging their probabilities, on one split or (several stage
     folders) per fold of a cross-validation. The same checkpoint twice averages to itself: the rows of the
     single model, under the ensemble's name."""
@@ -919,10 +948,7 @@ def test_several_stage2_checkpoints_evaluate_as_one_stage2_ensemble(demo_run, tm
     rows = {name: list(csv.DictReader((tmp_path / name / "cases.csv").open())) for name in ("single", "pair")}
     assert rows["pair"] == rows["single"] and {r["method"] for r in rows["pair"]} == {"stage 1", "CroCNet"}
 
-    stage2 = tmp_path / "stage2"  # a stage folder whose two folds are the demo's fold-0 stage 2
-    for k in range(2):
-        (stage2 / f"fold{k}").mkdir(parents=True)
-        (stage2 / f"fold{k}" / "best.pt").symlink_to(s2 / "best.pt")
+    stage2 = stage2_folds  # a stage folder whose two folds are the demo's fold-0 stage 2
     cv = ["--stage1", str(demo_run / "stage1-e2aunet"), "--split", "cv", *common]
     assert evaluate.main([*cv, "--stage2", str(stage2), "--out", str(tmp_path / "cv1")]) == 0
     assert evaluate.main([*cv, "--stage2", str(stage2), str(stage2), "--out", str(tmp_path / "cv2")]) == 0
@@ -1016,3 +1042,17 @@ def test_outside_label_sets_the_augmentation_fill_of_the_stage1_targets(phantoms
     assert seen == [fill]
     config = json.loads((tmp_path / "stage1-e2aunet" / "fold0" / "config.json").read_text())
     assert config["outside_label"] == (outside or "none")
+
+
+def test_target_spacing_on_images_without_a_voxel_size_is_refused():
+    """h5 volumes store no spacing: a --target-spacing there would be ignored while the checkpoint records it
+    (and prediction on NIfTI would resample to it), so it is an error naming the record."""
+    from crocnet.data import Record
+    from crocnet.train.samples import build_slices
+
+    image = np.random.default_rng(0).random((40, 36, 2)).astype(np.float32)
+    record = Record(image=image, label=None, spacing=None, affine=None, subject="patient021", phase="ED", view="SA",
+                    dataset="acdc_h5")
+    assert len(build_slices([record], 32, None)) == 2  # fits the field of view
+    with pytest.raises(ValueError, match="--target-spacing 1.5 mm needs each image's voxel size.*acdc_h5 record"):
+        build_slices([record], 32, 1.5)
