@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import types
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
@@ -53,7 +54,6 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA
     compile: str | None = None  # torch.compile the training step's network with this backend (e.g. inductor)
-    workers: int = 0
     out: str = "runs/train"
     resume: bool = False
     init: str | None = None  # start from these weights (fine-tuning): a checkpoint, or a folder with fold<k>/ per fold
@@ -162,6 +162,10 @@ class TrainConfig:
         return list(range(self.folds)) if self.fold == "all" else [int(self.fold)]
 
 
+#: keys older run configs hold that no longer mean anything: read with a warning, not refused
+RETIRED = {"workers": "batches are indexed from tensors in memory, there is no data loader to give workers"}
+
+
 def load_config_file(path: str | Path) -> dict:
     """Read a JSON (or, with PyYAML installed, YAML) file of :class:`TrainConfig` fields, checking that it is a
     mapping of known field names to values of the field's type."""
@@ -186,6 +190,9 @@ def load_config_file(path: str | Path) -> dict:
         raise ValueError(f"config file {path} must hold a mapping of option names to values (e.g. {{\"epochs\": 10}}), "
                          f"got {values!r:.80}")
     names = {f.name for f in fields(TrainConfig)}
+    for key in sorted(set(values) & set(RETIRED)):
+        warnings.warn(f"{path}: ignoring {key!r}: {RETIRED[key]}", stacklevel=2)
+        values = {k: v for k, v in values.items() if k != key}
     unknown = sorted(map(str, set(values) - names))
     if unknown:
         raise ValueError(f"unknown keys in {path}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")

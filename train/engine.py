@@ -71,8 +71,25 @@ def init_distributed(device: torch.device) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size())
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919) % 2**31
+def is_main_process() -> bool:
+    """Whether this process writes the run's files: the only one, or rank 0 of a DDP run."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch; each process of a DDP run its own (rank 0's is the one-process run's)."""
+    return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % 2**31
+
+
+def shard(order: torch.Tensor, ddp: "Distributed") -> torch.Tensor:
+    """This process's share of an epoch's sample order: padded with its first samples to a multiple of the
+    process count (as ``DistributedSampler``), so every sample is seen and every process gets the same
+    number (else DDP's all-reduce waits forever), even with fewer samples than processes."""
+    if ddp.world == 1:
+        return order
+    pad = (-len(order)) % ddp.world
+    order = torch.cat([order, order.repeat(pad // len(order) + 1)[:pad]])
+    return order[ddp.rank :: ddp.world]
 
 
 def seed_everything(seed: int) -> None:
@@ -223,7 +240,7 @@ def fit(
             print(f"{run_dir}: no last.pt to resume from yet, starting at epoch 1")
     if resuming:
         state = read_resume_state(last_path)  # a ValueError naming last.pt and the fix when it is torn or foreign
-        check_resumable(state, cfg, name, kwargs, last_path)
+        check_resumable(state, cfg, name, kwargs, last_path, ddp.world)
         check_weights_fit(model, state["state_dict"], f"--resume checkpoint {str(last_path)!r}")
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
@@ -258,11 +275,11 @@ def fit(
         print(f"{run_dir}: already trained for {cfg.epochs} epochs")
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
-        seed_everything(epoch_seed(cfg.seed, epoch))
+        # dropout and augmentation draw per process (rank 0 as a one-process run); the order is shared
+        seed_everything(epoch_seed(cfg.seed, epoch, ddp.rank))
         gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) + 1)
-        order = torch.randperm(len(inputs), generator=gen)
-        # every process gets the same number of samples (else DDP's all-reduce waits forever)
-        order = order[: max(len(order) // ddp.world, 1) * ddp.world][ddp.rank :: ddp.world]
+        order = shard(torch.randperm(len(inputs), generator=gen), ddp)
+        gen.manual_seed(epoch_seed(cfg.seed, epoch, ddp.rank) + 1)
         batches = list(order.split(cfg.batch_size))
         if cfg.max_train_batches:
             batches = batches[: cfg.max_train_batches]
@@ -290,7 +307,10 @@ def fit(
             dist.all_reduce(sums)
             total, seen = float(sums[0]), int(sums[1])
         row = {"epoch": epoch, "lr": lr, "train_loss": total / max(seen, 1)}
-        if val_inputs is not None and len(val_inputs) and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+        # validation on the main process only: the others' scores would go unused (and differ, by their
+        # BatchNorm statistics); they wait for it at the next step's all-reduce
+        validate = val_inputs is not None and len(val_inputs) and (epoch % cfg.val_every == 0 or epoch == cfg.epochs)
+        if validate and ddp.main:
             val_loss, dice = evaluate_tensors(model, val_inputs, val_targets, device, cfg, amp)
             row["val_loss"] = val_loss
             for c, n in enumerate(channel_names):
@@ -309,6 +329,7 @@ def fit(
                 atomic_save(describe(epoch), best_path)
             state = describe(epoch) | {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                        "history": history, "best": best, "config": cfg.to_json(),
+                                       "world_size": ddp.world,
                                        "rng": rng_states()}
             atomic_save(state, last_path)
             if epoch % 10 == 0 or epoch == cfg.epochs:
@@ -338,12 +359,16 @@ RESUME_KEYS = ("stage", "model", "base_width", "depth", "attention_levels", "epo
                "dataset", "views", "crop_margin", "crop_from", "stage1_run", "max_train_batches")
 
 
-def check_resumable(state: dict, cfg: TrainConfig, name: str, kwargs: dict, path: Path) -> None:
-    """Refuse to resume ``path`` under other model arguments or training settings, naming each difference."""
+def check_resumable(state: dict, cfg: TrainConfig, name: str, kwargs: dict, path: Path, world: int = 1) -> None:
+    """Refuse to resume ``path`` under other model arguments or training settings, or another number of
+    processes (``--batch-size`` is per process: the effective batch and the data order would change), naming
+    each difference."""
     # a key the checkpoint's version did not write yet had that version's behaviour: today's default
     saved = TrainConfig().to_json() | state.get("config", {})
     current = cfg.to_json()
     diffs = []
+    if state.get("world_size", 1) != world:
+        diffs.append(f"{state.get('world_size', 1)} training process(es) (now {world})")
     if state.get("model") != name or state.get("model_kwargs") != kwargs:
         diffs.append(f"model {state.get('model')} {state.get('model_kwargs')} (now {name} {kwargs})")
     for key in RESUME_KEYS:

@@ -37,7 +37,7 @@ from crocnet.outputs import check_output_folder
 from .checkpoint import atomic_save, load_model, load_torch_file
 from .config import TrainConfig, add_arguments, config_from_args
 from .devices import resolve_device
-from .engine import check_new_run, fit
+from .engine import check_new_run, fit, is_main_process
 from .samples import build_slices, config_preprocess, normalise, slice_key
 
 STAGE1_CHANNELS = ["LV", "MYO", "RV"]
@@ -144,7 +144,8 @@ def run_stage1(cfg: TrainConfig, records, split: dict, out: Path) -> list[Path]:
         fit(cfg, run_dir, tr.images, stage1_targets(tr.labels), va.images, stage1_targets(va.labels),
             STAGE1_CHANNELS, k, config_preprocess(cfg),
             label_fill=STAGE1_TARGET_FILL if cfg.outside_label == "background" else 0.0)
-        write_oof(run_dir, va, cfg)
+        if is_main_process():  # one process writes them, as it writes the checkpoints
+            write_oof(run_dir, va, cfg)
         runs.append(run_dir)
     return runs
 

@@ -1,5 +1,7 @@
 """``crocnet train --config FILE``: a bad file is refused naming the file, the key, the expected type and the value."""
 
+import json
+
 import pytest
 
 from crocnet.train import train
@@ -49,3 +51,10 @@ def test_a_good_config_file_keeps_its_values(tmp_path):
 def test_validate_refuses_views_and_stages_that_do_not_exist(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(data=str(tmp_path), **change).validate()
+
+
+def test_a_retired_key_of_an_older_run_config_is_ignored_with_a_warning(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"epochs": 3, "workers": 4}))
+    with pytest.warns(UserWarning, match="ignoring 'workers': batches are indexed from tensors in memory"):
+        assert load_config_file(path) == {"epochs": 3}

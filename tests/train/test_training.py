@@ -386,7 +386,7 @@ def test_compiled_training_gives_the_weights_of_eager_training(phantoms, tmp_pat
     assert config["compile"] == "eager"
 
 
-def test_ddp_two_cpu_processes(phantoms, tmp_path):
+def test_ddp_two_cpu_processes(phantoms, tmp_path, capsys):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
            "-m", "crocnet.cli", "train", "--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "1",
            "--out", str(tmp_path / "ddp"), *TINY]
@@ -397,6 +397,29 @@ def test_ddp_two_cpu_processes(phantoms, tmp_path):
     state = torch.load(run / "last.pt", weights_only=False)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
     assert len((run / "log.jsonl").read_text().splitlines()) == 1  # one writer: rank 0
+    assert state["world_size"] == 2 and (run / "oof.pt").is_file()
+    # --batch-size is per process: resuming with another process count would change the effective batch
+    args = ["--data", str(phantoms), "--stage", "1", "--fold", "0", "--epochs", "2", "--out", str(tmp_path / "ddp"),
+            *TINY, "--resume"]
+    assert train.main(args) == 2
+    assert "was written with other settings: 2 training process(es) (now 1)" in capsys.readouterr().err
+
+
+def test_each_process_gets_its_share_and_its_own_random_draws():
+    """The epoch's order is shared and split across the processes, padded as DistributedSampler does (every
+    sample seen, the same count each, also with fewer samples than processes); the seeds of dropout and
+    augmentation differ per process, and rank 0's are those of a one-process run."""
+    from crocnet.train import engine
+
+    for n, world in ((5, 2), (2, 3), (8, 4), (1, 2)):
+        order = torch.randperm(n)
+        shares = [engine.shard(order, engine.Distributed(rank, world)) for rank in range(world)]
+        assert {len(share) for share in shares} == {-(-n // world)}
+        assert set(torch.cat(shares).tolist()) == set(range(n))
+    order = torch.randperm(7)
+    assert engine.shard(order, engine.Distributed()) is order
+    assert engine.epoch_seed(3, 5) == engine.epoch_seed(3, 5, 0) == (3 * 1_000_003 + 5 * 7919) % 2**31
+    assert len({engine.epoch_seed(3, 5, rank) for rank in range(4)}) == 4
 
 
 @pytest.mark.parametrize(
