@@ -673,7 +673,9 @@ def fuses_input_linear(streams: int, D: int, dtype: torch.dtype) -> bool:
     """Whether :func:`e2a_forward_from_tokens` takes this case: one stream, one output tile (D ≤ 128), and
     16-bit operands, whose projections run on tensor cores (fp32 ones would run on FMA units, about as long
     as the bytes they save, and spill at D ≥ 64 on sm_90; the interpreter takes every dtype, for the tests)."""
-    return (streams == 1 and 0 < D <= _config.FUSED_INPUT_MAX_D
+    # 128 at most whatever the setting: the key interaction makes q and k in one output tile a row, and its
+    # configs have no wider one (their pruning would leave none)
+    return (streams == 1 and 0 < D <= min(_config.FUSED_INPUT_MAX_D, 128)
             and (dtype in (torch.float16, torch.bfloat16) or _config.INTERPRETING))
 
 

@@ -13,7 +13,7 @@
 #                tools/perf_targets.py)
 #
 # Environment: OUT (default runs/device), ONLY (space-separated subset of: env tests core ab host module unet cross
-# models fp32 tune), T_TESTS / T_E2A / T_AB / T_MODULE / T_CROSS / T_MODELS / T_FP32 / T_TUNE (seconds per step).
+# models fp32 tune), T_TESTS / T_E2A / T_AB / T_HOST / T_MODULE / T_CROSS / T_MODELS / T_FP32 / T_TUNE (seconds per step).
 # "core", "module" (the module cases the targets read), "unet" (the rest of the module suite) and "cross" run
 # bf16; "fp32" runs what issue 8's targets need in float32 (core, module and cross-E2A forward+backward at the
 # issue's sizes), late: its autotuning and compilation are new work. "ab" times each change built without
@@ -55,12 +55,14 @@ bench() {  # bench NAME SECONDS FILE [-k EXPR]
         --benchmark-json "$OUT/bench-$name.json" "$@"
     [ -s "$OUT/bench-$name.json" ] && python3 tools/bench_report.py "$OUT/bench-$name.json" >/dev/null 2>&1
 }
-want tests && step gpu-tests "${T_TESTS:-150}" python3 -m pytest -m gpu tests/ops tests/nn tests/models -q -p no:cacheprovider \
-    -k "not autotune_results_persist"
+# the tests check numbers, not which config is fastest: without autotuning (one default config a kernel, no
+# compile-and-time of every candidate) they all fit in the step
+want tests && step gpu-tests "${T_TESTS:-150}" env CROCNET_AUTOTUNE=0 python3 -m pytest -m gpu tests/ops tests/nn tests/models \
+    -q -p no:cacheprovider -k "not autotune_results_persist"
 want core && bench core "${T_E2A:-120}" benchmarks/test_bench_e2a.py -k "test_core and bf16"
 AB_TESTS="test_packed_qk or test_row_alignment or test_fused_weight_grad or test_recompute_qk or test_fold_final or test_fused_input"
 want ab && bench ab "${T_AB:-90}" benchmarks/test_bench_e2a.py -k "$AB_TESTS"
-want host && step host 30 python3 tools/host_overhead.py --rounds 300 --json "$OUT/host.json"
+want host && step host "${T_HOST:-45}" env CROCNET_AUTOTUNE=0 python3 tools/host_overhead.py --rounds 300 --json "$OUT/host.json"
 # the module cases issue 8's targets read (ours, timm eager and compiled; forward+backward at the issue's sizes),
 # before the rest of the module suite, whose torch.compile cases compile for every shape and mode
 ISSUE_SIZES="8-128-32 or 8-64-64 or 8-32-128"
@@ -73,7 +75,7 @@ want models && bench models "${T_MODELS:-90}" benchmarks/test_bench_models.py
 want fp32 && bench fp32 "${T_FP32:-120}" benchmarks/test_bench_e2a.py benchmarks/test_bench_cross.py \
     -k "fp32 and (test_core or $MODULE_TARGETS or (test_cross and forward_backward))"
 # last, so a run cut at the call's limit loses only this: three fresh processes tune from an empty Triton cache
-want tune && step autotune-cache "${T_TUNE:-60}" python3 -m pytest -m gpu tests/ops/test_e2a_gpu.py -q -p no:cacheprovider \
+want tune && step autotune-cache "${T_TUNE:-90}" python3 -m pytest -m gpu tests/ops/test_e2a_gpu.py -q -p no:cacheprovider \
     -k autotune_results_persist
 
 echo

@@ -98,12 +98,13 @@ def cases(batch: int, side: int, dim: int, device: str):
         yield name, lambda m=module.to(device): torch.stack(m(*xs))
 
 
-def measure(batch: int, side: int, dim: int, rounds: int) -> list[dict]:
+def measure(batch: int, side: int, dim: int, rounds: int, rows: list | None = None, after_each=None) -> list[dict]:
+    """One row a case appended to ``rows`` (a new list by default), ``after_each()`` called after each."""
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     if not cuda:
         stub_kernels()
-    rows = []
+    rows = [] if rows is None else rows
     for name, call in cases(batch, side, dim, device):
         def backward(call=call):
             call().sum().backward()
@@ -116,6 +117,8 @@ def measure(batch: int, side: int, dim: int, rounds: int) -> list[dict]:
                      "forward_backward_us": host_time(backward, rounds, cuda)})
         print(f"{name:47s} forward {rows[-1]['forward_us']:7.1f} µs   forward+backward {rows[-1]['forward_backward_us']:7.1f} µs",
               flush=True)
+        if after_each is not None:
+            after_each()
     return rows
 
 
@@ -130,10 +133,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU, kernels stubbed"
     print(f"host time per call, B = {args.batch}, N = {args.side}², D = {args.dim}, {device}, median of {args.rounds}")
-    rows = measure(args.batch, args.side, args.dim, args.rounds)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": device, "batch": args.batch, "side": args.side, "dim": args.dim, "rows": rows}, f, indent=2)
+    rows = []
+
+    def save():  # after every case: a run cut at its time limit keeps what it measured
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": device, "batch": args.batch, "side": args.side, "dim": args.dim, "rows": rows}, f,
+                          indent=2)
+
+    measure(args.batch, args.side, args.dim, args.rounds, rows, save)
+    save()
     return 0
 
 

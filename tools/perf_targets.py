@@ -124,9 +124,12 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as exc:
             ap.error(f"{name}: not a readable benchmark JSON ({exc})")
     text = table(data)
-    print(text)
-    if args.out:
+    if args.out:  # first: a reader that stops early (`| head`) must not cost the file
         Path(args.out).write_text(text + "\n")
+    try:
+        print(text)
+    except BrokenPipeError:
+        pass
     return 0
 
 
