@@ -15,8 +15,8 @@ optional (vendor and disease are then ``None``).
 from __future__ import annotations
 
 import csv
-import warnings
 import re
+import warnings
 from pathlib import Path
 from typing import Iterable
 

@@ -32,17 +32,45 @@ def test_timm_state_dict_loads_both_ways_and_official_proj_key():
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-6, atol=1e-6)
 
 
+def _swiftformer(dtype=torch.float64, device="cpu", **kwargs) -> torch.nn.Module:
+    """A timm SwiftFormer whose layer scales are around 1 (``uniform_(0.5, 1.5)``): fresh ones are 1e-5, which
+    would leave the attention's part of the logits below any tolerance, so a broken layer would pass."""
+    model = timm.create_model("swiftformer_xs", **kwargs)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layer_scale" in name:
+                p.uniform_(0.5, 1.5)
+    return model.eval().to(device, dtype)
+
+
+def _logits(out) -> list[torch.Tensor]:
+    return out if isinstance(out, list) else [out]
+
+
+def _assert_patched_matches(model, names, x, before, rtol, atol):
+    """The patched model's outputs equal ``before`` within the tolerance, and zeroing one patched layer's
+    output moves them far outside it (the comparison can see the attention)."""
+    with torch.no_grad():
+        after = model(x)
+        hook = model.get_submodule(names[-1]).register_forward_hook(lambda m, i, out: torch.zeros_like(out))
+        broken = model(x)
+        hook.remove()
+    for a, b, c in zip(_logits(after), _logits(before), _logits(broken), strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+    assert max((c - b).abs().max().item() for b, c in zip(_logits(before), _logits(broken))) > 1e3 * (atol + rtol)
+
+
 def test_patched_swiftformer_gives_timm_logits():
+    """float64, layer scales around 1: the PyTorch path is timm's computation (1e-10)."""
     torch.manual_seed(0)
-    model = timm.create_model("swiftformer_xs", num_classes=10).eval()
-    x = torch.randn(2, 3, 96, 96)
+    model = _swiftformer(num_classes=10)
+    x = torch.randn(2, 3, 96, 96, dtype=torch.float64)
     with torch.no_grad():
         before = model(x)
-        names = crocnet.patch_timm_swiftformer(model, backend="torch")
-        after = model(x)
+    names = crocnet.patch_timm_swiftformer(model, backend="torch")
     assert len(names) == 4  # one E2A per stage
     assert crocnet.patch_timm_swiftformer(model, backend="torch") == []  # idempotent
-    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    _assert_patched_matches(model, names, x, before, rtol=1e-10, atol=1e-10)
     assert len(crocnet.unpatch_timm_swiftformer(model)) == 4
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
@@ -51,34 +79,34 @@ def test_patched_swiftformer_gives_timm_logits():
 @pytest.mark.parametrize("wrap", ["features_only", "wrapped"])
 def test_patch_reaches_swiftformer_attention_inside_other_models(wrap):
     """A ``features_only`` backbone (what segmentation and detection networks hold) and a model wrapped in
-    another module get the same four layers replaced, with the same outputs."""
+    another module get the same four layers replaced, with the same outputs (float64, 1e-10)."""
     torch.manual_seed(0)
     if wrap == "features_only":
-        model = timm.create_model("swiftformer_xs", features_only=True).eval()
+        model = _swiftformer(features_only=True)
     else:
-        model = torch.nn.Sequential(timm.create_model("swiftformer_xs", num_classes=3)).eval()
-    x = torch.randn(1, 3, 64, 64)
+        model = torch.nn.Sequential(_swiftformer(num_classes=3))
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         before = model(x)
-        names = crocnet.patch_timm_swiftformer(model, backend="torch")
-        after = model(x)
+    names = crocnet.patch_timm_swiftformer(model, backend="torch")
     assert len(names) == 4 and all(isinstance(model.get_submodule(n), EfficientAdditiveAttention2d) for n in names)
     assert crocnet.patch_timm_swiftformer(model, backend="torch") == []
-    for a, b in zip(after if isinstance(after, list) else [after], before if isinstance(before, list) else [before],
-                    strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    _assert_patched_matches(model, names, x, before, rtol=1e-10, atol=1e-10)
 
 
 def test_patched_swiftformer_with_the_triton_kernels():
+    """The kernels inside a patched SwiftFormer: float64 in the interpreter (1e-10), float32 on a GPU (1e-4:
+    five stages of float32 rounding, timm's and ours)."""
     dev = triton_device()
+    dtype = torch.float64 if dev == "cpu" else torch.float32
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
     torch.manual_seed(0)
-    model = timm.create_model("swiftformer_xs", num_classes=5).eval().to(dev)
-    x = torch.randn(1, 3, 64, 64, device=dev)
+    model = _swiftformer(dtype, dev, num_classes=5)
+    x = torch.randn(1, 3, 64, 64, device=dev, dtype=dtype)
     with torch.no_grad():
         before = model(x)
-        crocnet.patch_timm_swiftformer(model, backend="triton")
-        after = model(x)
-    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    names = crocnet.patch_timm_swiftformer(model, backend="triton")
+    _assert_patched_matches(model, names, x, before, rtol=tol, atol=tol)
 
 
 def test_patch_rejects_other_models():
