@@ -19,7 +19,7 @@ from crocnet.postprocess import POSTPROCESS_MODES, postprocess_labels
 from .checkpoint import load_model
 from .devices import resolve_device
 from .report import display_name
-from .samples import normalise, plan_transform
+from .samples import check_spacing_known, normalise, plan_transform
 
 
 def _load_stage(path: str | Path, stage: int, device: torch.device):
@@ -135,6 +135,9 @@ class Segmenter:
     @torch.inference_mode()
     def segment(self, record: Record) -> Segmentation:
         check_record_image(record)
+        for _, pre in self.members:
+            check_spacing_known(record, pre["target_spacing"], "a model trained at {} mm (its checkpoint's "
+                                "target_spacing)", "segment images whose files give their voxel size")
         H, W, Z = record.image.shape
         labels = np.zeros((H, W, Z), np.uint8)
         probs = np.zeros((H, W, Z, 4), np.float32)

@@ -19,8 +19,11 @@ from .config import TrainConfig
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
-    """Clip to the 0.5–99.5 percentiles and scale to [0, 1] (float32); constant images become 0."""
+    """Clip to the 0.5–99.5 percentiles and scale to [0, 1] (float32); where those are equal (99 % or more of
+    the pixels share a value, e.g. padding) the minimum and maximum instead; constant images become 0."""
     lo, hi = np.percentile(image, (0.5, 99.5))
+    if hi <= lo:
+        lo, hi = float(np.min(image)), float(np.max(image))
     if hi <= lo:
         return np.zeros_like(image, dtype=np.float32)
     return ((np.clip(image, lo, hi) - lo) / (hi - lo)).astype(np.float32)
@@ -57,13 +60,20 @@ class SliceSet:
         return [row for row, (r, _) in enumerate(self.keys) if r == index]
 
 
+def check_spacing_known(record: Record, target_spacing, what: str, fix: str) -> None:
+    """Raise a ``ValueError`` where resampling to ``target_spacing`` mm needs the voxel size ``record`` lacks
+    (:func:`plan_transform` would fit its field of view instead: another scale than the model was trained
+    at). ``what`` (formatted with the spacing) and ``fix`` say where the spacing comes from and what to do."""
+    if target_spacing is not None and record.in_plane_spacing is None:
+        raise ValueError(f"{record.name}: {what.format(target_spacing)} needs each image's voxel size, and this "
+                         f"{record.dataset} record has none (h5 volumes store no spacing); {fix}")
+
+
 def build_slices(records: list[Record], image_size: int, target_spacing: float | None, labelled_only: bool = False) -> SliceSet:
     images, labels, keys, transforms = [], [], [], []
     for r_index, record in enumerate(records):
-        if target_spacing is not None and record.in_plane_spacing is None:
-            raise ValueError(f"{record.name}: --target-spacing {target_spacing} mm needs each image's voxel size, and "
-                             f"this {record.dataset} record has none (h5 volumes store no spacing); leave "
-                             f"--target-spacing out to fit each field of view into --image-size")
+        check_spacing_known(record, target_spacing, "--target-spacing {} mm", "leave --target-spacing out to fit "
+                                                                             "each field of view into --image-size")
         for z in range(record.image.shape[2]):
             label = None if record.label is None else record.label[:, :, z]
             if labelled_only and (label is None or not label.any()):

@@ -35,7 +35,8 @@ class Augment:
         rotation: maximal rotation in degrees (uniform in ``±rotation``).
         scale: zoom factor range (> 1 enlarges the content).
         p_elastic: probability of an elastic deformation.
-        elastic_alpha: standard deviation of the displacement in pixels.
+        elastic_alpha: standard deviation of the displacement at the control points, in pixels (the
+            bicubic interpolation makes it somewhat smaller between them: about 3.5 px for 4).
         elastic_spacing: distance in pixels between the control points of the displacement field
             (larger: smoother); the field is their bicubic interpolation.
         p_blur: probability of a Gaussian blur; ``blur_sigma``: its sigma range in pixels.

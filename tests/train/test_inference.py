@@ -273,3 +273,25 @@ def test_batch_size_must_be_a_positive_integer(tiny_stage1, batch_size):
     image = np.random.default_rng(0).random((20, 24, 3), dtype=np.float32)
     one, all_at_once = Segmenter(tiny_stage1, batch_size=1), Segmenter(tiny_stage1, batch_size=np.int64(5))
     np.testing.assert_allclose(one.segment(record(image)).probabilities, all_at_once.segment(record(image)).probabilities, atol=1e-6)
+
+
+def test_a_model_trained_at_a_spacing_refuses_images_without_one(demo_run, image):
+    """A checkpoint trained at ``target_spacing`` mm cannot be run on an image whose voxel size is unknown
+    (an h5 volume): fitting its field of view instead would show the heart at another scale than in
+    training, silently. The same image with a spacing is segmented."""
+    seg = soft_disc_segmenter(demo_run, [(SoftDisc(), {"image_size": 32, "target_spacing": 1.5})])
+    with pytest.raises(ValueError, match=r"a model trained at 1.5 mm .* needs each image's voxel size.*acdc_h5 record"):
+        seg.segment(record(image))
+    known = Record(image=image, label=None, spacing=(2.0, 2.0, 8.0), affine=None, subject="s", phase=None, view="SA",
+                   dataset="acdc")
+    assert seg.segment(known).labels.shape == image.shape
+
+
+def test_normalise_scales_images_that_are_mostly_one_value():
+    """Percentiles equal (over 99 % padding): the minimum and maximum scale the image instead of zeroing it;
+    only a constant image becomes 0."""
+    image = np.zeros((100, 100), np.int16)
+    image[0, :40] = 500
+    out = normalise(image)
+    assert out.max() == 1.0 and out[0, :40].tolist() == [1.0] * 40 and out[1:].max() == 0.0
+    assert not normalise(np.full((8, 8), 3.0)).any()
