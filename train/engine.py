@@ -275,11 +275,13 @@ def fit(
         print(f"{run_dir}: already trained for {cfg.epochs} epochs")
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
-        # dropout and augmentation draw per process (rank 0 as a one-process run); the order is shared
+        # the order is shared; dropout and augmentation draw per process, rank 0 exactly as a one-process run
+        # (its augmentation continues the order's generator), the others from seeds of their own
         seed_everything(epoch_seed(cfg.seed, epoch, ddp.rank))
         gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch) + 1)
         order = shard(torch.randperm(len(inputs), generator=gen), ddp)
-        gen.manual_seed(epoch_seed(cfg.seed, epoch, ddp.rank) + 1)
+        if ddp.rank:
+            gen.manual_seed(epoch_seed(cfg.seed, epoch, ddp.rank) + 1)
         batches = list(order.split(cfg.batch_size))
         if cfg.max_train_batches:
             batches = batches[: cfg.max_train_batches]
