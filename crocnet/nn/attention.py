@@ -23,6 +23,11 @@ def _has_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
 
 
+def _not_readable(m: nn.Module) -> bool:
+    """A forward other than ``nn.Linear``'s, or hooks of its own: reading weight and bias would skip them."""
+    return type(m).forward is not _LINEAR_FORWARD or _has_hooks(m)
+
+
 def must_call(*modules: nn.Module) -> bool:
     """Whether the kernels must call any of ``modules`` rather than read it as a linear's ``weight`` and
     ``bias``: a forward of its own (a LoRA adapter, a quantised or wrapped linear, any other module) or
@@ -32,7 +37,7 @@ def must_call(*modules: nn.Module) -> bool:
             or _module._global_backward_pre_hooks):
         return True
     for m in modules:
-        if type(m).forward is not _LINEAR_FORWARD or _has_hooks(m):
+        if _not_readable(m):
             return True
     return False
 
@@ -41,7 +46,7 @@ def check_proj(*projs: nn.Module) -> None:
     """The key interaction's ``proj`` enters the attention op as its weight and bias, on both backends: raise a
     ``TypeError`` for one that would have to be called (see :func:`must_call`; global hooks aside)."""
     for proj in projs:
-        if type(proj).forward is not _LINEAR_FORWARD or _has_hooks(proj):
+        if _not_readable(proj):
             raise TypeError(
                 f"proj enters the attention op as its weight and bias, so it must be an nn.Linear without a forward "
                 f"of its own or hooks (a torch.nn.utils.parametrize parametrization works); got "
