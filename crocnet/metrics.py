@@ -81,8 +81,8 @@ def _as_masks(pred, gt) -> tuple[np.ndarray, np.ndarray]:
     pred, gt = _binary("pred", pred), _binary("gt", gt)
     if pred.shape != gt.shape:
         raise ValueError(f"pred and gt must have the same shape, got {pred.shape} and {gt.shape}")
-    if pred.size == 0:
-        raise ValueError(f"expected non-empty arrays (at least one voxel), got shape {pred.shape}")
+    if pred.size == 0 or pred.ndim == 0:
+        raise ValueError(f"expected non-empty arrays of at least one dimension, got shape {pred.shape}")
     return pred, gt
 
 

@@ -123,10 +123,10 @@ def test_non_finite_spacing_is_refused(spacing):
             call()
 
 
-@pytest.mark.parametrize("shape", [(0, 5), (0,), (3, 0, 2)])
-def test_size_zero_arrays_are_refused(shape):
+@pytest.mark.parametrize("shape", [(0, 5), (0,), (3, 0, 2), ()])
+def test_size_zero_and_zero_dimensional_arrays_are_refused(shape):
     none = np.zeros(shape, bool)
-    message = rf"expected non-empty arrays \(at least one voxel\), got shape {re.escape(str(shape))}"
+    message = rf"expected non-empty arrays of at least one dimension, got shape {re.escape(str(shape))}"
     for call in (lambda: dice(none, none), lambda: hausdorff_distance(none, none),
                  lambda: hausdorff_distance(none, none, percentile=95), lambda: surface_distances(none, none),
                  lambda: segmentation_metrics(none.astype(np.uint8), none.astype(np.uint8))):

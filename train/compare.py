@@ -102,6 +102,12 @@ def compare(a: dict[str, dict], b: dict[str, dict], metric: str = "dice", n_boot
         raise ValueError(f"the reports must cover the same cases: {len(only_a)} only in the first (e.g. {only_a[:3]}), "
                          f"{len(only_b)} only in the second (e.g. {only_b[:3]})")
     cases = sorted(a)
+    if metric != "dice":
+        units = [{r.get("unit") for r in x.values()} - {None, ""} for x in (a, b)]  # reports before 2026-12 have none
+        if units[0] and units[1] and units[0] != units[1]:
+            raise ValueError(f"{metric}: the first report's distances are in {'/'.join(sorted(units[0]))}, the second's "
+                             f"in {'/'.join(sorted(units[1]))}; expected one unit (evaluate both on data with, or both "
+                             f"without, voxel sizes)")
     scale = 100.0 if metric == "dice" else 1.0
     values = {s: (np.array([float(a[c][f"{s}_{metric}"]) for c in cases]) * scale,
                   np.array([float(b[c][f"{s}_{metric}"]) for c in cases]) * scale) for s in TABLE_ORDER}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,9 +98,11 @@ def _listed_subjects(data: dict, split: str, split_file: str) -> set[str]:
     return test
 
 
-def score(records, segmenter: Segmenter, progress: bool = True, desc: str = "evaluating", extra: dict | None = None):
+def score(records, segmenter: Segmenter, unit: str, progress: bool = True, desc: str = "evaluating",
+          extra: dict | None = None):
     """Segment and score ``records``: one row per case and method (``extra`` columns first), the final
-    prediction and mean Dice of each case (for the overlays), and the stage-1 fallback slice count."""
+    prediction and mean Dice of each case (for the overlays), and the stage-1 fallback slice count. Distances
+    are in ``unit``: ``"mm"`` (each record's voxel size) or ``"px"``."""
     methods = ["stage 1"] + (["CroCNet"] if segmenter.pipeline is not None else [])
     rows, cases, fallback = [], [], 0
     for record in tqdm(records, desc=desc, unit="image", disable=not progress):
@@ -109,9 +112,9 @@ def score(records, segmenter: Segmenter, progress: bool = True, desc: str = "eva
         fallback += seg.fallback_slices
         preds = {"stage 1": seg.stage1, "CroCNet": seg.labels}
         for m in methods:
-            scores = segmentation_metrics(preds[m], record.label, record.spacing)
+            scores = segmentation_metrics(preds[m], record.label, record.spacing if unit == "mm" else None)
             row = {**(extra or {}), "case": record.name, "subject": record.subject, "phase": record.phase,
-                   "view": record.view, "vendor": record.vendor, "dataset": record.dataset, "method": m}
+                   "view": record.view, "vendor": record.vendor, "dataset": record.dataset, "method": m, "unit": unit}
             for s in STRUCTURES:
                 for k in METRICS:
                     row[f"{s}_{k}"] = scores[s][k]
@@ -140,14 +143,20 @@ def _write_report(out: Path, methods, rows, cases, unit: str, extra: dict, names
     return summ, text
 
 
-def _unit(records) -> str:
-    return "mm" if all(r.spacing is not None for r in records) else "px"
+def distance_unit(records) -> str:
+    """One unit for a report's distances: ``"mm"`` when every record has a voxel size, else ``"px"`` for all
+    of them (a mean of millimetres and pixels means nothing), with a warning naming those without one."""
+    missing = [r.source or r.name for r in records if r.spacing is None]
+    if missing and len(missing) < len(records):
+        warnings.warn(f"{len(missing)} of {len(records)} images have no voxel size ({name_list(missing)}): every "
+                      f"distance of this report is in pixels, those with one included", stacklevel=2)
+    return "px" if missing else "mm"
 
 
 def evaluate(records, segmenter: Segmenter, out: Path, progress: bool = True) -> dict:
     """Segment and score ``records``; write the report files into ``out``; return summary, table, rows."""
-    methods, rows, cases, fallback = score(records, segmenter, progress)
-    unit = _unit(records)
+    unit = distance_unit(records)
+    methods, rows, cases, fallback = score(records, segmenter, unit, progress)
     summ, text = _write_report(out, methods, rows, cases, unit,
                                {"fallback_slices": fallback, "postprocess": segmenter.postprocess, "tta": segmenter.tta},
                                segmenter.names)
@@ -208,6 +217,7 @@ def evaluate_cross_validation(records, split_file: str, stage1: list[str], out: 
     paths2 = fold_checkpoints(stage2, len(folds), "--stage2") if stage2 else [None] * len(folds)
     check_trained_folds(paths, list(range(len(folds))), "--split cv --stage1")
     check_trained_folds(paths2, list(range(len(folds))), "--split cv --stage2")
+    unit = distance_unit([r for r in records if any(r.subject in fold["val"] for fold in folds)])
     rows, cases, fallback, per_fold, names = [], [], 0, [], {}
     for k, (fold, members, members2) in enumerate(zip(folds, paths, paths2)):
         val = set(fold["val"])
@@ -217,13 +227,12 @@ def evaluate_cross_validation(records, split_file: str, stage1: list[str], out: 
         segmenter = Segmenter(members, members2, **segmenter_kwargs)
         for method, name in segmenter.names.items():
             names.setdefault(method, set()).add(name)
-        methods, r, c, f = score(mine, segmenter, progress, desc=f"fold {k}", extra={"fold": k})
+        methods, r, c, f = score(mine, segmenter, unit, progress, desc=f"fold {k}", extra={"fold": k})
         rows += r
         cases += c
         fallback += f
         per_fold.append({"fold": k, "checkpoint": _json_paths(members), **({"stage2": _json_paths(members2)} if members2 else {}),
                          "cases": len(mine), "summary": summary(r, methods)})
-    unit = _unit(records)
     labels = {m: f"{', '.join(sorted(n))}, {len(folds)} folds out-of-fold" for m, n in names.items()}
     extra = {"fallback_slices": fallback, "postprocess": segmenter.postprocess, "tta": segmenter.tta,
              "cross_validation": True, "folds": per_fold}

@@ -8,7 +8,7 @@ Layout::
     MnM2/dataset/NNN/NNN_{LA,SA}_{ED,ES}[_gt].nii.gz
 
 ``root`` may be the ``MnM2`` folder, its ``dataset`` folder, a folder of ``NNN`` subject folders, or one
-subject folder. ``dataset_information.csv`` is looked for in ``root`` and the two folders above it; it is
+subject folder. Uncompressed ``.nii`` files are read too. ``dataset_information.csv`` is looked for in ``root`` and the two folders above it; it is
 optional (vendor and disease are then ``None``).
 """
 
@@ -117,6 +117,18 @@ def find_subjects(root: str | Path) -> dict[str, Path]:
     return found
 
 
+def _nifti_file(folder: Path, stem: str, what: str) -> Path:
+    """``folder/stem.nii.gz``, else ``folder/stem.nii``; missing, a :class:`MissingFileError` that names a file
+    differing only in case (the names are case-sensitive)."""
+    for suffix in (".nii.gz", ".nii"):
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
+    wanted = {f"{stem}{suffix}".lower() for suffix in (".nii.gz", ".nii")}
+    near = sorted(p.name for p in folder.glob("*") if p.name.lower() in wanted) if folder.is_dir() else []
+    hint = f"; found {name_list(near)}, which differs in case (the names are case-sensitive)" if near else ""
+    raise MissingFileError(f"{folder / stem}.nii.gz: {what} not found (expected {stem}.nii.gz or {stem}.nii){hint}")
+
+
 def read_subject(
     subject_dir: str | Path,
     views: Iterable[str] = ("LA",),
@@ -146,8 +158,8 @@ def read_subject(
         for phase in phases:
             if view not in ("LA", "SA") or phase not in ("ED", "ES"):
                 raise ValueError(f"view must be LA or SA and phase ED or ES, got {view!r}, {phase!r}")
-            image_path = require_file(subject_dir / f"{subject}_{view}_{phase}.nii.gz", f"{view} {phase} image")
-            label_path = subject_dir / f"{subject}_{view}_{phase}_gt.nii.gz" if labels else None
+            image_path = _nifti_file(subject_dir, f"{subject}_{view}_{phase}", f"{view} {phase} image")
+            label_path = _nifti_file(subject_dir, f"{subject}_{view}_{phase}_gt", f"{view} {phase} label map") if labels else None
             volume, image, label = read_image_and_label(image_path, label_path)
             records.append(
                 Record.from_nifti(

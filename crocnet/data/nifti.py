@@ -126,7 +126,8 @@ def write_nifti(
         array: the voxels; its dtype is stored (use uint8 for label maps).
         affine: voxel → world matrix; ``None`` writes an identity geometry.
         header: a header to start from (e.g. the source image's, so a prediction keeps its qform/sform
-            codes and units); its data type and scaling are replaced by the array's.
+            codes and units); its data type and scaling are replaced by the array's, and its display range
+            (``cal_min``/``cal_max``, a label map shown in an image's 0–800 window looks black) and intent reset.
     """
     path = Path(path)
     if not path.name.endswith((".nii", ".nii.gz")):
@@ -135,6 +136,8 @@ def write_nifti(
     image = nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else np.asarray(affine), header=header)
     image.set_data_dtype(np.asarray(array).dtype)
     image.header.set_slope_inter(None, None)
+    image.header["cal_min"] = image.header["cal_max"] = 0  # 0, 0: viewers take the data's range
+    image.header.set_intent("none")
     data = image.to_bytes()
     if path.name.endswith(".gz"):
         data = gzip.compress(data, compresslevel=1, mtime=0)  # nibabel's level; no time stamp: same array, same bytes

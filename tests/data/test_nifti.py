@@ -37,3 +37,13 @@ def test_a_folder_or_a_dangling_link_given_as_a_nifti_file_is_named_as_such(tmp_
             read_nifti(tmp_path / name)
     with pytest.raises(MissingFileError, match=r"absent\.nii\.gz: NIfTI file not found"):
         read_nifti(tmp_path / "absent.nii.gz")
+
+
+def test_a_written_label_map_does_not_keep_the_images_display_range(tmp_path):
+    header = nib.Nifti1Header()
+    header["cal_min"], header["cal_max"] = 0, 800  # an image's display window
+    header.set_intent("t test", (5,))
+    labels = np.arange(4, dtype=np.uint8).reshape(2, 2)
+    back = nib.load(write_nifti(tmp_path / "labels.nii.gz", labels, np.eye(4), header)).header
+    assert (float(back["cal_min"]), float(back["cal_max"])) == (0.0, 0.0)  # 0, 0: viewers take the data's range
+    assert back.get_intent()[0] == "none" and header["cal_max"] == 800  # the caller's header untouched

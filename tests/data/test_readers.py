@@ -306,7 +306,8 @@ def test_text_files_that_are_not_utf8_name_the_file_and_what_was_expected(tmp_pa
 def test_missing_label_file_names_it(tmp_path):
     folder = _write_subject(tmp_path)
     (folder / "001_LA_ES_gt.nii.gz").unlink()
-    with pytest.raises(MissingFileError, match=r"001_LA_ES_gt\.nii\.gz: label map of 001_LA_ES\.nii\.gz not found"):
+    with pytest.raises(MissingFileError, match=r"001_LA_ES_gt\.nii\.gz: LA ES label map not found \(expected "
+                                                r"001_LA_ES_gt\.nii\.gz or 001_LA_ES_gt\.nii\)$"):
         load_mnm2(tmp_path)
     assert len(load_mnm2(tmp_path, labels=False)) == 2
     with pytest.raises(FileNotFoundError, match=r"001_SA_ED\.nii\.gz"):
@@ -528,6 +529,23 @@ def test_record_rejects_a_label_of_another_shape():
                        r"shape \(6, 5, 3\), got \(6, 5, 2\)"):
         Record(image, label[..., :2], None, None, "007", "ED", "SA", "mnm2", source="a.nii.gz")
     assert Record(image, None, None, None, "007", "ED", "SA", "mnm2").label is None
+
+
+def test_uncompressed_files_are_read_and_a_name_in_another_case_is_named(tmp_path):
+    folder = _write_subject(tmp_path)
+    before = load_mnm2(tmp_path)
+    for path in folder.glob("*.nii.gz"):
+        nib.save(nib.load(path), str(path.with_suffix("")))  # 001_LA_ED.nii ...
+        path.unlink()
+    after = load_mnm2(tmp_path)
+    assert [r.source.name for r in after] == ["001_LA_ED.nii", "001_LA_ES.nii"]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.label, b.label)
+    (folder / "001_LA_ES.nii").rename(folder / "001_la_es.nii")
+    with pytest.raises(MissingFileError, match=r"001_LA_ES\.nii\.gz: LA ES image not found \(expected 001_LA_ES\.nii\.gz "
+                                                r"or 001_LA_ES\.nii\); found 001_la_es\.nii, which differs in case"):
+        load_mnm2(tmp_path)
 
 
 def test_copy_of_real_subject_reads_without_csv(mnm2_subject, tmp_path):
