@@ -96,6 +96,13 @@ def _load_qk(ptr, row0, rows, cols, N, D, LD, QKB, bias_off, HAS_QKB: tl.constex
 
 
 @triton.jit
+def _floor(n, eps):
+    """``max(n, eps)`` that keeps a NaN ``n`` NaN (``tl.maximum`` returns eps for it, which made a row with a NaN
+    finite everywhere but its NaN column, and the gradients built from it finite where the reference's are NaN)."""
+    return tl.where(n < eps, eps, n)
+
+
+@triton.jit
 def _dot(a, b, acc, IN_DTYPE: tl.constexpr, DOT_IN_ACC: tl.constexpr, DOT_PREC: tl.constexpr):
     """``acc + a @ b``; operands in the input dtype (tensor cores) unless DOT_IN_ACC."""
     if DOT_IN_ACC:
@@ -192,7 +199,7 @@ def _combine_partials(PART_G, PART_STAT, row, P, D, cols, eps, TOKEN_NORM: tl.co
             tot += sp
     if TOKEN_NORM == 0:
         norm_a = tl.sqrt(tot)
-        G = g / tl.maximum(norm_a, eps)
+        G = g / _floor(norm_a, eps)
         st0 = norm_a
         st1 = tl.zeros((), dtype=ACC)
     elif TOKEN_NORM == 1:
@@ -250,7 +257,7 @@ def _pool_partials_kernel(
         nq = tl.sqrt(tl.sum(x * x, axis=1))
         if not FROM_X:
             tl.store(NQ + row * N + rows, nq, mask=rmask)
-        qh = x / tl.maximum(nq, eps)[:, None]
+        qh = x / _floor(nq, eps)[:, None]
         a = tl.sum(qh * wg[None, :], axis=1) * scale
         if TOKEN_NORM == 0:
             acc_s += tl.sum(a * a, axis=0)
@@ -334,7 +341,7 @@ def _key_interaction_kernel(
             nk = tl.sqrt(tl.sum(kt * kt, axis=1))
             if not FOLD:
                 tl.store(NK + (t * B + b) * N + rows, nk, mask=rmask & (pid_o == 0) & (s == 0))
-            z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * G[None, :]
+            z = kt * (1.0 / _floor(nk, eps))[:, None] * G[None, :]
             acc = _dot(z, _weight_tile(W, (s * S + t) * D * D, cols, ocols, D, wmask, VEC), acc, IN_DTYPE,
                        DOT_IN_ACC, DOT_PREC)
         if FROM_X:
@@ -344,14 +351,14 @@ def _key_interaction_kernel(
             if FOLD:
                 qt = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
         if FOLD:  # the residual through the output linear: one more product, q̂_s W_f,sᵀ
-            z = qt * (1.0 / tl.maximum(nq, eps))[:, None]
+            z = qt * (1.0 / _floor(nq, eps))[:, None]
             y = _dot(z, _weight_tile(WF, s * D * D, cols, ocols, D, wmask, VEC), acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
             y += bias[None, :]
         elif FROM_X:
-            y = acc + bias[None, :] + qt / tl.maximum(nq, eps)[:, None]
+            y = acc + bias[None, :] + qt / _floor(nq, eps)[:, None]
         else:
             qo = _load_qk(Q, row * N, rows, ocols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
-            y = acc + bias[None, :] + qo / tl.maximum(nq, eps)[:, None]
+            y = acc + bias[None, :] + qo / _floor(nq, eps)[:, None]
         tl.store(_row_ptrs(Y, row * N, rows, ocols, D, VEC), y, mask=rmask[:, None] & omask[None, :])
 
 
@@ -404,7 +411,7 @@ def _key_grad_kernel(
         else:
             kt = _load_qk(K, row * N, rows, cols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
         nk = tl.sqrt(tl.sum(kt * kt, axis=1))
-        rk = 1.0 / tl.maximum(nk, eps)
+        rk = 1.0 / _floor(nk, eps)
         kh = kt * rk[:, None]
         dkh = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
         for s in tl.static_range(S):
@@ -493,7 +500,7 @@ def _query_grad_kernel(
         else:
             x = _load_qk(Q, row * N, rows, cols, N, D, LDQ, QKB, s * 2 * D, HAS_QKB, VEC, ACC)
         nq = tl.sqrt(tl.sum(x * x, axis=1))
-        rq = 1.0 / tl.maximum(nq, eps)
+        rq = 1.0 / _floor(nq, eps)
         qh = x * rq[:, None]
         dy = _load_rows(DY, row * N, rows, cols, N, D, D, VEC, ACC)
         if TOKEN_NORM == 2:
@@ -503,7 +510,7 @@ def _query_grad_kernel(
             dah = tl.sum(qh * dg[None, :], axis=1)
             if TOKEN_NORM == 0:
                 norm_a = tl.where(one_tile, tl.sqrt(tl.sum(a * a, axis=0)), st0)  # padded rows: a = 0
-                denom = tl.maximum(norm_a, eps)
+                denom = _floor(norm_a, eps)
                 ah = a / denom
                 ahdah = tl.where(one_tile, tl.sum(ah * dah, axis=0), gdg)
                 da = tl.where(norm_a < eps, dah / eps, (dah - ah * ahdah) / denom)
@@ -579,7 +586,7 @@ def _proj_weight_grad_kernel(
             kt = _load_qk(K, (t * B + b) * N, rows, icols, N, D, LDQ, QKB, t * 2 * D + D, HAS_QKB, VEC, ACC)
         nk = tl.load(NK + (t * B + b) * N + rows, mask=rmask, other=1.0).to(ACC)
         g = tl.load(G + (s * B + b) * D + icols, mask=imask, other=0.0).to(ACC)
-        z = kt * (1.0 / tl.maximum(nk, eps))[:, None] * g[None, :]
+        z = kt * (1.0 / _floor(nk, eps))[:, None] * g[None, :]
         acc = _dot(tl.trans(dy), z, acc, IN_DTYPE, DOT_IN_ACC, DOT_PREC)
     offs = (pid_z * D + ocols.to(tl.int64))[:, None] * D + icols[None, :]
     tl.store(PART_DW + offs, acc, mask=omask[:, None] & imask[None, :])

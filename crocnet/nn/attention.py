@@ -165,6 +165,8 @@ class EfficientAdditiveAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected tokens as a tensor (B, N, {self.in_dims}), got {type(x).__name__}")
         if x.dim() != 3 or x.shape[-1] != self.in_dims:
             raise ValueError(f"expected tokens of shape (B, N, {self.in_dims}), got {tuple(x.shape)}")
         if 0 in x.shape:
@@ -195,6 +197,8 @@ class EfficientAdditiveAttention2d(EfficientAdditiveAttention):
     """E2A on feature maps ``(B, in_dims, H, W)`` → ``(B, token_dim, H, W)``: timm's form, same parameters."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a feature map as a tensor (B, {self.in_dims}, H, W), got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != self.in_dims:
             raise ValueError(f"expected a feature map of shape (B, {self.in_dims}, H, W), got {tuple(x.shape)}")
         B, _, H, W = x.shape

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 import sys
@@ -39,6 +38,9 @@ def _real(name: str, value) -> float:
     return float(value)
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def check_options(token_norm: str, backend: str, eps: float, scale: float | None = None) -> None:
     if token_norm not in TOKEN_NORMS:
         raise ValueError(f"token_norm must be one of {TOKEN_NORMS}, got {token_norm!r}")
@@ -51,8 +53,9 @@ def check_options(token_norm: str, backend: str, eps: float, scale: float | None
     if not EPS_RANGE[0] <= _real("eps", eps) <= EPS_RANGE[1]:
         raise ValueError(f"eps must lie in [{EPS_RANGE[0]:.3g}, {EPS_RANGE[1]:.3g}] (a float32 normal number, as its "
                          f"reciprocal; the kernels compute in float32), got {eps!r}")
-    if scale is not None and not math.isfinite(_real("scale", scale)):
-        raise ValueError(f"scale must be finite (or None for D ** -0.5), got {scale!r}")
+    if scale is not None and not abs(_real("scale", scale)) <= FLOAT32_MAX:
+        raise ValueError(f"scale must be finite in float32, |scale| <= {FLOAT32_MAX:.4g} (the kernels compute in float32), "
+                         f"or None for D ** -0.5; got {scale!r}")
 
 
 #: the dtypes autocast casts (float64 stays as it is)

@@ -455,7 +455,7 @@ def _unstack_gradients(stacked, sizes, params) -> tuple:
                 out += [None] * n
             else:
                 grad = grad.to(dtype)
-                out += (grad.view(shape),) if n == 1 else grad.view((n, *shape)).unbind(0)
+                out += (grad.reshape(shape),) if n == 1 else grad.reshape((n, *shape)).unbind(0)
             i += n
     return tuple(out)
 

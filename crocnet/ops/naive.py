@@ -42,9 +42,17 @@ def token_weights(a: torch.Tensor, token_norm: str, eps: float) -> torch.Tensor:
 
 
 def global_query(q_hat: torch.Tensor, w_g: torch.Tensor, scale: float, token_norm: str, eps: float) -> torch.Tensor:
-    """``G = Σ_n â_n q̂_n`` with ``a_n = scale · q̂_n·w_g``: ``q_hat (..., N, D)``, ``w_g (D,)`` → ``(..., 1, D)``."""
-    a = (q_hat @ w_g.reshape(-1, 1)) * scale
-    a_hat = token_weights(a, token_norm, eps)
+    """``G = Σ_n â_n q̂_n`` with ``a_n = scale · q̂_n·w_g``: ``q_hat (..., N, D)``, ``w_g (D,)`` → ``(..., 1, D)``.
+
+    The scores are made and normalised in float32 for float16/bfloat16 inputs (as the kernels do): scores
+    that are all 0 (``w_g = 0`` or ``scale = 0``) have the gradient ``dâ / eps``, which is inf in float16 and
+    made every ``dq`` NaN (``inf · 0``) where the true one is finite."""
+    if q_hat.dtype in _HALF:
+        a = (q_hat.float() @ w_g.float().reshape(-1, 1)) * scale
+        a_hat = token_weights(a, token_norm, eps).to(q_hat.dtype)
+    else:
+        a = (q_hat @ w_g.reshape(-1, 1)) * scale
+        a_hat = token_weights(a, token_norm, eps)
     return torch.sum(a_hat * q_hat, dim=-2, keepdim=True)
 
 

@@ -423,3 +423,29 @@ def test_adapted_or_hooked_linears_run_as_on_the_torch_path():
     assert g.keys() == g_ref.keys()
     for name in g_ref:
         torch.testing.assert_close(g[name], g_ref[name], rtol=1e-10, atol=1e-12, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("streams", [2, 3])
+def test_attention_width_one_trains_on_both_paths(streams):
+    """``token_dim = 1``: the qk bias gradient of several streams is a non-contiguous view of the kernels'
+    sums (strides (1, S)), which the gradient split had refused to view. Every gradient equals the PyTorch
+    path's (float64 in the interpreter, float32 on a GPU)."""
+    dev = _device("triton")
+    dtype = torch.float64 if dev == "cpu" else torch.float32
+    torch.manual_seed(3)
+    ours = CrossEfficientAdditiveAttention(3, 1, streams=streams, backend="triton").to(dev, dtype)
+    ref = CrossEfficientAdditiveAttention(3, 1, streams=streams, backend="torch").to(dev, dtype)
+    ref.load_state_dict(ours.state_dict())
+    xs = [torch.randn(2, 5, 3, device=dev, dtype=dtype) for _ in range(streams)]
+    dys = [torch.randn(2, 5, 1, device=dev, dtype=dtype) for _ in range(streams)]
+
+    def run(module):
+        leaves = [x.clone().requires_grad_(True) for x in xs]
+        torch.autograd.backward(module(*leaves), dys)
+        return grads(module, leaves)
+
+    got, want = run(ours), run(ref)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=1e-12,
+                                   msg=name)

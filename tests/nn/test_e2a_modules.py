@@ -147,6 +147,13 @@ def test_input_dtype_must_match_the_parameters():
     assert EfficientAdditiveAttention(16, 16, backend="torch").double()(tokens.double()).dtype == torch.float64
 
 
+def test_an_input_that_is_not_a_tensor_is_a_clear_type_error():
+    with pytest.raises(TypeError, match=r"expected tokens as a tensor \(B, N, 16\), got list"):
+        EfficientAdditiveAttention(16, 16)([torch.randn(2, 5, 16)])
+    with pytest.raises(TypeError, match=r"expected a feature map as a tensor \(B, 16, H, W\), got ndarray"):
+        EfficientAdditiveAttention2d(16, 16)(torch.randn(1, 16, 3, 3).numpy())
+
+
 def test_e2a2d_starts_near_identity_and_trains():
     layer = E2A2d(8, backend="torch")
     x = torch.randn(2, 8, 5, 7, requires_grad=True)

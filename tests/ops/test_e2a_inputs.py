@@ -77,8 +77,10 @@ def test_tensors_on_different_devices_are_rejected():
         ({"eps": float("inf")}, "eps must lie in [1.18e-38, 8.51e+37]"),
         ({"eps": 1e-40}, "got 1e-40"),  # float32-subnormal: 1 / eps is inf in the kernels, 0 · inf = NaN
         ({"eps": 1e39}, "got 1e+39"),   # beyond float32
-        ({"scale": float("inf")}, "scale must be finite (or None for D ** -0.5), got inf"),
-        ({"scale": float("nan")}, "scale must be finite (or None for D ** -0.5), got nan"),
+        ({"scale": float("inf")}, "scale must be finite in float32, |scale| <= 3.403e+38 (the kernels compute in "
+                                  "float32), or None for D ** -0.5; got inf"),
+        ({"scale": float("nan")}, "got nan"),
+        ({"scale": -1e39}, "got -1e+39"),  # inf in the kernels' float32: every output NaN
     ],
 )
 @pytest.mark.parametrize("op", ["e2a", "cross_e2a"])
@@ -206,24 +208,29 @@ def test_zero_tokens_in_half_precision_stay_finite(backend, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("token_norm", ["l2", "softmax", "none"])
 @pytest.mark.parametrize("where", [0, 1])
-def test_nan_inputs_propagate_and_stay_in_their_image(backend, token_norm, where):
+@pytest.mark.parametrize("D", [16, 48])  # the weight gradient fused into the key-gradient kernel (D <= 32), or apart
+def test_nan_inputs_propagate_and_stay_in_their_image(backend, token_norm, where, D):
     """A NaN in one token of q or k poisons that image's output (as in timm) and no other image, and the
-    gradients are NaN exactly where the reference's are (a NaN norm must not take the eps branch, which
-    would turn it into large finite gradients that GradScaler and anomaly checks cannot see); the reference
-    is timm's module on the bare op (``timm_core``)."""
+    gradients of every input and parameter are NaN exactly where the reference's are (a NaN norm must not
+    take the eps branch, which would turn it into large finite gradients that GradScaler and anomaly checks
+    cannot see: it did for the projection weight's); the reference is timm's module on the bare op
+    (``timm_core``)."""
     dev = _dev(backend)
-    args = _args(B=2, N=20, D=16)
+    args = _args(B=2, N=20, D=D)
     args[where][1, 4, 2] = float("nan")
-    dy = torch.randn(2, 20, 16, generator=torch.Generator().manual_seed(2))
+    dy = torch.randn(2, 20, D, generator=torch.Generator().manual_seed(2))
     outs = []
     for fn, device in ((lambda *a: e2a(*a, token_norm=token_norm, backend=backend), dev),
                        (lambda *a: timm_core(*a, token_norm=token_norm), "cpu")):
-        leaves = [t.clone().to(device).requires_grad_(True) for t in args[:2]]
-        y = fn(*leaves, *(t.to(device) for t in args[2:]))
+        leaves = [t.clone().to(device).requires_grad_(True) for t in args]
+        y = fn(*leaves)
         y.backward(dy.to(device))
-        outs.append([t.detach().cpu() for t in (y, *(a.grad for a in leaves))])
-    for label, a, r in zip(["y", "dq", "dk"], *outs):
-        assert torch.isnan(a[1]).any() and torch.isfinite(a[0]).all(), label
+        outs.append([t.detach().cpu() for t in (y, *(a.grad if a.grad is not None else torch.zeros(()) for a in leaves))])
+    for label, a, r in zip(["y", "dq", "dk", "dw_g", "dW", "db"], *outs):
+        if label in ("y", "dq", "dk"):
+            assert torch.isnan(a[1]).any() and torch.isfinite(a[0]).all(), label
+        if label == "dw_g" and token_norm == "none":
+            continue  # w_g is unused: the op gives no gradient, the written-out reference 0 · NaN
         assert torch.equal(torch.isnan(a), torch.isnan(r)), f"{label}: NaN at other places than the reference's"
 
 
@@ -386,3 +393,24 @@ def test_packed_ops_name_a_bad_qk(op, qk, message):
         w_g, W = torch.randn(2, 8), torch.randn(3, 3, 8, 8)  # two scoring vectors for three streams
     with pytest.raises((ValueError, TypeError), match=message):
         getattr(ops, op)(qk, w_g, W)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("zero", ["scale", "w_g"])
+def test_all_zero_scores_in_float16_give_the_float32_gradients(backend, zero):
+    """Scores all 0 (``scale = 0`` or ``w_g = 0``): â's gradient is ``dâ / eps``, about 1e12, which the
+    PyTorch path had rounded to inf in float16, so every dq was ``inf · 0`` = NaN; both paths make and
+    normalise the scores in float32. Tolerance: float16's rounding of the float32 result (2e-3 relative)."""
+    q, k, w_g, W, b = _args(B=2, N=13, D=16)
+    kwargs = {"scale": 0.0} if zero == "scale" else {}
+    if zero == "w_g":
+        w_g = torch.zeros_like(w_g)
+    dy = torch.randn(2, 13, 16, generator=torch.Generator().manual_seed(4))
+    dqs = []
+    for dtype, device in ((torch.float16, _dev(backend)), (torch.float32, "cpu")):
+        leaf = q.to(device, dtype).requires_grad_(True)
+        e2a(leaf, *(t.to(device, dtype) for t in (k, w_g, W, b)), backend="torch" if dtype == torch.float32 else backend,
+            **kwargs).backward(dy.to(device, dtype))
+        dqs.append(leaf.grad.float().cpu())
+    assert torch.isfinite(dqs[0]).all()
+    torch.testing.assert_close(dqs[0], dqs[1], rtol=2e-3, atol=2e-3)
