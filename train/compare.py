@@ -99,8 +99,9 @@ def compare(a: dict[str, dict], b: dict[str, dict], metric: str = "dice", n_boot
         raise ValueError(f"n_boot (bootstrap resamples) must be an integer >= 1, got {n_boot!r}")
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     if only_a or only_b:
-        raise ValueError(f"the reports must cover the same cases: {len(only_a)} only in the first (e.g. {only_a[:3]}), "
-                         f"{len(only_b)} only in the second (e.g. {only_b[:3]})")
+        some = lambda cases: f" (e.g. {', '.join(cases[:3])})" if cases else ""  # noqa: E731
+        raise ValueError(f"the reports must cover the same cases: {len(only_a)} only in the first{some(only_a)}, "
+                         f"{len(only_b)} only in the second{some(only_b)}")
     cases = sorted(a)
     if metric != "dice":
         units = [{r.get("unit") for r in x.values()} - {None, ""} for x in (a, b)]  # reports before 2026-12 have none

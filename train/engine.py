@@ -181,8 +181,13 @@ def init_weights(model: torch.nn.Module, source: str | Path, name: str, kwargs: 
     path = resolve_checkpoint(source)
     ckpt = read_checkpoint(path)
     if ckpt["model"] != name or ckpt["model_kwargs"] != kwargs:
-        raise ValueError(f"--init {str(path)!r} holds {ckpt['model']} {ckpt['model_kwargs']}, but this run trains "
-                         f"{name} {kwargs}: pass the same --model, --base-width, --depth and --attention-levels")
+        theirs = ckpt["model_kwargs"]
+        differ = [f"{k} {theirs.get(k, 'default')} (this run: {kwargs.get(k, 'default')})"
+                  for k in sorted(set(theirs) | set(kwargs)) if theirs.get(k) != kwargs.get(k)]
+        differ = ([f"model {ckpt['model']} (this run: {name})"] if ckpt["model"] != name else []) + differ
+        raise ValueError(f"--init {str(path)!r} holds {ckpt['model']} {theirs}, but this run trains {name} {kwargs}; "
+                         f"the file has {', '.join(differ)}: pass the same --model, --base-width, --depth and "
+                         f"--attention-levels")
     if ckpt.get("fold") is not None and int(ckpt["fold"]) != fold:
         warnings.warn(f"--init {str(path)!r} was trained as fold {ckpt['fold']}, this run is fold {fold}: if both use "
                       f"the same split, fold {fold}'s validation subjects were in its training set (give a folder "

@@ -74,10 +74,17 @@ def select_subjects(records, split_file: str | None, split: str | None, subjects
     else:
         return records
     chosen = [r for r in records if r.subject in wanted]
+    present = sorted({r.subject for r in records})
     if not chosen:
-        present = sorted({r.subject for r in records})
         raise ValueError(f"none of the {len(wanted)} selected subjects ({name_list(sorted(wanted))}) is in the data; "
                          f"it has {len(present)} subjects: {name_list(present)}")
+    absent = sorted(wanted - set(present))
+    if absent and subjects:
+        raise ValueError(f"--subjects: {name_list(absent)} not in the data (it has {len(present)} subjects: "
+                         f"{name_list(present)})")
+    if absent:
+        warnings.warn(f"{len(absent)} of the {len(wanted)} subjects of --split {split} are not in the data, "
+                      f"evaluating the other {len(wanted) - len(absent)}: missing {name_list(absent)}", stacklevel=2)
     return chosen
 
 
@@ -180,6 +187,16 @@ def fold_checkpoints(paths: list[str], n_folds: int, flag: str = "--stage1") -> 
     return [[Path(p)] for p in paths]
 
 
+def fold_member(path: str | Path, k: int, flag: str) -> Path:
+    """``path/fold<k>`` where ``path`` is a stage folder (holding ``fold0`` ...), else ``path``."""
+    path = Path(path)
+    if not (path / "fold0").is_dir():
+        return path
+    if not (path / f"fold{k}").is_dir():
+        raise ValueError(f"--split fold:{k}: {flag} {path} is a stage folder without fold{k}")
+    return path / f"fold{k}"
+
+
 def check_trained_folds(paths: list[list[Path | str]], folds: list[int], what: str) -> None:
     """Refuse checkpoints scored on fold k's validation subjects that were trained as another fold (they saw
     some of those subjects): ``paths[i]``, the checkpoints of fold ``folds[i]``. A checkpoint that records no
@@ -192,8 +209,10 @@ def check_trained_folds(paths: list[list[Path | str]], folds: list[int], what: s
                 wrong.append(f"{path} (trained as fold {trained}, given for fold {k})")
     if wrong:
         raise ValueError(f"{what}: each fold's validation subjects must be scored by the checkpoint of that fold, "
-                         f"which never saw them; got {'; '.join(wrong)}. Give the checkpoints fold 0 first, or the "
-                         f"stage folder holding fold0 ...")
+                         f"which never saw them; got {'; '.join(wrong)}. " +
+                         ("Give the checkpoints fold 0 first, or the stage folder holding fold0 ..." if len(set(map(str, folds))) > 1
+                          else f"Give fold {folds[0]}'s checkpoint, or the stage folder "
+                          f"holding fold{folds[0]}"))
 
 
 def _json_paths(paths: list[Path]) -> str | list[str]:
@@ -256,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", nargs="+", default=["LA"], choices=("LA", "SA"), help="M&Ms-2 views (default LA)")
     ap.add_argument("--split-file", help="splits.json of a training run, to pick subjects with --split")
     ap.add_argument("--split",
-                    help="with --split-file: test (default), pool, fold:K (the validation subjects of fold K) or cv "
+                    help="with --split-file: test (default), pool, fold:K (the validation subjects of fold K; a stage folder given to --stage1/--stage2 "
+                         "gives its foldK) or cv "
                          "(every fold, each by its own checkpoint: --stage1 takes one per fold, fold 0 first, or the "
                          "stage folder holding fold0 ... (several: each fold an ensemble of their fold-k models); the "
                          "report pools them, out of fold)")
@@ -285,12 +305,15 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate_cross_validation(records, args.split_file, args.stage1, Path(args.out), progress=args.progress,
                                                stage2=args.stage2, device=args.device, postprocess=args.postprocess, tta=args.tta)
         else:
-            segmenter = Segmenter(args.stage1, args.stage2, device=args.device,
-                                  postprocess=args.postprocess, tta=args.tta)
+            stage1, stage2 = args.stage1, args.stage2
+            fold = args.split[5:] if args.split and args.split.startswith("fold:") else None
+            if fold is not None and fold.isdigit():  # a stage folder gives its fold-K run
+                stage1 = [fold_member(p, int(fold), "--stage1") for p in stage1]
+                stage2 = stage2 and [fold_member(p, int(fold), "--stage2") for p in stage2]
+            segmenter = Segmenter(stage1, stage2, device=args.device, postprocess=args.postprocess, tta=args.tta)
             records = select_subjects(load_records(cfg), args.split_file, args.split, args.subjects)
-            if args.split and args.split.startswith("fold:"):
-                k = args.split[5:]
-                check_trained_folds([args.stage1, args.stage2 or []], [k, k], f"--split {args.split}")
+            if fold is not None:
+                check_trained_folds([stage1, stage2 or []], [fold, fold], f"--split {args.split}")
             result = evaluate(records, segmenter, Path(args.out), progress=args.progress)
     except (ValueError, FileNotFoundError, DataError) as exc:
         print(f"crocnet evaluate: error: {exc}", file=sys.stderr)

@@ -61,6 +61,20 @@ class Segmentation:
     fallback_slices: int  # slices where stage 1 found no heart (stage-2 not applied)
 
 
+def check_same_frame(stage1_pre: dict, stage2_pre: dict, stage1_path, stage2_path) -> None:
+    """Refuse a stage 2 trained on frame crops behind a stage 1 whose network frame (size, target spacing) is
+    not the one it was trained behind: the crop would give it another field of view and scale. Checkpoints
+    that record no ``frame`` pass."""
+    if "frame" not in stage2_pre:
+        return
+    trained = (stage2_pre["frame"], stage2_pre.get("target_spacing"))
+    given = (stage1_pre["image_size"], stage1_pre.get("target_spacing"))
+    if trained != given:
+        raise ValueError(f"{stage2_path} was trained on crops of a {trained[0]} px stage-1 frame (target spacing "
+                         f"{trained[1]}), got {stage1_path} with a {given[0]} px frame (target spacing {given[1]}): the "
+                         f"crops would have another field of view and scale. Give the stage 1 it was trained behind")
+
+
 class Segmenter:
     """Load stage-1 checkpoint(s) (and optionally a stage-2 one) and segment records slice by slice.
 
@@ -124,6 +138,8 @@ class Segmenter:
                 raise ValueError(f"CroCNet with frame crops takes one stage-1 checkpoint, got {len(paths)}: {paths2[0]} was "
                                  f"trained on crops of stage 1's network frame; an ensemble needs a stage 2 trained "
                                  f"with --crop-from native (or evaluate the ensemble without --stage2)")
+            if self.crop_from == "frame":
+                check_same_frame(self.members[0][1], models2[0][1]["preprocess"], paths[0], paths2[0])
             if margin is None:
                 margin = trained_margin
             nets = [FlipTTA(m) if tta else m for m, _ in models2]

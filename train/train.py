@@ -289,8 +289,16 @@ def run(cfg: TrainConfig) -> list[Path]:
             raise DataError(f"none of the images in {cfg.data} has a label map: nothing to train on")
         print(f"skipping {len(unlabelled)} image(s) without a label map (neither trained nor validated on): "
               f"{name_list(unlabelled)}")
+    fresh = not (out / "splits.json").exists()
     split = prepare_split(cfg, records, out)
-    runs = run_stage1(cfg, records, split, out) if cfg.stage == 1 else run_stage2(cfg, records, split, out)
+    try:
+        runs = run_stage1(cfg, records, split, out) if cfg.stage == 1 else run_stage2(cfg, records, split, out)
+    except (ValueError, FileNotFoundError, DataError, RuntimeError):
+        if fresh and not any(d.exists() for d in run_dirs(cfg, out)):
+            # refused before its first fold (--init, --stage1-run, the data): the split it wrote would refuse
+            # the corrected run's other --folds or --split-file
+            (out / "splits.json").unlink(missing_ok=True)
+        raise
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process writes logs
         print(training_summary(runs, time.perf_counter() - t0))
     return runs

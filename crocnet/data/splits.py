@@ -136,7 +136,11 @@ def make_splits(
             raise ValueError("stratify is only available for M&Ms-2 layouts (it reads dataset_information.csv)")
         pools = {"all": subjects}
     if pool not in pools:
-        raise ValueError(f"pool must be one of {', '.join(pools)} for {dataset}, got {pool!r}")
+        raise ValueError(f"pool (--pool) must be one of {', '.join(pools)} for {dataset}, got {pool!r}")
+    n = len(set(pools[pool]))
+    if not 2 <= k <= n:
+        raise ValueError(f"the number of folds (--folds) must be between 2 and the {n} subjects of the pool {pool!r}, "
+                         f"got {k}")
     out["folds"] = kfold(pools[pool], k, seed, strata)
     return out
 

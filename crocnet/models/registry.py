@@ -10,7 +10,8 @@
 
 No weights are published and nothing is ever downloaded. ``pretrained=True`` needs a local file:
 ``pretrained_file="weights.pth"`` (or ``.safetensors``; a training checkpoint with a ``state_dict`` or
-``model`` entry works too), or timm's own ``pretrained_cfg_overlay=dict(file=...)``. Loading goes through
+``model`` entry works too, and a crocnet checkpoint's recorded constructor arguments, such as ``base_width``,
+are the defaults: the network the file holds is built), or timm's own ``pretrained_cfg_overlay=dict(file=...)``. Loading goes through
 timm's ``load_pretrained``, told the checkpoint's own ``num_classes`` and input channels (read from its head
 and first conv): a model built without ``num_classes`` or ``in_chans`` takes the file's, a checkpoint with the
 model's loads whole, one with another ``num_classes`` loads all but the head, and for the E2AUNet models one
@@ -22,8 +23,10 @@ among the ``depth + 1`` levels, full resolution first).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import torch
 from timm.models import (build_model_with_cfg, generate_default_cfgs, load_state_dict, register_model,
                          resolve_pretrained_cfg)
 
@@ -83,6 +86,7 @@ def _create(variant: str, cls: type, pretrained: bool = False, pretrained_file: 
             )
         if cfg.file:
             _describe_checkpoint(overlay, cfg)
+            kwargs = _with_checkpoint_kwargs(variant, cfg.file, kwargs)
     if kwargs.get("features_only"):
         if cls is not E2AUNet:
             raise ValueError(f"{variant}: features_only is for the E2AUNet models (their encoder maps); "
@@ -102,6 +106,42 @@ def _describe_checkpoint(overlay: dict, cfg) -> None:
     stem = state_dict.get(f"{cfg.first_conv}.weight") if isinstance(cfg.first_conv, str) else None
     if stem is not None and "input_size" not in overlay:
         overlay["input_size"] = (stem.shape[1], *cfg.input_size[1:])
+
+
+def _crocnet_description(path: str) -> tuple[str | None, dict]:
+    """``(model, model_kwargs)`` of a crocnet checkpoint (safetensors metadata, or a ``.pt`` dict's entries);
+    ``(None, {})`` for a plain state dict or anything else."""
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            model, kwargs = (json.loads(meta[k]) if k in meta else None for k in ("model", "model_kwargs"))
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            model, kwargs = (ckpt.get("model"), ckpt.get("model_kwargs")) if isinstance(ckpt, dict) else (None, None)
+    except Exception:  # noqa: BLE001  (unreadable: timm's loader says so)
+        return None, {}
+    return (model if isinstance(model, str) else None), (kwargs if isinstance(kwargs, dict) else {})
+
+
+def _with_checkpoint_kwargs(variant: str, path: str, kwargs: dict) -> dict:
+    """The constructor arguments a crocnet checkpoint records (``base_width``, ``attention_levels``...) as
+    defaults of ``kwargs``, so ``pretrained_file`` builds the network the file holds; a file of another
+    registered model, or an argument that contradicts the file, is a ``ValueError`` (``in_chans`` and
+    ``num_classes`` excepted: timm adapts the first conv or drops the head for them)."""
+    model, recorded = _crocnet_description(path)
+    if model is not None and model != variant:
+        raise ValueError(f"{variant}: pretrained_file {path!r} holds a checkpoint of {model} ({recorded}); expected "
+                         f"{variant}: use timm.create_model({model!r}, pretrained_file=...)")
+    same = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples as lists, as the file stores them)
+    clash = [f"{k}={v!r} (the file: {recorded[k]!r})" for k, v in kwargs.items()
+             if k in recorded and k not in ("in_chans", "num_classes") and same(v) != recorded[k]]
+    if clash:
+        raise ValueError(f"{variant}: pretrained_file {path!r} holds a network built with {recorded}, got "
+                         f"{', '.join(clash)}; leave them out to take the file's")
+    return {**{k: v for k, v in recorded.items() if k not in ("in_chans", "num_classes")}, **kwargs}
 
 
 @register_model

@@ -144,7 +144,7 @@ def test_read_splits_names_the_file_when_it_is_not_a_split_description(tmp_path)
 
 @pytest.mark.parametrize("argv, message", [
     (["--folds", "1"], "--folds must be at least 2 (and at most the number of subjects), got 1"),
-    (["--folds", "4"], "k must be between 2 and the number of subjects (3), got 4"),
+    (["--folds", "4"], "the number of folds (--folds) must be between 2 and the 3 subjects of the pool 'all', got 4"),
     (["--data", "{tmp}/missing"], "missing: M&Ms-2 folder not found"),
     (["--out", "{tmp}"], "--out must be a JSON file path ending in .json, got the folder '{tmp}'"),
     (["--out", "{tmp}/afile/s.json"], "its folder cannot be created, '{tmp}/afile' is a file"),

@@ -104,6 +104,29 @@ def test_pretrained_file_of_another_shape_than_the_defaults_loads_whole(classes,
         torch.testing.assert_close(loaded.state_dict(), source.state_dict(), rtol=0, atol=0)
 
 
+def test_a_crocnet_checkpoint_builds_the_network_it_records():
+    """A committed training export (``base_width`` 8, attention on levels 2-4) loads whole through
+    ``pretrained_file`` with no arguments (it was a size-mismatch error); an argument contradicting the file, or
+    the file of another registered model, is a clear error."""
+    from pathlib import Path
+
+    from crocnet.train.checkpoint import read_checkpoint
+
+    acdc = Path(__file__).resolve().parents[2] / "results" / "acdc"
+    path = acdc / "e2aunet_l234_s192e42" / "e2aunet-l234-w8-s192-e42-acdc-fold0.safetensors"
+    ckpt = read_checkpoint(path)
+    model = timm.create_model("e2aunet", pretrained_file=path)
+    assert (model.widths[0], sorted(model.attention_levels)) == (8, [2, 3, 4])
+    torch.testing.assert_close(model.state_dict(), ckpt["state_dict"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"holds a network built with .*'base_width': 8.*, got base_width=32 \(the "
+                                         r"file: 8\); leave them out to take the file's"):
+        timm.create_model("e2aunet", pretrained_file=path, base_width=32)
+    with pytest.raises(ValueError, match=r"e2aunet_noattn: pretrained_file .* holds a checkpoint of e2aunet .*; expected "
+                                         r"e2aunet_noattn: use timm.create_model\('e2aunet', pretrained_file=...\)"):
+        timm.create_model("e2aunet_noattn", pretrained_file=path)
+    assert timm.create_model("e2aunet", pretrained_file=path, num_classes=2).head.out_channels == 2
+
+
 def test_features_only_gives_the_encoder_maps():
     """timm's ``features_only``: the encoder maps at ``out_indices`` (the same tensors as ``forward_encoder``),
     the decoder and head pruned away; the specialist nets refuse it with a clear error."""

@@ -70,7 +70,8 @@ def test_cli_writes_json_and_rejects_different_case_sets(base, tmp_path, capsys)
     write_cases_csv(_rows(base), tmp_path / "a.csv")
     write_cases_csv(_rows({s: v[:10] for s, v in base.items()}), tmp_path / "b.csv")
     assert cmp.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]) == 2
-    assert "the reports must cover the same cases: 2 only in the first" in capsys.readouterr().err
+    assert ("the reports must cover the same cases: 2 only in the first (e.g. p005_ED, p005_ES), 0 only in the second\n"
+            in capsys.readouterr().err)
     assert cmp.main([str(tmp_path / "a.csv"), str(tmp_path / "none.csv")]) == 2
     assert "none.csv not found" in capsys.readouterr().err
     assert cmp.main([str(tmp_path / "a.csv"), str(tmp_path / "a.csv"), "--out", str(tmp_path / "c.json")]) == 0

@@ -3,6 +3,8 @@ stage-2 models."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -295,3 +297,16 @@ def test_normalise_scales_images_that_are_mostly_one_value():
     out = normalise(image)
     assert out.max() == 1.0 and out[0, :40].tolist() == [1.0] * 40 and out[1:].max() == 0.0
     assert not normalise(np.full((8, 8), 3.0)).any()
+
+
+def test_a_frame_crop_stage2_refuses_a_stage1_with_another_frame():
+    """The committed 192 px CroCNet stage 2 (frame crops) behind the 128 px stage 1 of the same fold: the crops
+    would have another field of view and scale than in training (it ran, silently, 0.4 Dice below stage 1)."""
+    acdc = Path(__file__).resolve().parents[2] / "results" / "acdc"
+    stage1_128 = acdc / "e2aunet" / "e2aunet-w8-acdc-fold0.safetensors"
+    stage1_192 = acdc / "cv_s192_l234" / "fold0" / "e2aunet-l234-w8-s192-e42-acdc-fold0-fp16.safetensors"
+    stage2_192 = acdc / "cv_crocnet_s192_l234" / "fold0" / "crocnet_specialists-w8-s192-l234-acdc-fold0-fp16.safetensors"
+    with pytest.raises(ValueError, match=r"was trained on crops of a 192 px stage-1 frame \(target spacing None\), got "
+                                         r".*e2aunet-w8-acdc-fold0.safetensors with a 128 px frame"):
+        Segmenter(stage1_128, stage2_192)
+    assert Segmenter(stage1_192, stage2_192).crop_from == "frame"

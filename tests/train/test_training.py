@@ -352,6 +352,11 @@ def test_init_fine_tunes_from_a_checkpoint_each_fold_from_its_own(phantoms, tmp_
     assert train.main([*args, "--fold", "0", "--base-width", "8", "--init", str(pre), "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert "'base_width': 4" in err and "'base_width': 8" in err and "pass the same --model" in err
+    assert "the file has base_width 4 (this run: 8)" in err
+    # refused before its first fold: no splits.json left to refuse the corrected run's other --folds
+    assert not (tmp_path / "y" / "splits.json").exists()
+    assert train.main([*args, "--fold", "0", "--base-width", "8", "--folds", "3",
+                       "--out", str(tmp_path / "y")]) == 0
     assert train.main([*args, "--fold", "0", "--init", str(tmp_path / "none.pt"), "--out", str(tmp_path / "z")]) == 2
     assert "none.pt' not found" in capsys.readouterr().err
     broken = torch.load(pre / "fold0" / "best.pt", weights_only=False)
@@ -522,6 +527,32 @@ def test_a_split_file_of_other_data_names_the_subjects_of_both(phantoms, tmp_pat
     with pytest.warns(UserWarning, match=rf"1 of fold 0's 3 training subjects are not in --data {phantoms} \(099\); "
                                          r"fold 0 uses the 2 present"):
         train.prepare_split(cfg, records, out)
+
+
+def test_evaluate_fold_k_takes_a_stage_folders_fold_and_refuses_unknown_subjects(demo_run, tmp_path, capsys):
+    """``--split fold:1 --stage1 <stage folder>`` evaluates with fold1's checkpoint (it took fold0's and then
+    refused it, advising what had just been done); ``--subjects`` naming a subject the data lacks is an error
+    (it was dropped silently), a split list partly missing a warning."""
+    splits = demo_run / "splits.json"
+    common = ["--data", str(demo_run / "data"), "--split-file", str(splits), "--split", "fold:1", "--no-progress"]
+    assert evaluate.main(["--stage1", str(demo_run / "stage1-e2aunet"), *common, "--out", str(tmp_path / "stage")]) == 0
+    assert evaluate.main(["--stage1", str(demo_run / "stage1-e2aunet/fold1"), *common, "--out", str(tmp_path / "fold1")]) == 0
+    assert (tmp_path / "stage/cases.csv").read_bytes() == (tmp_path / "fold1/cases.csv").read_bytes()
+    assert evaluate.main(["--stage1", str(demo_run / "stage1-e2aunet/fold0"), *common, "--out", str(tmp_path / "x")]) == 2
+    assert "(trained as fold 0, given for fold 1). Give fold 1's checkpoint, or the stage folder holding fold1" in \
+        capsys.readouterr().err
+    val = json.loads(splits.read_text())["folds"][1]["val"]
+    base = ["--stage1", str(demo_run / "stage1-e2aunet/fold1"), "--data", str(demo_run / "data"), "--no-progress",
+            "--out", str(tmp_path / "subjects")]
+    assert evaluate.main([*base, "--subjects", val[0], "999"]) == 2
+    assert "--subjects: 999 not in the data (it has" in capsys.readouterr().err
+    partial = tmp_path / "partial.json"
+    data = json.loads(splits.read_text())
+    data["folds"][1]["val"].append("999")
+    partial.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match=rf"1 of the {len(val) + 1} subjects of --split fold:1 are not in the data, "
+                                         rf"evaluating the other {len(val)}: missing 999"):
+        assert evaluate.main([*base, "--split-file", str(partial), "--split", "fold:1"]) == 0
 
 
 def test_evaluate_split_errors_say_what_is_wrong(demo_run, tmp_path, capsys):
