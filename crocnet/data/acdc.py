@@ -68,7 +68,12 @@ def find_patients(root: str | Path) -> dict[str, Path]:
     configs = sorted(root.glob("patient*/Info.cfg")) or sorted(root.glob("*/patient*/Info.cfg"))
     if not configs:
         raise DataError(f"{root}: expected ACDC patient folders (patientNNN/Info.cfg), found none")
-    return {cfg.parent.name: cfg.parent for cfg in configs}
+    parts = sorted({cfg.parent.parent.name for cfg in configs if cfg.parent.parent != root})
+    if len(parts) > 1:
+        warnings.warn(f"{root}: reading the patients of {' and '.join(parts)}/ together (the release's official test "
+                      f"patients among them, in every split and fold made of these records); give {root}/training to "
+                      f"keep them out", stacklevel=2)
+    return dict(sorted((cfg.parent.name, cfg.parent) for cfg in configs))
 
 
 def find_h5_volumes(root: str | Path) -> dict[str, list[tuple[int, Path]]]:

@@ -8,8 +8,8 @@ Layout::
     MnM2/dataset/NNN/NNN_{LA,SA}_{ED,ES}[_gt].nii.gz
 
 ``root`` may be the ``MnM2`` folder, its ``dataset`` folder, a folder of ``NNN`` subject folders, or one
-subject folder. Uncompressed ``.nii`` files are read too. ``dataset_information.csv`` is looked for in ``root`` and the two folders above it; it is
-optional (vendor and disease are then ``None``).
+subject folder. Uncompressed ``.nii`` files are read too. ``dataset_information.csv`` is looked for where the
+layout puts it (see :func:`find_information_csv`); it is optional (vendor and disease are then ``None``).
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def _read_information_rows(path: Path) -> tuple[list[str], dict[str, dict[str, s
         table, lines = {}, {}
         for row in reader:
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            if not any(row.values()):
+                continue  # a blank row (a spreadsheet's padding, ",,,,")
             code = row["SUBJECT_CODE"]
             if not code.isdigit():
                 raise DataError(f"{path}: expected a numeric SUBJECT_CODE, got {code!r}")
@@ -85,10 +87,19 @@ def _read_information_rows(path: Path) -> tuple[list[str], dict[str, dict[str, s
 
 
 def find_information_csv(root: str | Path) -> Path | None:
-    """``dataset_information.csv`` in ``root`` or one of the two folders above it, or ``None``."""
+    """``dataset_information.csv`` of an M&Ms-2 root, or ``None``: in ``root``; for a ``dataset`` folder, in the
+    ``MnM2`` folder above it; for one subject folder, in its folder of subjects or the ``MnM2`` folder above
+    their ``dataset`` folder. Never in any other folder above (another dataset's CSV, a phantom set's say,
+    would give real subjects its vendors and diseases)."""
     root = Path(root).resolve()
-    return next((d / "dataset_information.csv" for d in (root, *root.parents[:2])
-                 if (d / "dataset_information.csv").is_file()), None)
+    places = [root]
+    if root.name == "dataset":
+        places.append(root.parent)
+    elif _SUBJECT.match(root.name) and any(root.glob(f"{root.name}_*.nii*")):
+        places.append(root.parent)
+        if root.parent.name == "dataset":
+            places.append(root.parent.parent)
+    return next((d / "dataset_information.csv" for d in places if (d / "dataset_information.csv").is_file()), None)
 
 
 def find_subjects(root: str | Path) -> dict[str, Path]:

@@ -29,14 +29,15 @@ __all__ = ["find_cases", "load_nnunet_raw", "parse_case_name"]
 _NAMES = {
     0: {"background", "bg", "clear", "none"},
     # nnU-Net's own ACDC conversion (Dataset027_ACDC): "MLV" (myocardium of the LV), "LVC" (LV cavity)
-    1: {"lv", "leftventricle", "lvbloodpool", "lvcavity", "leftventriclebloodpool", "leftventricularcavity", "lvc"},
+    1: {"lv", "leftventricle", "lvbloodpool", "lvcavity", "leftventriclebloodpool", "leftventricularcavity", "lvc",
+        "lvbp"},  # nnU-Net's M&Ms-1 conversion (Dataset114_MNMs)
     2: {"myo", "myocardium", "lvmyocardium", "lvmyo", "leftventricularmyocardium", "lvm", "mlv"},
     3: {"rv", "rightventricle", "rvbloodpool", "rvcavity", "rightventriclebloodpool", "rightventricularcavity"},
 }
 _CASES = (  # case-name forms, tried in order
     re.compile(r"^(?P<subject>.+)_(?P<view>LA|SA)_(?P<phase>ED|ES)$"),  # this project's M&Ms-2 conversion
     re.compile(r"^(?P<subject>.+)_(?P<phase>ED|ES)$"),
-    re.compile(r"^(?P<subject>.+)_frame\d+$"),  # nnU-Net's ACDC conversion: patient001_frame01, _frame12
+    re.compile(r"^(?P<subject>.+)_(?P<phase>frame\d+)$"),  # nnU-Net's ACDC (and M&Ms-1) conversion: patient001_frame01
 )
 _CHANNEL = re.compile(r"_\d{4}$")
 
@@ -103,8 +104,8 @@ def _lookup(declared: dict[int, str], label_map: Mapping[int, int] | None, path:
 
 def parse_case_name(case: str) -> tuple[str, str | None, str | None]:
     """``(subject, view, phase)`` of a case name: ``"001_LA_ED"`` → ``("001", "LA", "ED")``, ``"001_ES"`` →
-    ``("001", None, "ES")``, nnU-Net's ACDC ``"patient001_frame12"`` → ``("patient001", None, None)`` (the
-    frames of one subject stay together in the splits).
+    ``("001", None, "ES")``, nnU-Net's ACDC ``"patient001_frame12"`` → ``("patient001", None, "frame12")`` (the
+    frames of one subject stay together in the splits, and their case names, ``patient001_frame12``, differ).
 
     Other names give ``(case, None, None)``.
     """

@@ -8,7 +8,10 @@
     DIR/dataset/NNN/NNN_SA_{ED,ES}[_gt].nii.gz   with --sa: short-axis stacks (H, W, Z), 10 mm apart
 
 which :func:`crocnet.data.load_mnm2` reads like the real archive (float64 voxels, integer-valued
-intensities and labels, an oblique affine whose column norms are the spacing).
+intensities and labels, an oblique affine whose column norms are the spacing). Not written: the 4D
+``NNN_{LA,SA}_CINE`` files of the archive (the readers use the ED and ES frames only); and each view has an
+affine of its own, so the LA plane and the SA stack of one phantom do not meet in world coordinates as a
+real subject's do (a multi-view method would need one pose for both).
 
 Model
 -----

@@ -196,6 +196,7 @@ def test_nnunet_own_acdc_conversion_keeps_each_patient_in_one_subject(tmp_path):
     _write_nnunet(tmp_path, {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}, cases=cases, label_values=acdc_values)
     records = load_nnunet_raw(tmp_path)
     assert [r.subject for r in records] == ["patient001", "patient001", "patient002", "patient002"]
+    assert [r.name for r in records] == list(cases)  # unique: a training's per-slice maps are keyed by it
     _, expected = _case((12, 10), seed=len(cases[0]))
     np.testing.assert_array_equal(records[0].label[..., 0], expected)
     assert list_subjects("nnunet", tmp_path) == ["patient001", "patient002"]
@@ -204,6 +205,13 @@ def test_nnunet_own_acdc_conversion_keeps_each_patient_in_one_subject(tmp_path):
     (tmp_path / "labelsTr" / "patient003_ES.nii.gz").write_bytes(
         (tmp_path / "labelsTr" / "patient001_frame01.nii.gz").read_bytes())
     assert [(r.subject, r.phase) for r in load_nnunet_raw(tmp_path, subjects=["patient003"])] == [("patient003", "ES")]
+
+
+def test_nnunet_mnms1_label_names_are_known(tmp_path):
+    _write_nnunet(tmp_path, {"background": 0, "LVBP": 1, "LVM": 2, "RV": 3}, cases=("A0S9V9_frame00",))
+    (record,) = load_nnunet_raw(tmp_path)
+    assert (record.subject, record.phase, record.name) == ("A0S9V9", "frame00", "A0S9V9_frame00")
+    assert np.array_equal(np.unique(record.label), [0, 1, 2, 3])
 
 
 def test_nnunet_raw_v1_and_explicit_map(tmp_path):
@@ -268,6 +276,16 @@ def test_acdc_native_remaps_and_reads_info(tmp_path):
     np.testing.assert_array_equal(records[1].label, expected)
     assert records[0].disease == "DCM" and records[0].view == "SA" and records[0].info["Weight"] == "95.0"
     assert list_subjects("acdc", tmp_path) == ["patient001", "patient002"]
+
+
+def test_acdc_release_folder_reads_patients_in_order_and_warns_about_the_test_patients(tmp_path):
+    _write_acdc_patient(tmp_path / "training", 2)
+    _write_acdc_patient(tmp_path / "testing", 101)
+    _write_acdc_patient(tmp_path / "training", 1)
+    with pytest.warns(UserWarning, match=r"reading the patients of testing and training/ together \(the release's "
+                                         r"official test patients among them.*give .*training to keep them out"):
+        records = load_acdc(tmp_path, phases=("ED",))
+    assert [r.subject for r in records] == ["patient001", "patient002", "patient101"]  # testing/ had come first
 
 
 def test_a_bare_string_of_codes_is_refused_not_read_letter_by_letter(tmp_path):
@@ -458,6 +476,20 @@ def test_csv_with_byte_order_mark(tmp_path):
     (tmp_path / "dataset_information.csv").write_bytes(text.encode("utf-8-sig"))
     record = load_mnm2(tmp_path)[0]
     assert (record.vendor, record.disease) == ("GE", "NOR")
+
+
+def test_csv_is_taken_only_where_the_layout_puts_it_and_blank_rows_are_skipped(tmp_path):
+    """``MnM2/dataset_information.csv`` describes ``MnM2/dataset/NNN`` (given as the MnM2, dataset or subject
+    folder); a CSV in any other folder above (a phantom set's, with the real subjects copied beside it) gave
+    the real subjects its vendors and diseases. Blank rows (a spreadsheet's ``,,,,``) are padding."""
+    text = "SUBJECT_CODE,DISEASE,VENDOR,SCANNER,FIELD\n1,NOR,GE,Signa,1.5\n,,,,\n"
+    folder = _write_subject(tmp_path / "MnM2")
+    (tmp_path / "MnM2" / "dataset_information.csv").write_text(text)
+    for root in (tmp_path / "MnM2", tmp_path / "MnM2" / "dataset", folder):
+        assert load_mnm2(root)[0].vendor == "GE", root
+    _write_subject(tmp_path / "MnM2" / "real")  # real subjects copied into a folder beside dataset/
+    assert load_mnm2(tmp_path / "MnM2" / "real" / "dataset")[0].vendor is None
+    assert load_mnm2(tmp_path / "MnM2" / "real" / "dataset" / "001")[0].vendor is None
 
 
 def test_csv_duplicate_subject_codes(tmp_path):

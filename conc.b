@@ -1,0 +1,1 @@
+nice: ‘crocnet’: No such file or directory
