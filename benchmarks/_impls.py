@@ -44,6 +44,14 @@ class TorchMHA2d(nn.Module):
             self.mha.out_proj.bias.copy_(other.out.bias)
 
 
+def _compiled(module: nn.Module) -> nn.Module:
+    """``torch.compile(module)`` with dynamo's caches emptied first: every case compiles the same ``forward``
+    code object again (new shapes, dtypes, grad modes), and past ``recompile_limit`` (8) dynamo would run it
+    eagerly under the compiled label (``fail_on_recompile_limit_hit``, set in conftest, makes that an error)."""
+    torch._dynamo.reset()
+    return torch.compile(module, dynamic=False)
+
+
 def e2a_module(impl: str, dim: int, reference: nn.Module | None = None) -> nn.Module:
     """``crocnet`` (backend auto), ``crocnet_two_linears`` (the same without packing q and k into one GEMM,
     ``fuse_qk=False``), ``crocnet_keep_qk`` (packed, qk kept for the backward: ``recompute_qk=False``),
@@ -62,11 +70,11 @@ def e2a_module(impl: str, dim: int, reference: nn.Module | None = None) -> nn.Mo
         m.load_state_dict(ref.state_dict())
         return m
     if impl == "crocnet_compile":
-        return torch.compile(e2a_module("crocnet", dim, ref), dynamic=False)
+        return _compiled(e2a_module("crocnet", dim, ref))
     if impl == "timm":
         return ref
     if impl == "timm_compile":
-        return torch.compile(ref, dynamic=False)
+        return _compiled(ref)
     raise ValueError(impl)
 
 

@@ -28,6 +28,9 @@ UNET_SHAPES = [(8, 128, 32), (8, 64, 64), (8, 32, 128), (8, 16, 256), (8, 8, 512
 SWEEP = [(8, s, 64) for s in (16, 32, 64, 128, 256)]
 #: quadratic attention above this many tokens is not run on CPU (seconds per call); recorded as skipped
 MHSA_CPU_MAX_TOKENS = 64 * 64
+# a compiled baseline that ran out of recompiles would be timed eagerly under its compiled label: fail instead
+torch._dynamo.config.fail_on_recompile_limit_hit = True
+
 #: timed calls per case; CROCNET_BENCH_ROUNDS overrides (the smoke test uses 1)
 ROUNDS = int(os.environ.get("CROCNET_BENCH_ROUNDS", 20 if CUDA else 10))
 
@@ -189,8 +192,12 @@ def run_benchmark(benchmark, fn, *, extra: dict, bytes_moved: int | None = None,
     for _ in range(2):  # warm-up: autotune, compile, allocator
         call()
     try:
-        measure, peak = peak_memory(memory_fn or fn)
+        # CUDA: the peak of the whole call (a training step's includes its backward; ``forward_memory_bytes``
+        # the forward's alone); CPU: the activation memory, which only the forward shows
+        measure, peak = peak_memory(fn if CUDA else memory_fn or fn)
         extra.update(memory_measure=measure, memory_bytes=peak)
+        if CUDA and memory_fn is not None:
+            extra["forward_memory_bytes"] = peak_memory(memory_fn)[1]
     except torch.cuda.OutOfMemoryError:
         extra.update(status="out of memory")
         pytest.skip("out of memory")

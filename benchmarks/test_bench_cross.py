@@ -9,7 +9,7 @@ from e2a_reference import AuthorsCrossAttention
 
 from crocnet.nn import CrossEfficientAdditiveAttention
 
-SHAPES = [(8, 64, 64), (8, 32, 128)] if CUDA else [(8, 64, 32), (8, 32, 64)]
+SHAPES = [(8, 128, 32), (8, 64, 64), (8, 32, 128)] if CUDA else [(8, 64, 32), (8, 32, 64)]
 
 
 def _modules(D, dtype):

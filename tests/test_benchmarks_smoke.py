@@ -33,7 +33,7 @@ def test_benchmark_suites_run_and_report(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
     targets = subprocess.run([sys.executable, str(REPO / "tools" / "perf_targets.py"), str(out)], capture_output=True, text=True)
     assert targets.returncode == 0, targets.stderr
-    assert "| cross-E2A fwd+bwd speed-up over the authors' | 64x64x32 fp32 |" in targets.stdout
+    assert "| cross-E2A fwd+bwd speed-up over the authors' | 32x32x128 fp32 |" in targets.stdout  # listed, measured or not
     if not data["crocnet"]["device"].startswith("CPU"):
         return
     # on CPU quadratic attention past the token cap is not run: recorded as such, not dropped

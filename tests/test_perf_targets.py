@@ -71,3 +71,25 @@ def test_no_json_case_means_not_measured_never_met(tmp_path):
     broken.write_text("{")
     run = subprocess.run([sys.executable, str(REPO / "tools" / "perf_targets.py"), str(broken)], capture_output=True, text=True)
     assert run.returncode == 2 and "broken.json: not a readable benchmark JSON" in run.stderr
+
+
+def test_devices_are_never_mixed_and_every_cross_case_is_listed(tmp_path):
+    """Our cases from one GPU and the baselines from another gave speed-ups across the two; now one table per
+    device. Cross-E2A is listed at each issue size and dtype, measured or not (a bf16-only JSON had shown no
+    fp32 row at all), and a JSON that is not a benchmark JSON is refused."""
+    ours = {"crocnet": {"device": "NVIDIA H100"}, "benchmarks": [
+        _bench("unet B8 64x64x64 bf16 forward_backward", "crocnet", 1.0, memory_bytes=10),
+        _bench("cross3 B8 64x64x64 bf16 forward_backward", "crocnet", 1.0, memory_bytes=10)]}
+    theirs = {"crocnet": {"device": "NVIDIA H200"}, "benchmarks": [
+        _bench("unet B8 64x64x64 bf16 forward_backward", "timm", 5.0, memory_bytes=100),
+        _bench("cross3 B8 64x64x64 bf16 forward_backward", "authors", 5.0, memory_bytes=100)]}
+    text = perf_targets.table([ours, theirs])
+    assert "Issue 8 targets on NVIDIA H100: 0 met" in text and "Issue 8 targets on NVIDIA H200: 0 met" in text
+    found = perf_targets.rows([ours])
+    cross = [r for r in found if r["target"] == "cross-E2A fwd+bwd speed-up over the authors'"]
+    assert [r["case"] for r in cross] == [f"{s} {d}" for d in ("bf16", "fp32") for s in perf_targets.ISSUE_SIZES]
+    assert all(r["status"] == "not measured" for r in cross)
+    other = tmp_path / "host.json"
+    other.write_text(json.dumps({"cases": []}))
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "perf_targets.py"), str(other)], capture_output=True, text=True)
+    assert run.returncode == 2 and "host.json: expected a pytest-benchmark JSON of benchmarks/" in run.stderr

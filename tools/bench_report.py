@@ -54,7 +54,8 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(data: dict, path: Path) -> None:
+def plot(data: dict, path: Path) -> bool:
+    """The token sweep's time and memory, log-log, as a PNG at ``path``; False (nothing written) without one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,7 +67,7 @@ def plot(data: dict, path: Path) -> None:
         if (b.get("group") or "").startswith("sweep"):
             series[e["impl"]].append((e["tokens"], b["stats"]["median"], e.get("memory_bytes")))
     if not series:
-        return
+        return False
     fig, (a, m) = plt.subplots(1, 2, figsize=(10, 4))
     for impl, pts in sorted(series.items()):
         pts.sort()
@@ -83,6 +84,7 @@ def plot(data: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def main(argv=None) -> int:
@@ -93,8 +95,8 @@ def main(argv=None) -> int:
     data = json.loads(path.read_text())
     md = path.with_suffix(".md")
     md.write_text(table(data) + "\n")
-    plot(data, path.with_suffix(".png"))
-    print(f"wrote {md} and {path.with_suffix('.png')}")
+    png = path.with_suffix(".png")
+    print(f"wrote {md} and {png}" if plot(data, png) else f"wrote {md} (no token sweep in it: no plot)")
     return 0
 
 

@@ -14,7 +14,8 @@ Targets (B = 8 at 128²×32, 64²×64 and 32²×128; bf16 and fp32 where the JSO
 
 Speed-ups compare the benchmarks' medians (wall clock of a call and its synchronisation, what a user
 waits); where the JSON has device times the device-time ratio is shown beside it. A target whose cases
-are missing from the JSONs is listed as not measured, never as met.
+are missing from the JSONs is listed as not measured, never as met. JSONs of several devices give one table
+per device (no ratio across devices).
 """
 
 from __future__ import annotations
@@ -87,9 +88,9 @@ def rows(data: list[dict]) -> list[dict]:
             impls = groups.get(f"unet B8 {size} {dtype} forward_backward", {})
             versus("module", f"{size} {dtype}", impls, "timm", 3.0)
             speed_up("module", f"{size} {dtype}", impls, "timm_compile", 1.5)
-    cross = sorted(g for g in groups if g.startswith("cross3 ") and g.endswith(" forward_backward"))
-    for group in cross or ["cross3 — — forward_backward"]:
-        versus("cross-E2A", " ".join(group.split()[2:4]), groups.get(group, {}), "authors", 3.0)
+    for dtype in ("bf16", "fp32"):
+        for size in ISSUE_SIZES:
+            versus("cross-E2A", f"{size} {dtype}", groups.get(f"cross3 B8 {size} {dtype} forward_backward", {}), "authors", 3.0)
     steps = sorted(g for g in groups if re.match(r"e2aunet B\d+ \S+ train_step$", g))
     for group in steps or ["e2aunet (no case) train_step"]:
         impls = groups.get(group, {})
@@ -100,16 +101,23 @@ def rows(data: list[dict]) -> list[dict]:
 
 
 def table(data: list[dict]) -> str:
-    devices = sorted({d.get("crocnet", {}).get("device", "?") for d in data})
-    found = rows(data)
-    counts = {s: sum(r["status"] == s for r in found) for s in (MET, NOT_MET, NOT_MEASURED)}
-    lines = [f"Issue 8 targets on {', '.join(devices)}: {counts[MET]} met, {counts[NOT_MET]} not met, "
-             f"{counts[NOT_MEASURED]} not measured.", "", "| target | case | measured | goal | status |", "|---|---|---:|---:|---|"]
-    lines += [f"| {r['target']} | {r['case']} | {r['measured']} | {r['goal']} | {r['status']} |" for r in found]
-    if any(d.startswith("CPU") for d in devices):
-        lines += ["", "On a CPU the fused kernels do not run (`backend=\"auto\"` takes the PyTorch path) and memory is the "
-                  "saved-activation measure: the targets are the GPU's."]
-    return "\n".join(lines)
+    """One table per device: a ratio is only ever formed between cases measured on the same device."""
+    by_device = defaultdict(list)
+    for d in data:
+        by_device[d["crocnet"]["device"]].append(d)
+    sections = []
+    for device, mine in sorted(by_device.items()):
+        found = rows(mine)
+        counts = {s: sum(r["status"] == s for r in found) for s in (MET, NOT_MET, NOT_MEASURED)}
+        lines = [f"Issue 8 targets on {device}: {counts[MET]} met, {counts[NOT_MET]} not met, "
+                 f"{counts[NOT_MEASURED]} not measured.", "", "| target | case | measured | goal | status |",
+                 "|---|---|---:|---:|---|"]
+        lines += [f"| {r['target']} | {r['case']} | {r['measured']} | {r['goal']} | {r['status']} |" for r in found]
+        if device.startswith("CPU"):
+            lines += ["", "On a CPU the fused kernels do not run (`backend=\"auto\"` takes the PyTorch path) and memory is "
+                      "the saved-activation measure: the targets are the GPU's."]
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
 
 
 def main(argv=None) -> int:
@@ -120,9 +128,13 @@ def main(argv=None) -> int:
     data = []
     for name in args.json:
         try:
-            data.append(json.loads(Path(name).read_text()))
+            d = json.loads(Path(name).read_text())
         except (OSError, ValueError) as exc:
             ap.error(f"{name}: not a readable benchmark JSON ({exc})")
+        if not isinstance(d, dict) or not isinstance(d.get("benchmarks"), list) or "device" not in d.get("crocnet", {}):
+            ap.error(f"{name}: expected a pytest-benchmark JSON of benchmarks/ (keys 'benchmarks' and 'crocnet' with "
+                     f"the device), got {'keys ' + ', '.join(map(str, d)) if isinstance(d, dict) else type(d).__name__}")
+        data.append(d)
     text = table(data)
     if args.out:  # first: a reader that stops early (`| head`) must not cost the file
         Path(args.out).write_text(text + "\n")
