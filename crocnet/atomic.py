@@ -11,7 +11,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries", "replacing"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "exclusive", "remove_stale_temporaries", "replacing"]
+
+#: the lock file :func:`exclusive` holds in a folder
+LOCK_NAME = ".crocnet.lock"
 
 
 def _umask_mode() -> int:
@@ -62,3 +65,29 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+@contextmanager
+def exclusive(folder: str | Path, doing: str):
+    """Hold an exclusive lock on ``folder`` (creating it) for the block: a second process writing into the same
+    folder at once (two trainings of one fold, a resume while the first job still runs) is a ``RuntimeError``
+    naming it, instead of two runs' files mixed. ``doing`` says what, e.g. ``"training"``. The lock is
+    ``flock`` on ``folder/.crocnet.lock``, released by the system when the process ends (a kill included);
+    where ``fcntl`` is missing (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, _umask_mode())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{folder}: another process is {doing} into this folder (it holds {LOCK_NAME} there); "
+                               f"wait for it to end, or choose another folder") from None
+        yield
+    finally:
+        os.close(fd)

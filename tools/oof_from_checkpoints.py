@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train.checkpoint import atomic_save, atomic_write_text, load_model  # noqa: E402
-from train.config import TrainConfig  # noqa: E402
-from train.samples import build_slices  # noqa: E402
-from train.train import load_records, oof_predictions  # noqa: E402
+from crocnet.atomic import atomic_write_text
+from crocnet.train.checkpoint import atomic_save, load_model
+from crocnet.train.config import TrainConfig
+from crocnet.train.samples import build_slices
+from crocnet.train.train import load_records, oof_predictions
 
 
 def main(argv: list[str] | None = None) -> int:

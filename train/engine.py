@@ -8,6 +8,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from crocnet.atomic import atomic_write_text, remove_stale_temporaries
+from crocnet.atomic import atomic_write_text, exclusive, remove_stale_temporaries
 from crocnet.data import Augment
 from crocnet.metrics import dice as mask_dice
 from crocnet.models import merge_binary_maps, stage1_to_labels
@@ -200,7 +201,15 @@ def init_weights(model: torch.nn.Module, source: str | Path, name: str, kwargs: 
     return path
 
 
-def fit(
+def fit(cfg: TrainConfig, run_dir: Path, *args, **kwargs) -> dict:
+    """:func:`train_fold` holding ``run_dir``'s lock (the writing process only): a second process training
+    into the same fold folder at once is refused instead of interleaving its log and checkpoints."""
+    lock = exclusive(run_dir, "training") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    with lock:
+        return train_fold(cfg, run_dir, *args, **kwargs)
+
+
+def train_fold(
     cfg: TrainConfig,
     run_dir: Path,
     inputs: torch.Tensor,

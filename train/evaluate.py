@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from crocnet.atomic import atomic_write_text
+from crocnet.atomic import atomic_write_text, exclusive
 from crocnet.data import DataError, read_splits
 from crocnet.data.validation import name_list
 from crocnet.metrics import segmentation_metrics
@@ -132,21 +132,27 @@ def score(records, segmenter: Segmenter, unit: str, progress: bool = True, desc:
 
 def _write_report(out: Path, methods, rows, cases, unit: str, extra: dict, names: dict, appendix: str = ""):
     """``cases.csv``, ``summary.json`` (the summary, ``unit``, ``cases`` and ``extra``), ``table.md`` (the
-    Table-1 style table, then ``appendix``) and the overlays of the worst and best case."""
+    Table-1 style table, then ``appendix``) and the overlays of the worst and best case.
+
+    A previous report in ``out`` is removed first and ``summary.json`` written last, under ``out``'s lock: a
+    kill part-way leaves an incomplete report (no ``summary.json``), never one mixing two runs' files, and two
+    evaluations into one folder at once are refused."""
     out.mkdir(parents=True, exist_ok=True)
-    write_cases_csv(rows, out / "cases.csv")
-    summ = summary(rows, methods)
-    write_summary(summ, {"unit": unit, "cases": len(cases), **extra}, out / "summary.json")
-    text = table(summ, unit, names) + appendix
-    atomic_write_text(out / "table.md", text + "\n")
-    ranked = sorted(cases, key=lambda c: c[2])
-    written = []
-    for tag, (record, pred, score_) in zip(OVERLAY_TAGS, (ranked[0], ranked[-1])):
-        z = int(np.argmax((record.label > 0).sum((0, 1)))) if record.label.any() else record.image.shape[2] // 2
-        written.append(overlay_png(record.image[:, :, z], record.label[:, :, z], pred[:, :, z],
-                                   out / "overlays" / f"{tag}_{record.name}.png",
-                                   f"{tag}: {record.name} ({methods[-1]}, mean Dice {score_:.3f})"))
-    remove_stale_overlays(out / "overlays", written)  # a previous run's, into the same --out
+    with exclusive(out, "writing an evaluation report"):
+        remove_stale_overlays(out / "overlays", [])
+        for name in ("summary.json", "table.md", "cases.csv"):
+            (out / name).unlink(missing_ok=True)
+        write_cases_csv(rows, out / "cases.csv")
+        summ = summary(rows, methods)
+        text = table(summ, unit, names) + appendix
+        ranked = sorted(cases, key=lambda c: c[2])
+        for tag, (record, pred, score_) in zip(OVERLAY_TAGS, (ranked[0], ranked[-1])):
+            z = int(np.argmax((record.label > 0).sum((0, 1)))) if record.label.any() else record.image.shape[2] // 2
+            overlay_png(record.image[:, :, z], record.label[:, :, z], pred[:, :, z],
+                        out / "overlays" / f"{tag}_{record.name}.png",
+                        f"{tag}: {record.name} ({methods[-1]}, mean Dice {score_:.3f})")
+        atomic_write_text(out / "table.md", text + "\n")
+        write_summary(summ, {"unit": unit, "cases": len(cases), **extra}, out / "summary.json")
     return summ, text
 
 

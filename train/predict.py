@@ -41,6 +41,9 @@ def predict_file(segmenter: Segmenter, src: Path, dst: Path, probabilities: Path
     record = Record.from_nifti(vol, data, None, subject=src.name, phase=None, view=None, dataset="nifti")
     seg = segmenter.segment(record)
     labels = seg.labels.reshape(vol.header.get_data_shape())  # the input file's own shape: (H, W) stays (H, W)
+    for path in (dst, probabilities, overlay):  # a kill below leaves this run's outputs or none, not another run's
+        if path is not None:
+            Path(path).unlink(missing_ok=True)
     write_nifti(dst, labels.astype(np.uint8), vol.affine, vol.header)
     if probabilities is not None:
         write_nifti(probabilities, seg.probabilities.astype(np.float32), vol.affine, vol.header)

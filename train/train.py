@@ -294,7 +294,7 @@ def run(cfg: TrainConfig) -> list[Path]:
     try:
         runs = run_stage1(cfg, records, split, out) if cfg.stage == 1 else run_stage2(cfg, records, split, out)
     except (ValueError, FileNotFoundError, DataError, RuntimeError):
-        if fresh and not any(d.exists() for d in run_dirs(cfg, out)):
+        if fresh and not any((d / name).exists() for d in run_dirs(cfg, out) for name in ("last.pt", "best.pt")):
             # refused before its first fold (--init, --stage1-run, the data): the split it wrote would refuse
             # the corrected run's other --folds or --split-file
             (out / "splits.json").unlink(missing_ok=True)

@@ -86,12 +86,14 @@ def _read_information_rows(path: Path) -> tuple[list[str], dict[str, dict[str, s
     return list(INFORMATION_COLUMNS) + extra, table
 
 
-def find_information_csv(root: str | Path) -> Path | None:
-    """``dataset_information.csv`` of an M&Ms-2 root, or ``None``: in ``root``; for a ``dataset`` folder, in the
-    ``MnM2`` folder above it; for one subject folder, in its folder of subjects or the ``MnM2`` folder above
-    their ``dataset`` folder. Never in any other folder above (another dataset's CSV, a phantom set's say,
-    would give real subjects its vendors and diseases)."""
-    root = Path(root).resolve()
+#: written by ``crocnet phantom`` before its first file and removed after its last: a set holding it is partial
+INCOMPLETE = ".phantom-incomplete"
+
+
+def _layout_folders(root: Path) -> list[Path]:
+    """The folders an M&Ms-2 root's ``dataset_information.csv`` may sit in: ``root``; for a ``dataset`` folder,
+    the ``MnM2`` folder above; for one subject folder, its folder of subjects and the ``MnM2`` folder above
+    their ``dataset`` folder."""
     places = [root]
     if root.name == "dataset":
         places.append(root.parent)
@@ -99,6 +101,15 @@ def find_information_csv(root: str | Path) -> Path | None:
         places.append(root.parent)
         if root.parent.name == "dataset":
             places.append(root.parent.parent)
+    return places
+
+
+def find_information_csv(root: str | Path) -> Path | None:
+    """``dataset_information.csv`` of an M&Ms-2 root, or ``None``: in ``root``; for a ``dataset`` folder, in the
+    ``MnM2`` folder above it; for one subject folder, in its folder of subjects or the ``MnM2`` folder above
+    their ``dataset`` folder. Never in any other folder above (another dataset's CSV, a phantom set's say,
+    would give real subjects its vendors and diseases)."""
+    places = _layout_folders(Path(root).resolve())
     return next((d / "dataset_information.csv" for d in places if (d / "dataset_information.csv").is_file()), None)
 
 
@@ -112,6 +123,10 @@ def find_subjects(root: str | Path) -> dict[str, Path]:
     root = Path(root)
     if not root.is_dir():
         raise MissingFileError(f"{root}: M&Ms-2 folder not found")
+    partial = next((d / INCOMPLETE for d in _layout_folders(root.resolve()) if (d / INCOMPLETE).exists()), None)
+    if partial is not None:
+        raise DataError(f"{partial.parent}: a `crocnet phantom` into this folder was interrupted ({INCOMPLETE} is "
+                        f"there): run the same command again to finish the set")
     if _SUBJECT.match(root.name) and any(root.glob(f"{root.name}_*.nii*")):
         return {root.name: root}
     base = root / "dataset" if (root / "dataset").is_dir() else root

@@ -54,9 +54,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ..atomic import replacing
+from ..atomic import atomic_write_text, exclusive, replacing
 from ..outputs import check_output_file
-from .mnm2 import INFORMATION_COLUMNS, find_subjects, load_mnm2, read_information_rows
+from .mnm2 import INCOMPLETE, INFORMATION_COLUMNS, find_subjects, load_mnm2, read_information_rows
 from .nifti import write_nifti
 from .validation import DataError, name_list
 
@@ -622,6 +622,11 @@ def write_phantoms(
     if blocker is not None and not blocker.is_dir():
         where = "is a file" if blocker == out else f"cannot be created: {blocker} is a file"
         raise ValueError(f"the output folder {out} {where}; expected a folder (it is created when missing)")
+    with exclusive(out, "writing phantoms"):  # two runs into one folder would each merge the CSV, losing rows
+        return _write_locked(out, subjects, seed, views, start)
+
+
+def _write_locked(out: Path, subjects: int, seed: int, views: Sequence[str], start: int) -> list[PhantomSubject]:
     info_path = out / "dataset_information.csv"
     columns, rows = read_information_rows(info_path) if info_path.exists() else (list(INFORMATION_COLUMNS), {})
     numbers = range(start, start + subjects)
@@ -629,6 +634,8 @@ def write_phantoms(
     compared = {n: make_subject(seed, n, views) for n in numbers
                 if any((out / "dataset" / f"{n:03d}").glob(f"{n:03d}_*.nii.gz"))}
     _check_existing_files(out, seed, compared.values())
+    atomic_write_text(out / INCOMPLETE, f"crocnet phantom (seed {seed}, subjects {start}..{start + subjects - 1}) was "
+                                        f"interrupted here: run it again to finish the set\n")
     made = []
     for number in numbers:
         subject = compared[number] if number in compared else make_subject(seed, number, views)
@@ -640,6 +647,7 @@ def write_phantoms(
         row = _row(int(s.code), s.disease, s.vendor, s.scanner, s.field)
         rows[s.code] = {**rows.get(s.code, {}), **row}  # an existing row's extra columns stay
     _write_rows_atomically(info_path, columns, [rows[code] for code in sorted(rows, key=int)])
+    (out / INCOMPLETE).unlink()
     return made
 
 

@@ -39,8 +39,8 @@ def test_same_seed_same_files_and_subjects_independent_of_count(tmp_path):
     write_phantoms(tmp_path / "a", subjects=2, seed=3)
     write_phantoms(tmp_path / "b", subjects=2, seed=3)
     write_phantoms(tmp_path / "c", subjects=1, seed=4)
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
-    assert len(files) == 9
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*") if p.name != ".crocnet.lock")
+    assert len(files) == 9 and (tmp_path / "a" / ".crocnet.lock").is_file()  # the lock of the run that wrote them
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     one = make_subject(3, 2)  # subject 2 alone equals subject 2 of the set
@@ -233,3 +233,36 @@ def test_a_run_killed_half_way_is_finished_by_the_same_command(tmp_path, capsys)
     assert cli(["phantom", "--out", str(root), "--subjects", "2", "--seed", "1"]) == 2
     assert f"{torn}: unreadable (" in capsys.readouterr().err
     assert torn.read_bytes() == whole[torn][:200]
+
+
+def test_a_set_whose_writing_was_killed_is_refused_until_finished(tmp_path, monkeypatch):
+    """Killed after its first subjects (the CSV, written last, missing), a set was trained on as it was: now
+    ``.phantom-incomplete`` marks it until the same command finishes it; and two runs into one folder at once
+    (each merging the CSV, one losing the other's rows) are refused."""
+    import crocnet.data.phantom as phantom
+    from crocnet.atomic import exclusive
+    from crocnet.data import DataError
+
+    root = tmp_path / "ph"
+    calls = []
+
+    def killed_at_the_fifth(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return write_nifti(*args, **kwargs)
+
+    monkeypatch.setattr(phantom, "write_nifti", killed_at_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        write_phantoms(root, subjects=3, seed=2)
+    monkeypatch.undo()
+    assert (root / "dataset" / "001").is_dir() and not (root / "dataset_information.csv").exists()
+    for where in (root, root / "dataset", root / "dataset" / "001"):
+        with pytest.raises(DataError, match=r"a `crocnet phantom` into this folder was interrupted \(.phantom-incomplete "
+                                            r"is there\): run the same command again"):
+            load_mnm2(where)
+    write_phantoms(root, subjects=3, seed=2)
+    assert not (root / ".phantom-incomplete").exists() and len(load_mnm2(root)) == 6
+    with exclusive(root, "testing"):
+        with pytest.raises(RuntimeError, match="another process is writing phantoms into this folder"):
+            write_phantoms(root, subjects=1, seed=2, start=4)

@@ -555,6 +555,22 @@ def test_evaluate_fold_k_takes_a_stage_folders_fold_and_refuses_unknown_subjects
         assert evaluate.main([*base, "--split-file", str(partial), "--split", "fold:1"]) == 0
 
 
+def test_a_fold_folder_another_process_trains_into_is_refused(phantoms, tmp_path, capsys):
+    """Two trainings of one fold at once (or a resume while the first job still runs) had both exited 0 with
+    one log of both learning rates and a best.pt of one run beside the other's config: the fold folder's lock
+    refuses the second, naming it, and is free again once the first ends."""
+    from crocnet.atomic import exclusive
+
+    args = ["--data", str(phantoms), "--stage", "1", "--epochs", "1", "--fold", "0", "--out", str(tmp_path / "run"), *TINY]
+    fold0 = tmp_path / "run" / "stage1-e2aunet" / "fold0"
+    with exclusive(fold0, "training"):  # as the other process holds it
+        assert train.main(args) == 2
+    assert (f"{fold0}: another process is training into this folder (it holds .crocnet.lock there); wait for it "
+            f"to end, or choose another folder") in capsys.readouterr().err
+    assert not (fold0 / "last.pt").exists()
+    assert train.main(args) == 0
+
+
 def test_evaluate_split_errors_say_what_is_wrong(demo_run, tmp_path, capsys):
     base = ["--stage1", str(demo_run / "stage1-e2aunet/fold0"), "--data", str(demo_run / "data"), "--no-progress",
             "--out", str(tmp_path / "eval")]

@@ -66,3 +66,32 @@ def test_compare_refuses_distances_in_two_units(tmp_path):
     # reports written before the unit column are compared as before
     old = {k: {c: v for c, v in row.items() if c != "unit"} for k, row in b.items()}
     assert cmp.compare(a, old, "hd95")[0]["cases"] == 1
+
+
+def test_a_report_killed_part_way_is_incomplete_never_mixed(tmp_path, monkeypatch):
+    """Re-evaluating into a folder: the old report goes first and summary.json comes last, so a kill while
+    writing (here while drawing the overlays) leaves this run's cases.csv and no summary.json, not the new
+    cases.csv beside the old summary and overlays; a second evaluation into the folder at once is refused."""
+    out = tmp_path / "report"
+    evaluate.evaluate([_record("001", (2.0, 2.0, 1.0)), _record("002", (2.0, 2.0, 1.0))], _Shifted(), out, progress=False)
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["best_002_LA_ED.png", "worst_001_LA_ED.png"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "overlay_png", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.evaluate([_record("003", None)], _Shifted(), out, progress=False)
+    assert not (out / "summary.json").exists() and not (out / "table.md").exists()
+    assert [r["case"] for r in csv.DictReader((out / "cases.csv").open())] == ["003_LA_ED"]
+    assert list((out / "overlays").iterdir()) == []
+    monkeypatch.undo()
+
+    from crocnet.atomic import exclusive
+
+    with exclusive(out, "testing"):
+        with pytest.raises(RuntimeError, match=r"report: another process is writing an evaluation report into this "
+                                               r"folder \(it holds .crocnet.lock there\)"):
+            evaluate.evaluate([_record("001", None)], _Shifted(), out, progress=False)
+    evaluate.evaluate([_record("001", None)], _Shifted(), out, progress=False)  # released with the block
+    assert json.loads((out / "summary.json").read_text())["cases"] == 1
