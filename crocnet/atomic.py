@@ -11,7 +11,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "exclusive", "remove_stale_temporaries", "replacing"]
+__all__ = ["atomic_savefig", "atomic_write_bytes", "atomic_write_text", "exclusive", "remove_stale_temporaries",
+           "replacing"]
 
 #: the lock file :func:`exclusive` holds in a folder
 LOCK_NAME = ".crocnet.lock"
@@ -56,6 +57,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     with replacing(path, "wb") as f:
         f.write(data)
+    return Path(path)
+
+
+def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
+    """``fig.savefig`` as PNG to a temporary file beside ``path``, then ``os.replace`` it."""
+    with replacing(path, "wb") as f:
+        fig.savefig(f, format="png", **kwargs)
     return Path(path)
 
 

@@ -32,13 +32,6 @@ def atomic_save(obj, path: str | Path) -> Path:
     return Path(path)
 
 
-def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
-    """``fig.savefig`` as PNG to a temporary file beside ``path``, then ``os.replace`` it."""
-    with replacing(path, "wb") as f:
-        fig.savefig(f, format="png", **kwargs)
-    return Path(path)
-
-
 DESCRIPTION_KEYS = ("model", "model_kwargs", "preprocess", "stage", "fold", "epoch")
 
 

@@ -25,12 +25,12 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from crocnet.atomic import atomic_write_text, exclusive, remove_stale_temporaries
+from crocnet.atomic import atomic_savefig, atomic_write_text, exclusive, remove_stale_temporaries
 from crocnet.data import Augment
 from crocnet.metrics import dice as mask_dice
 from crocnet.models import merge_binary_maps, stage1_to_labels
 
-from .checkpoint import (atomic_save, atomic_savefig, build_model, check_weights_fit, export_safetensors, load_torch_file,
+from .checkpoint import (atomic_save, build_model, check_weights_fit, export_safetensors, load_torch_file,
                          nonfinite_tensors, read_checkpoint, read_resume_state, resolve_checkpoint)
 from .config import TrainConfig
 from .devices import resolve_device

@@ -13,7 +13,7 @@ import numpy as np
 from crocnet.atomic import atomic_write_text
 from crocnet.metrics import summarize
 
-from .checkpoint import atomic_savefig
+from crocnet.atomic import atomic_savefig
 
 STRUCTURES = ("LV", "MYO", "RV")
 METRICS = ("dice", "hd", "hd95")

@@ -54,7 +54,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ..atomic import atomic_write_text, exclusive, replacing
+from ..atomic import atomic_savefig, atomic_write_text, exclusive, replacing
 from ..outputs import check_output_file
 from .mnm2 import INCOMPLETE, INFORMATION_COLUMNS, find_subjects, load_mnm2, read_information_rows
 from .nifti import write_nifti
@@ -762,8 +762,7 @@ def write_overview_png(path: str | Path, root: str | Path, count: int = 4, real:
         ax.axis("off")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    atomic_savefig(fig, path, dpi=90)
     plt.close(fig)
     return path
 
