@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -229,6 +230,7 @@ class E2AUNet(nn.Module):
             for level in reversed(range(depth))
         )
         self.head = nn.Conv2d(w[0], num_classes, 1)
+        self.grad_checkpointing = False
         self.feature_info = [
             dict(num_chs=w[level], reduction=2**level, module=f"encoder.{level}") for level in range(depth + 1)
         ]
@@ -260,7 +262,7 @@ class E2AUNet(nn.Module):
         features = []
         x = self.stem(x)
         for stage in self.encoder:
-            x = stage(x)
+            x = self.run_stage(stage, x)
             features.append(x)
         return features
 
@@ -268,8 +270,26 @@ class E2AUNet(nn.Module):
         """The encoder maps of :meth:`forward_encoder` → full-resolution features ``(B, C, H, W)``."""
         x = features[-1]
         for stage, skip in zip(self.decoder, reversed(features[:-1])):
-            x = stage(x, skip)
+            x = self.run_stage(stage, x, skip)
         return x
+
+    def run_stage(self, stage: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+        """``stage(*inputs)``; with gradient checkpointing on and gradients recorded, its activations are not
+        kept but computed again in the backward (``torch.utils.checkpoint``, non-reentrant)."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(stage, *inputs, use_reentrant=False)
+        return stage(*inputs)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: recompute each encoder and decoder stage in the backward instead of keeping its
+        activations (less memory, about one more forward of time)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """timm's optimizer factory asks: no parameter is exempt from weight decay (as timm's SwiftFormer)."""
+        return set()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` → decoder output ``(B, base_width, H, W)`` (before the 1×1 head)."""
@@ -313,7 +333,7 @@ class E2AUNet(nn.Module):
         for level, stage in enumerate(self.encoder):
             if intermediates_only and level > deepest:
                 break
-            z = stage(z)
+            z = self.run_stage(stage, z)
             features.append(z)
             if level in take:
                 taken.append(z)

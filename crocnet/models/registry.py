@@ -92,6 +92,7 @@ def _create(variant: str, cls: type, pretrained: bool = False, pretrained_file: 
             raise ValueError(f"{variant}: features_only is for the E2AUNet models (their encoder maps); "
                              f"{cls.__name__} has none of its own: use its .net's forward_encoder")
         kwargs.setdefault("feature_cfg", dict(feature_cls="getter"))
+        kwargs.setdefault("out_indices", tuple(range(kwargs.get("depth", 4) + 1)))  # timm's default assumes 5 levels
     return build_model_with_cfg(cls, variant, pretrained, pretrained_cfg_overlay=overlay, **kwargs)
 
 

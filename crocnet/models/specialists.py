@@ -107,7 +107,7 @@ class SpecialistNets(nn.Module):
         z = self.net.stem(z)
         features = []
         for level, stage in enumerate(self.net.encoder):
-            z = stage(z)
+            z = self.net.run_stage(stage, z)
             if self.cross is not None:
                 z = torch.cat(self.cross[level](*z.chunk(self.streams)), dim=0)
             features.append(z)
@@ -125,6 +125,15 @@ class SpecialistNets(nn.Module):
     def get_classifier(self) -> nn.Module:
         """The 1×1 head every stream shares (one map each)."""
         return self.net.head
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: the shared network's stages are recomputed in the backward (see :class:`E2AUNet`)."""
+        self.net.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits → per-stream probabilities (sigmoid)."""

@@ -215,3 +215,32 @@ def test_torch_compile_fullgraph_inductor():
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, chans", [("e2aunet", 1), ("crocnet_specialists", 4)])
+def test_grad_checkpointing_gives_the_same_gradients(name, chans):
+    """timm's ``set_grad_checkpointing`` (its train.py's ``--grad-checkpointing``): every stage recomputed in the
+    backward, the same loss and gradients (float64; BatchNorm in eval mode, whose recompute would otherwise
+    count its batch twice in the running statistics)."""
+    import timm
+
+    import crocnet.models  # noqa: F401
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, base_width=4, depth=2, backend="torch").double().eval()
+    x = torch.randn(2, chans, 32, 32, dtype=torch.float64)
+    net = model.net if name == "crocnet_specialists" else model
+    calls, stage = [], net.decoder[0]
+    forward = stage.forward
+    stage.forward = lambda *a: calls.append(1) or forward(*a)  # counted here: hooks do not fire on the recompute
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        calls.clear()
+        model(x).square().mean().backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+        assert len(calls) == (2 if enable else 1)  # recomputed in the backward
+    assert model.no_weight_decay() == set()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-12, atol=1e-14, msg=k)

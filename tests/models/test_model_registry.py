@@ -104,6 +104,15 @@ def test_pretrained_file_of_another_shape_than_the_defaults_loads_whole(classes,
         torch.testing.assert_close(loaded.state_dict(), source.state_dict(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("depth", [2, 5])
+def test_features_only_gives_every_level_of_any_depth(depth):
+    """timm's default ``out_indices`` are five levels: depth 2 failed timm's assertion, depth 5 lost its deepest."""
+    model = timm.create_model("e2aunet", base_width=4, depth=depth, features_only=True).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 1, 64, 64))
+    assert len(maps) == depth + 1 and maps[-1].shape[-1] == 64 // 2**depth
+
+
 def test_a_crocnet_checkpoint_builds_the_network_it_records():
     """A committed training export (``base_width`` 8, attention on levels 2-4) loads whole through
     ``pretrained_file`` with no arguments (it was a size-mismatch error); an argument contradicting the file, or

@@ -109,6 +109,45 @@ def test_patched_swiftformer_with_the_triton_kernels():
     _assert_patched_matches(model, names, x, before, rtol=tol, atol=tol)
 
 
+def test_unpatch_keeps_what_the_model_holds_now_and_hooks_carry_across():
+    """Weights loaded into a patched model with ``assign=True`` (new Parameter objects) survive ``unpatch`` (the
+    restored layers had kept the old ``w_g``: other logits, silently), as does the train/eval mode; a hook on a
+    timm attention layer fires while it is patched and after."""
+    torch.manual_seed(0)
+    model = _swiftformer(num_classes=3)
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    calls = []
+    model.get_submodule("stages.1.blocks.2.attn").register_forward_hook(lambda *a: calls.append(1))
+    crocnet.patch_timm_swiftformer(model, backend="torch")
+    state = {k: torch.randn_like(v) if k.endswith("w_g") else v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)
+    model.train()
+    with torch.no_grad():
+        patched = model(x)
+    assert len(calls) == 1
+    crocnet.unpatch_timm_swiftformer(model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(m.training for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), patched, rtol=1e-10, atol=1e-10)
+    assert len(calls) == 2
+
+
+def test_a_layer_that_cannot_be_patched_leaves_the_model_unpatched():
+    from torch.nn.utils import parametrize
+
+    class Scaled(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    model = _swiftformer(num_classes=3)
+    parametrize.register_parametrization(model.get_submodule("stages.2.blocks.5.attn"), "w_g", Scaled())
+    with pytest.raises(TypeError, match=r"stages.2.blocks.5.attn.w_g is not a plain parameter \(parametrized\?\): "
+                                        r"remove its parametrization first; nothing was patched"):
+        crocnet.patch_timm_swiftformer(model, backend="torch")
+    assert not any(isinstance(m, EfficientAdditiveAttention2d) for m in model.modules())
+
+
 def test_patch_rejects_other_models():
     with pytest.raises(ValueError, match="found no timm EfficientAdditiveAttention in Linear"):
         crocnet.patch_timm_swiftformer(torch.nn.Linear(2, 2))
