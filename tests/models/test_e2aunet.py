@@ -222,9 +222,7 @@ def test_grad_checkpointing_gives_the_same_gradients(name, chans):
     """timm's ``set_grad_checkpointing`` (its train.py's ``--grad-checkpointing``): every stage recomputed in the
     backward, the same loss and gradients (float64; BatchNorm in eval mode, whose recompute would otherwise
     count its batch twice in the running statistics)."""
-    import timm
-
-    import crocnet.models  # noqa: F401
+    import timm  # the models are registered: crocnet.models is imported above
 
     torch.manual_seed(0)
     model = timm.create_model(name, base_width=4, depth=2, backend="torch").double().eval()
