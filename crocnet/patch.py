@@ -62,7 +62,7 @@ def patch_timm_swiftformer(model: nn.Module, token_norm: str = "l2", backend: st
 
 
 _HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
-          "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+          "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_is_full_backward_hook")
 
 
 def _replacement(name: str, child: nn.Module, token_norm: str, backend: str) -> EfficientAdditiveAttention2d:
@@ -109,6 +109,7 @@ def unpatch_timm_swiftformer(model: nn.Module) -> list[str]:
             if isinstance(current._parameters.get("w_g"), nn.Parameter):
                 original.w_g = current.w_g
             original.train(current.training)
+            original._is_full_backward_hook = current._is_full_backward_hook  # the hook dicts are shared, not this flag
         setattr(parent, child_name, original)
     restored = list(originals)
     object.__setattr__(model, _ORIGINALS, {})

@@ -56,6 +56,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit (SIGINT first, so py
     if [ "$left" -lt 20 ]; then
         STATUS[$name]="not run: $((DEADLINE - SECONDS)) s left of the deadline"
         echo "== $name: ${STATUS[$name]}"
+        FAILED=1
         return 1
     fi
     [ "$limit" -gt "$left" ] && limit=$left

@@ -4,7 +4,7 @@
 #
 #   bash tools/device_tree.sh slim      # before run(...): HEAD becomes a detached commit without results/
 #                                       # (the files stay on disk, ignored), so ~3 MiB travel
-#   bash tools/device_tree.sh restore   # after: back on the branch, results/ tracked again, nothing lost
+#   bash tools/device_tree.sh restore   # after: back on the branch, results/ tracked again, no file touched
 #   bash tools/device_tree.sh size      # MiB that would travel now (tracked + untracked-not-ignored)
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
@@ -22,7 +22,8 @@ case "${1:-}" in
 slim)
     [ ! -e "$STATE" ] || { echo "already slim (run: bash tools/device_tree.sh restore)"; exit 1; }
     [ -z "$(git status --porcelain --untracked-files=no)" ] || { echo "commit or stash your changes first"; exit 1; }
-    git symbolic-ref --short HEAD >"$STATE"
+    branch=$(git symbolic-ref --short -q HEAD) || { echo "check out a branch first (HEAD is detached)"; exit 1; }
+    echo "$branch" >"$STATE"
     git checkout -q --detach
     mkdir -p "$(dirname "$EXCLUDE")" && printf '%s\n%s\n' "$NOTE" "$MARK" >>"$EXCLUDE"
     git rm -r -q --cached results
@@ -32,7 +33,10 @@ slim)
     ;;
 restore)
     [ -e "$STATE" ] || { echo "not slim: nothing to restore"; exit 1; }
-    git checkout -q "$(cat "$STATE")"  # results/ on disk is still ignored here, so the checkout may overwrite it (same files)
+    # back onto the branch by moving HEAD and the index only: the files on disk (results/ included, with any
+    # edit made meanwhile) stay as they are; the detached commit differs from the branch in results/ alone
+    git symbolic-ref HEAD "refs/heads/$(cat "$STATE")"
+    git reset -q
     grep -vxF -e "$MARK" -e "$NOTE" "$EXCLUDE" >"$EXCLUDE.tmp" || true
     mv "$EXCLUDE.tmp" "$EXCLUDE"
     rm -f "$STATE"

@@ -104,10 +104,17 @@ def check_same_split(saved: dict, split: dict, path: Path, cfg: TrainConfig) -> 
     same_fraction = "test_fraction" not in saved or saved["test_fraction"] == split.get("test_fraction")
     if (saved.get("seed") != split["seed"] or len(saved["folds"]) != len(split["folds"]) or not same_fraction
             or bool(saved.get("source")) != bool(split.get("source"))):
+        unused = ("; no fold has been trained on it (a run refused before its first fold left it): delete it to "
+                  "start over" if not _trained_on(path.parent) else "")
         raise ValueError(f"{path} has {_split_settings(saved)}, got {_requested_split(cfg, split)}; "
-                         f"use the same settings or another --out")
+                         f"use the same settings or another --out{unused}")
     if saved.get("pool") != split["pool"] or saved.get("test") != split["test"] or saved["folds"] != split["folds"]:
         raise ValueError(f"{path} was made from other subjects or settings; use another --out or delete it")
+
+
+def _trained_on(out: Path) -> bool:
+    """Whether any fold under ``out`` has a checkpoint (or is being trained: a log)."""
+    return any(any(d.glob(name)) for d in out.glob("stage*/fold*") for name in ("last.pt", "best.pt", "log.jsonl"))
 
 
 def _split_settings(split: dict) -> str:
@@ -289,16 +296,8 @@ def run(cfg: TrainConfig) -> list[Path]:
             raise DataError(f"none of the images in {cfg.data} has a label map: nothing to train on")
         print(f"skipping {len(unlabelled)} image(s) without a label map (neither trained nor validated on): "
               f"{name_list(unlabelled)}")
-    fresh = not (out / "splits.json").exists()
     split = prepare_split(cfg, records, out)
-    try:
-        runs = run_stage1(cfg, records, split, out) if cfg.stage == 1 else run_stage2(cfg, records, split, out)
-    except (ValueError, FileNotFoundError, DataError, RuntimeError):
-        if fresh and not any((d / name).exists() for d in run_dirs(cfg, out) for name in ("last.pt", "best.pt")):
-            # refused before its first fold (--init, --stage1-run, the data): the split it wrote would refuse
-            # the corrected run's other --folds or --split-file
-            (out / "splits.json").unlink(missing_ok=True)
-        raise
+    runs = run_stage1(cfg, records, split, out) if cfg.stage == 1 else run_stage2(cfg, records, split, out)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the first process writes logs
         print(training_summary(runs, time.perf_counter() - t0))
     return runs

@@ -283,7 +283,9 @@ class E2AUNet(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """timm's switch: recompute each encoder and decoder stage in the backward instead of keeping its
-        activations (less memory, about one more forward of time)."""
+        activations (less memory, about one more forward of time). The gradients are the same; in train mode
+        each BatchNorm counts a step twice in its running statistics (the recompute is a forward too), as in
+        timm's own checkpointed models."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore

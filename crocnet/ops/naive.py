@@ -48,8 +48,9 @@ def global_query(q_hat: torch.Tensor, w_g: torch.Tensor, scale: float, token_nor
     that are all 0 (``w_g = 0`` or ``scale = 0``) have the gradient ``dâ / eps``, which is inf in float16 and
     made every ``dq`` NaN (``inf · 0``) where the true one is finite."""
     if q_hat.dtype in _HALF:
-        a = (q_hat.float() @ w_g.float().reshape(-1, 1)) * scale
-        a_hat = token_weights(a, token_norm, eps).to(q_hat.dtype)
+        with torch.autocast(q_hat.device.type, enabled=False):  # autocast would cast the float32 matmul back
+            a = (q_hat.float() @ w_g.float().reshape(-1, 1)) * scale
+            a_hat = token_weights(a, token_norm, eps).to(q_hat.dtype)
     else:
         a = (q_hat @ w_g.reshape(-1, 1)) * scale
         a_hat = token_weights(a, token_norm, eps)

@@ -116,9 +116,13 @@ def test_unpatch_keeps_what_the_model_holds_now_and_hooks_carry_across():
     torch.manual_seed(0)
     model = _swiftformer(num_classes=3)
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
-    calls = []
+    calls, backward = [], []
     model.get_submodule("stages.1.blocks.2.attn").register_forward_hook(lambda *a: calls.append(1))
+    model.get_submodule("stages.1.blocks.2.attn").register_full_backward_hook(lambda *a: backward.append(1))
     crocnet.patch_timm_swiftformer(model, backend="torch")
+    model(x.requires_grad_(True)).sum().backward()
+    assert len(backward) == 1  # a full backward hook fires on the patched layer (its flag travels with the dicts)
+    calls.clear()
     state = {k: torch.randn_like(v) if k.endswith("w_g") else v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(state, assign=True)
     model.train()
@@ -131,6 +135,8 @@ def test_unpatch_keeps_what_the_model_holds_now_and_hooks_carry_across():
     with torch.no_grad():
         torch.testing.assert_close(model(x), patched, rtol=1e-10, atol=1e-10)
     assert len(calls) == 2
+    model(x).sum().backward()
+    assert len(backward) == 2
 
 
 def test_a_layer_that_cannot_be_patched_leaves_the_model_unpatched():
@@ -184,6 +190,20 @@ def test_input_dtype_must_match_the_parameters():
     with pytest.raises(TypeError, match=r"the feature map must have the parameters' dtype torch.float32 \(outside autocast\), got torch.float16"):
         E2ABlock2d(16)(torch.zeros(1, 16, 3, 3, dtype=torch.float16))
     assert EfficientAdditiveAttention(16, 16, backend="torch").double()(tokens.double()).dtype == torch.float64
+
+
+def test_all_zero_scores_under_float16_autocast_give_finite_gradients():
+    """``w_g = 0`` under CPU float16 autocast on the PyTorch path: the scores' gradient (1/eps) had overflowed
+    float16 when autocast cast the float32 scores back, so every input gradient was NaN."""
+    torch.manual_seed(0)
+    module = EfficientAdditiveAttention(16, 16, backend="torch")
+    with torch.no_grad():
+        module.w_g.zero_()
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = module(x)
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
 
 
 def test_an_input_that_is_not_a_tensor_is_a_clear_type_error():

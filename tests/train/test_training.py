@@ -353,10 +353,12 @@ def test_init_fine_tunes_from_a_checkpoint_each_fold_from_its_own(phantoms, tmp_
     err = capsys.readouterr().err
     assert "'base_width': 4" in err and "'base_width': 8" in err and "pass the same --model" in err
     assert "the file has base_width 4 (this run: 8)" in err
-    # refused before its first fold: no splits.json left to refuse the corrected run's other --folds
-    assert not (tmp_path / "y" / "splits.json").exists()
-    assert train.main([*args, "--fold", "0", "--base-width", "8", "--folds", "3",
-                       "--out", str(tmp_path / "y")]) == 0
+    # refused before its first fold: the splits.json it wrote is kept (another fold's job may be using it), and a
+    # corrected run with other --folds is told it may delete it
+    assert train.main([*args, "--fold", "0", "--base-width", "8", "--folds", "3", "--out", str(tmp_path / "y")]) == 2
+    assert ("has 2 folds (seed 0, test fraction 0.0), got --folds 3 --split-seed 0 --test-fraction 0.0; use the same "
+            "settings or another --out; no fold has been trained on it (a run refused before its first fold left it): "
+            "delete it to start over") in capsys.readouterr().err
     assert train.main([*args, "--fold", "0", "--init", str(tmp_path / "none.pt"), "--out", str(tmp_path / "z")]) == 2
     assert "none.pt' not found" in capsys.readouterr().err
     broken = torch.load(pre / "fold0" / "best.pt", weights_only=False)
