@@ -97,9 +97,10 @@ def _load_qk(ptr, row0, rows, cols, N, D, LD, QKB, bias_off, HAS_QKB: tl.constex
 
 @triton.jit
 def _floor(n, eps):
-    """``max(n, eps)`` that keeps a NaN ``n`` NaN (``tl.maximum`` returns eps for it, which made a row with a NaN
-    finite everywhere but its NaN column, and the gradients built from it finite where the reference's are NaN)."""
-    return tl.where(n < eps, eps, n)
+    """``max(n, eps)`` that keeps a NaN ``n`` NaN (``tl.maximum`` returns eps for it by default, which made a row
+    with a NaN finite everywhere but its NaN column, and the gradients built from it finite where the reference's
+    are NaN). One ``max.NaN`` instruction: a ``tl.where`` made Triton 3.6 spill the fp32 key-gradient kernel."""
+    return tl.maximum(n, eps, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
