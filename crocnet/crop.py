@@ -8,9 +8,10 @@ to the box and pasted onto the original grid. Everything is batched: B images, o
 Differences from the authors' script: the foreground is every pixel the stage-1 labels (the argmax over
 background, LV, MYO, RV, the labels the stage-2 masks are made from) do not call background, theirs every
 pixel whose background sigmoid is below 0.5 (the sigmoid channels are independent: the two differ where no
-class is confident); the component is the largest by pixel count (theirs: by bounding-box area), the margin is ``margin`` on every side, clipped at the image border side by side (theirs is
-``margin`` above and left, ``margin − 1`` below and right, and 1 px / 0 px when the top or left margin
-would leave the image), and crops are resized to the stage-2 size (theirs are zero-padded or centre-cropped to 128).
+class is confident); the component is the largest by pixel count (theirs: by bounding-box area); the margin
+is ``margin`` on every side, clipped at the image border side by side (theirs is ``margin`` above and left,
+``margin − 1`` below and right, and 1 px / 0 px when the top or left margin would leave the image); and
+crops are resized to the stage-2 size (theirs are zero-padded or centre-cropped to 128).
 """
 
 from __future__ import annotations

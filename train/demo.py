@@ -138,7 +138,8 @@ def _run(args) -> int:
     result = evaluate(records, segmenter, report, progress=args.progress)
     for run_dir in sorted(out.glob("stage*/fold*")):
         if (run_dir / "curves.png").is_file():
-            atomic_write_bytes(report / f"curves-{run_dir.parent.name}-{run_dir.name}.png", (run_dir / "curves.png").read_bytes())
+            copy = report / f"curves-{run_dir.parent.name}-{run_dir.name}.png"
+            atomic_write_bytes(copy, (run_dir / "curves.png").read_bytes())
     print(f"[4/4] evaluated on {len(records)} held-out phantom images\n")
     print(result["table"])
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; report: {report}/ (table.md, cases.csv, summary.json, overlays/, curves-*.png)")

@@ -216,8 +216,8 @@ def check_trained_folds(paths: list[list[Path | str]], folds: list[int], what: s
     if wrong:
         raise ValueError(f"{what}: each fold's validation subjects must be scored by the checkpoint of that fold, "
                          f"which never saw them; got {'; '.join(wrong)}. " +
-                         ("Give the checkpoints fold 0 first, or the stage folder holding fold0 ..." if len(set(map(str, folds))) > 1
-                          else f"Give fold {folds[0]}'s checkpoint, or the stage folder "
+                         ("Give the checkpoints fold 0 first, or the stage folder holding fold0 ..."
+                          if len(set(map(str, folds))) > 1 else f"Give fold {folds[0]}'s checkpoint, or the stage folder "
                           f"holding fold{folds[0]}"))
 
 
@@ -281,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", nargs="+", default=["LA"], choices=("LA", "SA"), help="M&Ms-2 views (default LA)")
     ap.add_argument("--split-file", help="splits.json of a training run, to pick subjects with --split")
     ap.add_argument("--split",
-                    help="with --split-file: test (default), pool, fold:K (the validation subjects of fold K; a stage folder given to --stage1/--stage2 "
-                         "gives its foldK) or cv "
+                    help="with --split-file: test (default), pool, fold:K (the validation subjects of fold K; a stage "
+                         "folder given to --stage1/--stage2 gives its foldK) or cv "
                          "(every fold, each by its own checkpoint: --stage1 takes one per fold, fold 0 first, or the "
                          "stage folder holding fold0 ... (several: each fold an ensemble of their fold-k models); the "
                          "report pools them, out of fold)")

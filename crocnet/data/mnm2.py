@@ -185,7 +185,8 @@ def read_subject(
             if view not in ("LA", "SA") or phase not in ("ED", "ES"):
                 raise ValueError(f"view must be LA or SA and phase ED or ES, got {view!r}, {phase!r}")
             image_path = _nifti_file(subject_dir, f"{subject}_{view}_{phase}", f"{view} {phase} image")
-            label_path = _nifti_file(subject_dir, f"{subject}_{view}_{phase}_gt", f"{view} {phase} label map") if labels else None
+            label_path = (_nifti_file(subject_dir, f"{subject}_{view}_{phase}_gt", f"{view} {phase} label map")
+                          if labels else None)
             volume, image, label = read_image_and_label(image_path, label_path)
             records.append(
                 Record.from_nifti(
