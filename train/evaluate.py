@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             if fold is not None:
                 check_trained_folds([stage1, stage2 or []], [fold, fold], f"--split {args.split}")
             result = evaluate(records, segmenter, Path(args.out), progress=args.progress)
-    except (ValueError, FileNotFoundError, DataError) as exc:
+    except (ValueError, FileNotFoundError, DataError, RuntimeError) as exc:  # RuntimeError: --out locked
         print(f"crocnet evaluate: error: {exc}", file=sys.stderr)
         return 2
     if args.per_case:

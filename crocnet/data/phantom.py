@@ -803,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(made)} subjects to {args.out} in {elapsed:.1f} s ({elapsed / len(made):.2f} s per subject)")
         if args.png is not None:
             print(f"wrote {write_overview_png(args.png, args.out, real=args.real)}")
-    except (ValueError, DataError, OSError) as exc:  # OSError: FileNotFoundError, a file where a folder goes, ...
+    except (ValueError, DataError, OSError, RuntimeError) as exc:  # OSError: a file for a folder; RuntimeError: locked
         print(f"crocnet phantom: error: {exc}", file=sys.stderr)
         return 2
     return 0

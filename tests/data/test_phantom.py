@@ -266,3 +266,4 @@ def test_a_set_whose_writing_was_killed_is_refused_until_finished(tmp_path, monk
     with exclusive(root, "testing"):
         with pytest.raises(RuntimeError, match="another process is writing phantoms into this folder"):
             write_phantoms(root, subjects=1, seed=2, start=4)
+        assert cli(["phantom", "--out", str(root), "--subjects", "1", "--seed", "2", "--start", "4"]) == 2  # one line
