@@ -114,7 +114,7 @@ def check_same_split(saved: dict, split: dict, path: Path, cfg: TrainConfig) -> 
 
 def _trained_on(out: Path) -> bool:
     """Whether any fold under ``out`` has a checkpoint (or is being trained: a log)."""
-    return any(any(d.glob(name)) for d in out.glob("stage*/fold*") for name in ("last.pt", "best.pt", "log.jsonl"))
+    return any((d / name).exists() for d in out.glob("stage*/fold*") for name in ("last.pt", "best.pt", "log.jsonl"))
 
 
 def _split_settings(split: dict) -> str:

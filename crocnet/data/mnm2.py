@@ -90,6 +90,11 @@ def _read_information_rows(path: Path) -> tuple[list[str], dict[str, dict[str, s
 INCOMPLETE = ".phantom-incomplete"
 
 
+def _is_subject_folder(folder: Path) -> bool:
+    """``NNN/`` holding ``NNN_*.nii[.gz]`` files: one subject's folder."""
+    return bool(_SUBJECT.match(folder.name)) and any(folder.glob(f"{folder.name}_*.nii*"))
+
+
 def _layout_folders(root: Path) -> list[Path]:
     """The folders an M&Ms-2 root's ``dataset_information.csv`` may sit in: ``root``; for a ``dataset`` folder,
     the ``MnM2`` folder above; for one subject folder, its folder of subjects and the ``MnM2`` folder above
@@ -97,7 +102,7 @@ def _layout_folders(root: Path) -> list[Path]:
     places = [root]
     if root.name == "dataset":
         places.append(root.parent)
-    elif _SUBJECT.match(root.name) and any(root.glob(f"{root.name}_*.nii*")):
+    elif _is_subject_folder(root):
         places.append(root.parent)
         if root.parent.name == "dataset":
             places.append(root.parent.parent)
@@ -127,7 +132,7 @@ def find_subjects(root: str | Path) -> dict[str, Path]:
     if partial is not None:
         raise DataError(f"{partial.parent}: a `crocnet phantom` into this folder was interrupted ({INCOMPLETE} is "
                         f"there): run the same command again to finish the set")
-    if _SUBJECT.match(root.name) and any(root.glob(f"{root.name}_*.nii*")):
+    if _is_subject_folder(root):
         return {root.name: root}
     base = root / "dataset" if (root / "dataset").is_dir() else root
     folders = [p for p in sorted(base.iterdir()) if p.is_dir() and _SUBJECT.match(p.name)]

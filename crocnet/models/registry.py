@@ -12,8 +12,8 @@ No weights are published and nothing is ever downloaded. ``pretrained=True`` nee
 ``pretrained_file="weights.pth"`` (or ``.safetensors``; a training checkpoint with a ``state_dict`` or
 ``model`` entry works too, and a crocnet checkpoint's recorded constructor arguments, such as ``base_width``,
 are the defaults: the network the file holds is built), or timm's own
-``pretrained_cfg_overlay=dict(file=...)``. Loading goes through timm's ``load_pretrained``, told the checkpoint's own ``num_classes`` and input channels (read from its head
-and first conv): a model built without ``num_classes`` or ``in_chans`` takes the file's, a checkpoint with the
+``pretrained_cfg_overlay=dict(file=...)``. Loading goes through timm's ``load_pretrained``, told the
+checkpoint's own ``num_classes`` and input channels (read from its head and first conv): a model built without ``num_classes`` or ``in_chans`` takes the file's, a checkpoint with the
 model's loads whole, one with another ``num_classes`` loads all but the head, and for the E2AUNet models one
 with another ``in_chans`` has its first conv adapted.
 
